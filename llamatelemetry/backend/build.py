@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -129,6 +130,15 @@ def ensure_llama_server(*, quiet: bool = False) -> Path:
     final = cached_server_path()
     install_root = final.parent.parent
     install_root.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache: a second process (another test run, the demo) waits for it.
+    with open(install_root.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_file():
+            return final
+        return _build(final, install_root, quiet)
+
+
+def _build(final: Path, install_root: Path, quiet: bool) -> Path:
     jobs = str(os.cpu_count() or 2)
     started = time.monotonic()
     last_shown = [""]
