@@ -1,0 +1,24 @@
+"""Sidecar Prometheus exporter for llama-server: its metrics, health, props and slots, plus NVML GPU stats.
+
+Run it with ``llamatelemetry exporter`` (see ``--help``); the metric list is in ``METRICS.md``
+next to this file. Programmatic use::
+
+    from llamatelemetry.exporter import ExporterApp, ExporterConfig
+    with ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], gpu=False)) as app:
+        print(app.url + "/metrics")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ExporterApp", "ExporterConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import llamatelemetry.exporter.fake_nvml` works without prometheus_client imported.
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

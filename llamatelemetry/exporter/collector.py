@@ -1,0 +1,117 @@
+"""The exporter's ``prometheus_client`` collector: everything is collected at scrape time.
+
+One scrape = all targets fetched concurrently on the fetch loop, while NVML is read in a
+worker thread; then the self-metrics. A target that is slow, down or broken costs at most its
+own timeout and never removes the other targets' series.
+
+Example::
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector(targets, fetcher, runner, gpu=None))
+    print(generate_latest(registry).decode())
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .fetch import AsyncRunner, Fetched, Fetcher, TargetSnapshot
+from .gpu import GpuCollector, GpuResult
+from .llama import TargetView
+from .targets import Target
+
+log = logging.getLogger("llamatelemetry.exporter")
+
+#: Value of the ``collector`` label for the llama-server collection and the GPU collection.
+LLAMA_COLLECTOR = "llama_server"
+GPU_COLLECTOR = "gpu"
+
+
+class ExporterCollector(Collector):
+    """Collects every target and (optionally) the GPUs on each call of :meth:`collect`."""
+
+    def __init__(self, targets: list[Target], fetcher: Fetcher, runner: AsyncRunner, gpu: GpuCollector | None = None) -> None:
+        self.targets = targets
+        self.fetcher = fetcher
+        self.runner = runner
+        self.gpu = gpu
+        self.views = {t.name: TargetView(t) for t in targets}
+        self._gpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamatelemetry-nvml") if gpu else None
+        self._gpu_errors = 0
+        self._fetch_failed = False
+        self._lock = threading.Lock()  # TargetView state is updated by one scrape at a time
+
+    def close(self) -> None:
+        if self._gpu_pool is not None:
+            self._gpu_pool.shutdown(wait=True)
+        if self.gpu is not None:
+            self.gpu.close()
+
+    def _fetch(self) -> list[TargetSnapshot]:
+        # The fetcher enforces each target's deadline; the margin only guards against a stuck loop.
+        try:
+            return self.runner.run(self.fetcher.fetch_all(self.targets), timeout=self.fetcher.timeout * 2 + 5)
+        except Exception as exc:  # noqa: BLE001 - one broken scrape must not kill the endpoint
+            log.error("fetching targets failed: %r", exc)
+            self._fetch_failed = True
+            return [TargetSnapshot(t, {"health": Fetched(error=f"internal error: {exc!r}")}) for t in self.targets]
+
+    def collect(self) -> Iterator[Metric]:
+        gpu_future = self._gpu_pool.submit(self._timed_gpu) if self._gpu_pool is not None else None
+        self._fetch_failed = False
+        snapshots = self._fetch()
+
+        up = GaugeMetricFamily("llamatelemetry_target_up", "1 when the llama-server target is ready and all its enabled endpoints answered well-formed data.", labels=["target"])
+        duration = GaugeMetricFamily("llamatelemetry_scrape_duration_seconds", "Time spent collecting, per collector and target (target is empty for the GPU collector).", labels=["collector", "target"])
+        errors = CounterMetricFamily("llamatelemetry_scrape_errors", "Scrapes in which this collector/target had an error (unreachable, timeout, malformed answer, NVML error).", labels=["collector", "target"])
+        collector_up = GaugeMetricFamily("llamatelemetry_collector_up", "1 when the collector worked in this scrape (gpu: NVML initialised and read without errors).", labels=["collector"])
+
+        # Each target yields its own families; merge them by name, since an exposition must have
+        # exactly one HELP/TYPE block per metric name.
+        merged: dict[str, Metric] = {}
+        with self._lock:
+            for snap in snapshots:
+                view = self.views[snap.target.name]
+                families, target_ok = view.families(snap)
+                for fam in families:
+                    have = merged.get(fam.name)
+                    if have is None:
+                        merged[fam.name] = fam
+                    elif have.type == fam.type:
+                        have.samples.extend(fam.samples)
+                    else:
+                        log.warning("target %s: metric %s has type %s, another target has %s; its samples are dropped",
+                                    snap.target.name, fam.name, fam.type, have.type)
+                up.add_metric([snap.target.name], 1.0 if target_ok else 0.0)
+                duration.add_metric([LLAMA_COLLECTOR, snap.target.name], snap.duration)
+                errors.add_metric([LLAMA_COLLECTOR, snap.target.name], float(view.errors_total))
+        yield from (fam for fam in merged.values() if fam.samples)
+        collector_up.add_metric([LLAMA_COLLECTOR], 0.0 if self._fetch_failed else 1.0)
+
+        if gpu_future is not None:
+            result, seconds = gpu_future.result()
+            yield from (fam for fam in result.families if fam.samples)
+            if not result.up:
+                self._gpu_errors += 1
+            collector_up.add_metric([GPU_COLLECTOR], 1.0 if result.up else 0.0)
+            duration.add_metric([GPU_COLLECTOR, ""], seconds)
+            errors.add_metric([GPU_COLLECTOR, ""], float(self._gpu_errors))
+        yield from (up, duration, errors, collector_up)
+
+    def _timed_gpu(self) -> tuple[GpuResult, float]:
+        assert self.gpu is not None
+        start = time.perf_counter()
+        try:
+            result = self.gpu.collect()
+        except Exception as exc:  # noqa: BLE001 - a bug in GPU code must not take the targets down
+            log.exception("GPU collection failed unexpectedly")
+            result = GpuResult(up=False, error=repr(exc))
+        return result, time.perf_counter() - start

@@ -1,0 +1,284 @@
+"""GPU metrics from NVML (``nvidia-ml-py``, imported as ``pynvml``), in base units.
+
+* Fields a GPU does not support (``NVMLError_NotSupported``, also NoPermission / NotFound /
+  NoData) are omitted for that GPU; the scrape goes on.
+* No driver / no library: ``nvmlInit`` fails, the collector logs that **once**, reports
+  ``llamatelemetry_collector_up{collector="gpu"} 0`` and retries initialisation quietly at
+  most every ``retry_interval`` seconds.
+* Any other NVML error during a scrape (GPU lost, Uninitialized, Unknown ...) counts as a
+  scrape error and makes the next scrape shut NVML down and initialise it again.
+
+The ``nvml`` object is injectable: the real ``pynvml`` module or
+:class:`llamatelemetry.exporter.fake_nvml.FakeNVML`.
+
+Example::
+
+    from llamatelemetry.exporter.gpu import GpuCollector
+    from llamatelemetry.exporter.fake_nvml import FakeNVML
+    result = GpuCollector(nvml=FakeNVML()).collect()
+    print(result.up, [m.name for m in result.families])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from . import procnet
+from .targets import Target
+
+log = logging.getLogger("llamatelemetry.exporter.gpu")
+
+#: Clock-event ("throttle") reason bits (stable NVML ABI) and the label value used for each.
+THROTTLE_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+# Error codes meaning "this field is not available here": omit the series, nothing is broken.
+_FIELD_ERRORS = {3, 4, 6, 13}  # NOT_SUPPORTED, NO_PERMISSION, NOT_FOUND, NO_DATA
+
+
+class _FieldMissing(Exception):
+    """Internal: a field is not available on this GPU."""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class GpuResult:
+    """What one GPU collection produced: metric families and whether NVML worked."""
+
+    up: bool
+    families: list[Metric] = field(default_factory=list)
+    error: str | None = None
+
+
+class GpuCollector:
+    """Collect NVML metrics for every GPU; see the module docstring for the error policy.
+
+    ``targets`` are llama-server targets whose GPU memory is attributed by finding the local
+    process listening on the target's port. ``processes=False`` drops the per-process series
+    (pid cardinality) but keeps the per-target attribution. ``pcie=True`` adds PCIe
+    throughput, which costs ~20 ms per reading per GPU, so it is off by default.
+    """
+
+    def __init__(
+        self,
+        nvml: Any = None,
+        *,
+        targets: Iterable[Target] = (),
+        processes: bool = True,
+        pcie: bool = False,
+        retry_interval: float = 60.0,
+        process_name: Callable[[int], str | None] = procnet.process_name,
+    ) -> None:
+        if nvml is None:
+            import pynvml as nvml  # noqa: PLC0415 - only needed when GPU collection is on
+        self.nvml = nvml
+        self.targets = [t for t in targets if t.local_addresses is not None]
+        self.processes = processes
+        self.pcie = pcie
+        self.retry_interval = retry_interval
+        self._process_name = process_name
+        self._lock = threading.Lock()  # NVML init/shutdown must not interleave between scrapes
+        self._initialized = False
+        self._next_init = 0.0
+        self._logged_down = False
+        self._static: dict[str, str] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _ensure_init(self) -> str | None:
+        if self._initialized:
+            return None
+        now = time.monotonic()
+        if now < self._next_init:
+            return "NVML not initialised (waiting to retry)"
+        try:
+            self.nvml.nvmlInit()
+            self._static = {
+                "driver_version": self._safe(self.nvml.nvmlSystemGetDriverVersion) or "",
+                "cuda_version": self._cuda_version(),
+            }
+        except self.nvml.NVMLError as exc:
+            self._next_init = now + self.retry_interval
+            if not self._logged_down:
+                log.warning(
+                    "GPU collection is down: NVML could not initialise (%s). Is the NVIDIA driver installed and a GPU visible "
+                    "to this process? Other metrics keep working; pass --no-gpu to turn GPU collection off.",
+                    exc,
+                )
+                self._logged_down = True
+            else:
+                log.debug("NVML init retry failed: %s", exc)
+            return f"nvmlInit failed: {exc}"
+        if self._logged_down:
+            log.info("GPU collection is up again: NVML initialised")
+        self._logged_down = False
+        self._initialized = True
+        log.info("NVML initialised: driver %s, CUDA %s", self._static["driver_version"], self._static["cuda_version"])
+        return None
+
+    def _reset(self) -> None:
+        self._initialized = False
+        self._next_init = 0.0  # re-initialise at the next scrape
+        try:
+            self.nvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - shutting down a broken NVML may fail too; we re-init anyway
+            pass
+
+    def close(self) -> None:
+        """Shut NVML down (called when the exporter stops)."""
+        with self._lock:
+            if self._initialized:
+                self._reset()
+
+    def _cuda_version(self) -> str:
+        raw = self._safe(self.nvml.nvmlSystemGetCudaDriverVersion)
+        if raw is None:
+            return ""
+        raw = int(raw)
+        return f"{raw // 1000}.{(raw % 1000) // 10}"
+
+    def _safe(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call an NVML field getter; ``None`` when the field is not supported here."""
+        try:
+            return fn(*args)
+        except self.nvml.NVMLError as exc:
+            if getattr(exc, "value", None) in _FIELD_ERRORS:
+                return None
+            raise
+
+    # -- collection -------------------------------------------------------------------------
+    def collect(self) -> GpuResult:
+        """Read every GPU once. Never raises for NVML problems: they are reported in the result."""
+        with self._lock:
+            error = self._ensure_init()
+            if error is not None:
+                return GpuResult(up=False, error=error)
+            try:
+                return GpuResult(up=True, families=self._collect_all())
+            except self.nvml.NVMLError as exc:
+                log.warning("NVML error while reading GPUs (%s); will re-initialise NVML at the next scrape", exc)
+                self._reset()
+                return GpuResult(up=False, error=f"NVML error: {exc}")
+
+    def _collect_all(self) -> list[Metric]:
+        n = self.nvml
+        g = lambda name, doc, labels: GaugeMetricFamily(name, doc, labels=labels)  # noqa: E731
+        base = ["gpu", "uuid"]
+        info = g("llamatelemetry_gpu_info", "GPU identity; value is always 1.", base + ["name", "driver_version", "cuda_version"])
+        util = g("llamatelemetry_gpu_utilization_ratio", "Fraction of time a kernel was running on the GPU over the last sample period (0-1).", base)
+        mutil = g("llamatelemetry_gpu_memory_utilization_ratio", "Fraction of time GPU memory was being read or written (0-1).", base)
+        used = g("llamatelemetry_gpu_memory_used_bytes", "GPU memory in use, in bytes.", base)
+        free = g("llamatelemetry_gpu_memory_free_bytes", "GPU memory free, in bytes.", base)
+        total = g("llamatelemetry_gpu_memory_total_bytes", "Total GPU memory, in bytes.", base)
+        temp = g("llamatelemetry_gpu_temperature_celsius", "GPU core temperature in degrees Celsius.", base)
+        power = g("llamatelemetry_gpu_power_watts", "GPU power draw in watts.", base)
+        plimit = g("llamatelemetry_gpu_power_limit_watts", "Enforced GPU power limit in watts.", base)
+        energy = CounterMetricFamily("llamatelemetry_gpu_energy_joules", "Energy consumed by the GPU since the driver was loaded, in joules.", labels=base)
+        sm = g("llamatelemetry_gpu_sm_clock_hertz", "Current SM clock in hertz.", base)
+        mclk = g("llamatelemetry_gpu_memory_clock_hertz", "Current memory clock in hertz.", base)
+        fan = g("llamatelemetry_gpu_fan_speed_ratio", "Fan speed as a fraction of its maximum (0-1).", base)
+        throttle = g("llamatelemetry_gpu_throttle_reason", "1 when this clock-event (throttle) reason is active, else 0.", base + ["reason"])
+        ecc = CounterMetricFamily("llamatelemetry_gpu_ecc_errors", "Volatile ECC memory errors since the driver was loaded.", labels=base + ["type"])
+        pcie = g("llamatelemetry_gpu_pcie_throughput_bytes_per_second", "PCIe throughput in bytes per second (opt-in: --gpu-pcie).", base + ["direction"])
+        proc_mem = g("llamatelemetry_gpu_process_memory_used_bytes", "GPU memory used by one process, in bytes.", base + ["pid", "process"])
+        target_mem = g("llamatelemetry_gpu_target_memory_used_bytes", "GPU memory used by the local process serving a llama-server target, in bytes.", base + ["target"])
+
+        for index in range(n.nvmlDeviceGetCount()):
+            h = n.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(n.nvmlDeviceGetUUID(h))
+            lv = [str(index), uuid]
+            info.add_metric(lv + [_text(self._safe(n.nvmlDeviceGetName, h) or ""), self._static["driver_version"], self._static["cuda_version"]], 1)
+            rates = self._safe(n.nvmlDeviceGetUtilizationRates, h)
+            if rates is not None:
+                util.add_metric(lv, rates.gpu / 100.0)
+                mutil.add_metric(lv, rates.memory / 100.0)
+            mem = self._safe(n.nvmlDeviceGetMemoryInfo, h)
+            if mem is not None:
+                used.add_metric(lv, float(mem.used))
+                free.add_metric(lv, float(mem.free))
+                total.add_metric(lv, float(mem.total))
+            for fam, value, scale in (
+                (temp, self._safe(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU), 1.0),
+                (power, self._safe(n.nvmlDeviceGetPowerUsage, h), 1e-3),  # mW -> W
+                (plimit, self._safe(n.nvmlDeviceGetEnforcedPowerLimit, h), 1e-3),
+                (energy, self._safe(n.nvmlDeviceGetTotalEnergyConsumption, h), 1e-3),  # mJ -> J
+                (sm, self._safe(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM), 1e6),  # MHz -> Hz
+                (mclk, self._safe(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_MEM), 1e6),
+                (fan, self._safe(n.nvmlDeviceGetFanSpeed, h), 1e-2),  # percent -> ratio
+            ):
+                if value is not None:
+                    fam.add_metric(lv, float(value) * scale)
+            reasons = self._clock_event_reasons(h)
+            if reasons is not None:
+                for bit, reason in THROTTLE_REASONS.items():
+                    throttle.add_metric(lv + [reason], 1.0 if reasons & bit else 0.0)
+            for kind, err_type in (("corrected", n.NVML_MEMORY_ERROR_TYPE_CORRECTED), ("uncorrected", n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
+                count = self._safe(n.nvmlDeviceGetTotalEccErrors, h, err_type, n.NVML_VOLATILE_ECC)
+                if count is not None:
+                    ecc.add_metric(lv + [kind], float(count))
+            if self.pcie:
+                for direction, counter in (("tx", n.NVML_PCIE_UTIL_TX_BYTES), ("rx", n.NVML_PCIE_UTIL_RX_BYTES)):
+                    kbps = self._safe(n.nvmlDeviceGetPcieThroughput, h, counter)
+                    if kbps is not None:
+                        pcie.add_metric(lv + [direction], float(kbps) * 1024.0)  # NVML reports KB/s
+            self._collect_processes(h, lv, proc_mem, target_mem)
+
+        families: list[Metric] = [info, util, mutil, used, free, total, temp, power, plimit, energy, sm, mclk, fan, throttle, ecc]
+        if self.pcie:
+            families.append(pcie)
+        if self.processes:
+            families.append(proc_mem)
+        families.append(target_mem)
+        return families
+
+    def _clock_event_reasons(self, h: Any) -> int | None:
+        # The function was renamed in newer NVML; older bindings only have the "Throttle" name.
+        fn = getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(self.nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        return None if fn is None else self._safe(fn, h)
+
+    def _collect_processes(self, h: Any, lv: list[str], proc_mem: GaugeMetricFamily, target_mem: GaugeMetricFamily) -> None:
+        if not self.processes and not self.targets:
+            return
+        usage: dict[int, int | None] = {}
+        for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            fn = getattr(self.nvml, getter, None)
+            procs = self._safe(fn, h) if fn is not None else None
+            for p in procs or ():
+                mem = getattr(p, "usedGpuMemory", None)
+                prev = usage.get(p.pid)
+                usage[p.pid] = mem if prev is None else max(prev, mem or 0)
+        if self.processes:
+            for pid, mem in sorted(usage.items()):
+                if mem is not None:
+                    proc_mem.add_metric(lv + [str(pid), self._name_of(pid)], float(mem))
+        for target in self.targets:
+            assert target.port is not None
+            pid = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
+            if pid is not None and usage.get(pid) is not None:
+                target_mem.add_metric(lv + [target.name], float(usage[pid]))  # type: ignore[arg-type]
+
+    def _name_of(self, pid: int) -> str:
+        name = self._process_name(pid)
+        if name:
+            return name
+        try:  # a PID from another PID namespace (containers) is not in our /proc; ask NVML
+            return _text(self.nvml.nvmlSystemGetProcessName(pid)).rsplit("/", 1)[-1] or "unknown"
+        except Exception:  # noqa: BLE001 - a name is nice to have, never worth failing the scrape
+            return "unknown"

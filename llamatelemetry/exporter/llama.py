@@ -1,0 +1,242 @@
+"""Turn one target's raw endpoint answers into Prometheus metric families.
+
+* ``/health`` → ``llamatelemetry_server_state`` (one-hot ok / loading / unreachable / error).
+* ``/metrics`` → re-exported as ``llamacpp_*`` (colons are not valid in exporter metric names),
+  keeping the upstream type. Exception: ``llamacpp:n_tokens_max`` is a high-water mark that
+  llama-server types as a counter; it is re-exported as a gauge named ``llamacpp_n_tokens_max``
+  (``rate()`` of a maximum means nothing, and as a counter the client library would rename it
+  ``..._total``).
+* ``/props`` → ``llamatelemetry_server_info``; ``/slots`` → per-slot gauges.
+* 501 answers → ``llamatelemetry_endpoint_available{endpoint} 0`` plus one log line naming the
+  llama-server flag, repeated only after the endpoint came back in between.
+
+:class:`TargetView` keeps per-target state across scrapes (what was already logged, the error
+counter). It never raises for bad input from the server: malformed answers are counted as
+scrape errors and logged once per change.
+
+Example::
+
+    view = TargetView(parse_target("http://127.0.0.1:8080"))
+    families, ok = view.families(snapshot)   # snapshot from Fetcher.fetch_target()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .._defaults import API_KEY_ENV
+from ..promtext import PromTextParseError, parse_prometheus_text
+from .fetch import Fetched, TargetSnapshot
+from .targets import Target
+
+log = logging.getLogger("llamatelemetry.exporter.llama")
+
+STATES = ("ok", "loading", "unreachable", "error")
+
+#: What to tell the user when an endpoint answers 501 (the llama-server flag that enables it).
+FLAG_HINT = {
+    "metrics": "llama-server was started without --metrics; restart it with --metrics to get llamacpp_* series",
+    "slots": "llama-server was started with --no-slots; restart it without --no-slots to get per-slot series",
+    "props": "llama-server has /props disabled; restart it without --no-props to get llamatelemetry_server_info",
+}
+
+#: Upstream families whose type is changed on re-export (see module docstring).
+TYPE_OVERRIDES = {"llamacpp:n_tokens_max": "gauge"}
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def exported_name(name: str) -> str:
+    """``llamacpp:prompt_tokens_total`` → ``llamacpp_prompt_tokens_total`` (any invalid char → ``_``)."""
+    return _INVALID.sub("_", name)
+
+
+def _state_of(health: Fetched) -> str:
+    if health.status is None:
+        return "unreachable"
+    if health.status == 200:
+        return "ok"
+    if health.status == 503:
+        return "loading"
+    return "error"
+
+
+class TargetView:
+    """Per-target interpretation and memory (log de-duplication, the scrape error counter)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.errors_total = 0
+        self._last_problem: dict[str, str | None] = {}
+        self._last_state: str | None = None
+
+    # -- logging once per change ----------------------------------------------------------------
+    def _note(self, key: str, problem: str | None, level: int = logging.WARNING) -> None:
+        """Log ``problem`` for ``key`` only when it differs from the previous scrape's."""
+        previous = self._last_problem.get(key)
+        if problem != previous:
+            if problem is not None:
+                log.log(level, "target %s: %s", self.target.name, problem)
+            elif previous is not None:
+                log.info("target %s: %s is fine again", self.target.name, key)
+        self._last_problem[key] = problem
+
+    # -- interpretation --------------------------------------------------------------------------
+    def families(self, snap: TargetSnapshot) -> tuple[list[Metric], bool]:
+        """Metric families for this scrape and whether the target counts as up.
+
+        Up means: ``/health`` said ok and every enabled endpoint gave a well-formed answer.
+        """
+        name = self.target.name
+        res = snap.results
+        health = res.get("health", Fetched(error="not fetched"))
+        state = _state_of(health)
+        if state != self._last_state:
+            detail = {"ok": "ready", "loading": "loading the model (503)", "unreachable": f"unreachable ({health.error})",
+                      "error": f"/health answered HTTP {health.status}"}[state]
+            log.log(logging.INFO if state in ("ok", "loading") else logging.WARNING, "target %s (%s): %s", name, self.target.base_url, detail)
+            self._last_state = state
+        errors: list[str] = [] if state in ("ok", "loading") else [state]
+
+        out: list[Metric] = []
+        state_fam = GaugeMetricFamily("llamatelemetry_server_state", "1 for the current state of the llama-server (from /health): ok, loading, unreachable or error.", labels=["target", "state"])
+        for s in STATES:
+            state_fam.add_metric([name, s], 1.0 if s == state else 0.0)
+        out.append(state_fam)
+
+        available = GaugeMetricFamily("llamatelemetry_endpoint_available", "1 when the llama-server endpoint is enabled, 0 when it answers 501 (flag not set).", labels=["target", "endpoint"])
+        bodies: dict[str, bytes] = {}
+        for ep in ("metrics", "props", "slots"):
+            got = res.get(ep)
+            if got is None:
+                continue
+            problem = None
+            if got.status == 200:
+                available.add_metric([name, ep], 1.0)
+                bodies[ep] = got.body
+            elif got.status == 501:
+                available.add_metric([name, ep], 0.0)
+                self._note(f"/{ep}", f"/{ep} answered 501: {FLAG_HINT[ep]}")
+                continue
+            elif got.status is None or got.status == 503 or state != "ok":
+                continue  # already reported through the server state
+            elif got.status in (401, 403):
+                problem = f"/{ep} answered {got.status}: the API key is missing or wrong (set --api-key or {API_KEY_ENV})"
+            elif got.status == 400 and ep == "metrics":
+                problem = ("/metrics answered 400: this looks like llama-server router (multi-model) mode, which needs a model; "
+                           "point one target at each model with name=URL?model=<id>")
+            else:
+                problem = f"/{ep} answered HTTP {got.status}"
+            if problem:
+                self._note(f"/{ep}", problem)
+                errors.append(problem)
+        out.append(available)
+
+        if "metrics" in bodies:
+            fams, problem = self._metrics(bodies["metrics"])
+            out.extend(fams)
+            self._check("/metrics", problem, errors)
+        if "props" in bodies:
+            fam, problem = self._props(bodies["props"])
+            if fam is not None:
+                out.append(fam)
+            self._check("/props", problem, errors)
+        if "slots" in bodies:
+            fams, problem = self._slots(bodies["slots"])
+            out.extend(fams)
+            self._check("/slots", problem, errors)
+
+        if errors:
+            self.errors_total += 1
+        return out, state == "ok" and not errors
+
+    def _check(self, key: str, problem: str | None, errors: list[str]) -> None:
+        self._note(key, problem)
+        if problem:
+            errors.append(problem)
+
+    def _metrics(self, body: bytes) -> tuple[list[Metric], str | None]:
+        try:
+            parsed = parse_prometheus_text(body.decode("utf-8"))
+        except (PromTextParseError, UnicodeDecodeError) as exc:
+            return [], f"/metrics is not valid Prometheus text ({exc}); its llamacpp_* series are skipped this scrape"
+        out: list[Metric] = []
+        for fam in parsed:
+            base = exported_name(fam.name)
+            mtype = TYPE_OVERRIDES.get(fam.name, fam.type)
+            metric: Metric
+            if mtype == "counter":
+                metric = CounterMetricFamily(base, fam.help or fam.name, labels=None)
+                suffix = "_total"
+            elif mtype == "gauge":
+                metric = GaugeMetricFamily(base, fam.help or fam.name, labels=None)
+                suffix = ""
+            else:  # histogram / summary / untyped: pass samples through under the family's type
+                metric = Metric(base, fam.help or fam.name, "unknown" if mtype == "untyped" else mtype)
+                suffix = None
+            for s in fam.samples:
+                labels = {("exported_target" if k == "target" else k): v for k, v in s.labels.items()}
+                labels["target"] = self.target.name
+                if suffix is None:
+                    metric.add_sample(exported_name(s.name), labels, s.value)
+                else:
+                    sample_name = metric.name + suffix
+                    if exported_name(s.name) not in (metric.name, sample_name):
+                        continue  # e.g. a counter's _created sample: regenerated by the client library
+                    metric.add_sample(sample_name, labels, s.value)
+            out.append(metric)
+        return out, None
+
+    def _props(self, body: bytes) -> tuple[GaugeMetricFamily | None, str | None]:
+        try:
+            props = json.loads(body)
+            if not isinstance(props, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return None, f"/props is not a JSON object ({str(exc)[:80]})"
+        settings = props.get("default_generation_settings") or {}
+        model = props.get("model_alias") or os.path.basename(str(props.get("model_path") or "")) or "unknown"
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        fam = GaugeMetricFamily("llamatelemetry_server_info", "llama-server identity from /props; value is always 1.",
+                                labels=["target", "model", "n_ctx", "total_slots", "build"])
+        fam.add_metric([self.target.name, str(model), _label(n_ctx), _label(props.get("total_slots")), str(props.get("build_info") or "")], 1.0)
+        return fam, None
+
+    def _slots(self, body: bytes) -> tuple[list[Metric], str | None]:
+        try:
+            slots = json.loads(body)
+            if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
+                raise ValueError("not a JSON list of slot objects")
+        except ValueError as exc:
+            return [], f"/slots is not a JSON list of slots ({str(exc)[:80]}); per-slot series are skipped this scrape"
+        labels = ["target", "slot"]
+        processing = GaugeMetricFamily("llamatelemetry_slot_processing", "1 while the slot is processing a request, else 0.", labels=labels)
+        size = GaugeMetricFamily("llamatelemetry_slot_context_size_tokens", "Context size of the slot, in tokens.", labels=labels)
+        used = GaugeMetricFamily("llamatelemetry_slot_context_tokens", "Tokens currently held in the slot's context (prompt plus generated).", labels=labels)
+        ratio = GaugeMetricFamily("llamatelemetry_slot_context_utilization_ratio", "Tokens in context divided by the slot's context size (0-1).", labels=labels)
+        for index, slot in enumerate(slots):
+            slot_id = str(slot.get("id", index))
+            lv = [self.target.name, slot_id]
+            processing.add_metric(lv, 1.0 if slot.get("is_processing") else 0.0)
+            n_ctx = _number(slot.get("n_ctx"))
+            tokens = _number(slot.get("n_prompt_tokens")) or 0.0  # absent before the slot's first task
+            if n_ctx is not None:
+                size.add_metric(lv, n_ctx)
+            used.add_metric(lv, tokens)
+            if n_ctx:
+                ratio.add_metric(lv, min(tokens / n_ctx, 1.0))
+        return [processing, size, used, ratio], None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _label(value: Any) -> str:
+    return "" if value is None else str(value)
