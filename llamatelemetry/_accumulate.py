@@ -1,0 +1,216 @@
+"""Fold streamed chunks into the final result, and keep what telemetry needs from a stream.
+
+One accumulator per stream kind (chat, text completion, Anthropic messages). They work on
+the raw JSON dicts, so the per-chunk cost stays at a few dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import types
+
+
+class Accumulator:
+    """Base: tracks timing of the first chunk and first visible content (monotonic clock)."""
+
+    chunk_type: type[types.Record] = types.Record
+
+    def __init__(self) -> None:
+        self.first_chunk_at: float | None = None
+        self.first_content_at: float | None = None
+        self.chunks = 0
+        self.finished = False  # saw the server's own end of stream ([DONE] or message_stop)
+        self.content_parts: list[str] = []
+        self.reasoning_parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.id = ""
+        self.model = ""
+        self.usage: dict[str, Any] | None = None
+        self.timings: dict[str, Any] | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.content_parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_parts)
+
+    def _mark(self, has_content: bool) -> None:
+        now = time.monotonic()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+        if has_content and self.first_content_at is None:
+            self.first_content_at = now
+        self.chunks += 1
+
+    def add(self, data: dict[str, Any]) -> bool:
+        """Fold one chunk in; return False for a chunk the caller should not see."""
+        raise NotImplementedError
+
+    def final(self) -> Any:
+        raise NotImplementedError
+
+
+class ChatAccumulator(Accumulator):
+    chunk_type = types.ChatCompletionChunk
+
+    def __init__(self, show_usage_chunk: bool) -> None:
+        super().__init__()
+        self.show_usage_chunk = show_usage_chunk
+        self.role = "assistant"
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.created = 0
+
+    def add(self, data: dict[str, Any]) -> bool:
+        self.id = data.get("id") or self.id
+        self.model = data.get("model") or self.model
+        self.created = data.get("created") or self.created
+        if data.get("timings") is not None:
+            self.timings = data["timings"]
+        choices = data.get("choices")
+        has_content = False
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                self.content_parts.append(text)
+                has_content = True
+            thinking = delta.get("reasoning_content")
+            if thinking:
+                self.reasoning_parts.append(thinking)
+            if delta.get("tool_calls"):
+                has_content = True
+                self._add_tool_calls(delta["tool_calls"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        self._mark(has_content)
+        if data.get("usage") is not None:
+            self.usage = data["usage"]
+            # The usage-only final chunk (no choices) was requested by telemetry, not by the caller.
+            return self.show_usage_chunk or bool(choices)
+        return True
+
+    def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
+        for tc in deltas:
+            slot = self.tool_calls.setdefault(tc.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            if tc.get("id"):
+                slot["id"] = tc["id"]
+            fn = tc.get("function") or {}
+            slot["function"]["name"] += fn.get("name") or ""
+            slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def final(self) -> types.ChatCompletion:
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning_parts:
+            message["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        data: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "usage": self.usage, "timings": self.timings,
+        }
+        return types.ChatCompletion.from_dict(data)
+
+
+class CompletionAccumulator(Accumulator):
+    chunk_type = types.Completion
+
+    def __init__(self, show_usage_chunk: bool) -> None:
+        super().__init__()
+        self.show_usage_chunk = show_usage_chunk
+
+    def add(self, data: dict[str, Any]) -> bool:
+        self.id = data.get("id") or self.id
+        self.model = data.get("model") or self.model
+        if data.get("timings") is not None:
+            self.timings = data["timings"]
+        choices = data.get("choices")
+        has_content = False
+        if choices:
+            text = choices[0].get("text")
+            if text:
+                self.content_parts.append(text)
+                has_content = True
+            if choices[0].get("finish_reason"):
+                self.finish_reason = choices[0]["finish_reason"]
+        self._mark(has_content)
+        if data.get("usage") is not None:
+            self.usage = data["usage"]
+            return self.show_usage_chunk or bool(choices)
+        return True
+
+    def final(self) -> types.Completion:
+        return types.Completion.from_dict({
+            "id": self.id, "model": self.model, "usage": self.usage, "timings": self.timings,
+            "choices": [{"index": 0, "text": self.content, "finish_reason": self.finish_reason}],
+        })
+
+
+class MessagesAccumulator(Accumulator):
+    """Anthropic-shaped events: message_start, content_block_start/delta/stop, message_delta, message_stop."""
+
+    chunk_type = types.MessageStreamEvent
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[dict[str, Any]] = []
+        self.stop_reason: str | None = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read: int | None = None
+
+    def add(self, data: dict[str, Any]) -> bool:
+        kind = data.get("type")
+        has_content = False
+        if kind == "message_start":
+            msg = data.get("message") or {}
+            self.id = msg.get("id") or self.id
+            self.model = msg.get("model") or self.model
+            usage = msg.get("usage") or {}
+            self.input_tokens = usage.get("input_tokens") or self.input_tokens
+            self.cache_read = usage.get("cache_read_input_tokens", self.cache_read)
+        elif kind == "content_block_start":
+            self.blocks.append(dict(data.get("content_block") or {}))
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            block = self.blocks[-1] if self.blocks else self.blocks.append({}) or self.blocks[-1]
+            if delta.get("type") == "thinking_delta":
+                self.reasoning_parts.append(delta.get("thinking", ""))
+                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            elif delta.get("type") == "text_delta":
+                self.content_parts.append(delta.get("text", ""))
+                block["text"] = block.get("text", "") + delta.get("text", "")
+                has_content = True
+            elif delta.get("type") == "input_json_delta":
+                block["partial_json"] = block.get("partial_json", "") + delta.get("partial_json", "")
+                has_content = True
+        elif kind == "message_delta":
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self.finish_reason = self.stop_reason
+            usage = data.get("usage") or {}
+            self.output_tokens = usage.get("output_tokens", self.output_tokens)
+            self.input_tokens = usage.get("input_tokens") or self.input_tokens
+        elif kind == "message_stop":
+            self.finished = True
+        if data.get("timings") is not None:
+            self.timings = data["timings"]
+        self._mark(has_content)
+        if kind in ("message_delta", "message_stop"):
+            self.usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens}
+            if self.cache_read is not None:
+                self.usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read}
+        return True
+
+    def final(self) -> types.Message:
+        usage: dict[str, Any] = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cache_read is not None:
+            usage["cache_read_input_tokens"] = self.cache_read
+        return types.Message.from_dict({
+            "id": self.id, "model": self.model, "content": self.blocks, "stop_reason": self.stop_reason,
+            "usage": usage, "timings": self.timings,
+        })

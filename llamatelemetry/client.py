@@ -1,0 +1,571 @@
+"""``LlamaCppClient`` and ``AsyncLlamaCppClient``: typed clients for every llama-server endpoint.
+
+Both clients share every request builder, parser, error mapping and retry rule; only the
+line that sends bytes differs. Telemetry (an OpenTelemetry span and metrics per inference
+call) is built in and uses the application's tracer and meter providers.
+
+Example::
+
+    from llamatelemetry import LlamaCppClient
+
+    with LlamaCppClient("http://127.0.0.1:8080") as client:
+        resp = client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+        print(resp.choices[0].message.content, resp.usage.total_tokens)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Concatenate, ParamSpec, TypeVar
+
+import httpx
+
+from . import _calls, errors, types
+from ._accumulate import Accumulator, ChatAccumulator, CompletionAccumulator, MessagesAccumulator
+from ._base import (
+    DEFAULT_TIMEOUT, RETRYABLE_TRANSPORT_ERRORS, Call, Settings, decode_json, default_headers, resolve_settings,
+    retry_delay, should_retry_status, status_error, transport_error,
+)
+from .streaming import AsyncStream, Stream
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from .telemetry._record import CallRecord
+    from .telemetry.instrumentation import Telemetry
+
+__all__ = ["LlamaCppClient", "AsyncLlamaCppClient"]
+
+logger = logging.getLogger("llamatelemetry")
+P = ParamSpec("P")
+R = TypeVar("R")
+TimeoutTypes = float | httpx.Timeout | None
+
+
+def _accumulator_for(call: Call) -> Accumulator:
+    if call.path == "/v1/messages":
+        return MessagesAccumulator()
+    if call.path == "/v1/completions":
+        return CompletionAccumulator(show_usage_chunk=call.caller_wants_usage)
+    return ChatAccumulator(show_usage_chunk=call.caller_wants_usage)
+
+
+def _health_from(status_code: int | None, body: bytes, error: str = "") -> types.Health:
+    """Tell ok / loading / unreachable / error apart from one GET /health."""
+    if status_code is None:
+        return types.Health(status="unreachable", message=error)
+    if status_code == 200:
+        return types.Health(status="ok", message="ok", http_status=200)
+    message = body[:300].decode("utf-8", "replace")
+    if status_code == 503:
+        return types.Health(status="loading", message=f"model loading: {message}", http_status=503)
+    return types.Health(status="error", message=message, http_status=status_code)
+
+
+class _ClientBase:
+    """Settings, telemetry and the default-model cache shared by both clients."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        max_retries: int | None,
+        telemetry: bool,
+        tracer_provider: "TracerProvider | None",
+        meter_provider: "MeterProvider | None",
+        capture_content: bool | None,
+    ) -> None:
+        self._settings: Settings = resolve_settings(base_url, api_key, max_retries)
+        self._headers = default_headers(self._settings)
+        self._default_model: str | None = None
+        self._default_model_looked_up = False
+        self._telemetry: "Telemetry | None" = None
+        if telemetry:
+            from .telemetry.instrumentation import Telemetry
+
+            self._telemetry = Telemetry(
+                self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
+            )
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
+
+    def _start_record(self, call: Call) -> "CallRecord | None":
+        if call.operation is None or self._telemetry is None:
+            return None
+        return self._telemetry.start(call, self._default_model, self._count_tokens)
+
+    def _needs_default_model(self, call: Call) -> bool:
+        return (
+            call.operation is not None and self._telemetry is not None and not self._default_model_looked_up
+            and isinstance(call.body, dict) and "model" not in call.body
+        )
+
+    def _remember_models(self, models: types.ModelList | None) -> None:
+        self._default_model_looked_up = True
+        if models is not None and models.data:
+            self._default_model = models.data[0].id
+
+    def _url(self, path: str) -> str:
+        return self._settings.base_url + path
+
+    def _parse(self, call: Call, content: bytes) -> Any:
+        if call.raw_text:
+            return call.parse(content.decode("utf-8", "replace"))
+        return call.parse(decode_json(content, call.path))
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+def _sync(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Any]:
+    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self._client._execute(builder(*args, **kwargs))
+
+    method.__doc__ = builder.__doc__
+    method.__name__ = builder.__name__
+    return method
+
+
+class _Resource:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+
+class _ChatCompletions(_Resource):
+    create = _sync(_calls.chat_completion)
+
+
+class _Chat(_Resource):
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.completions = _ChatCompletions(client)
+
+
+class _Completions(_Resource):
+    create = _sync(_calls.completion)
+
+
+class _Messages(_Resource):
+    create = _sync(_calls.message)
+
+
+class _Embeddings(_Resource):
+    create = _sync(_calls.embeddings)
+
+
+class _Models(_Resource):
+    list = _sync(_calls.list_models)
+
+
+class _Props(_Resource):
+    get = _sync(_calls.get_props)
+
+
+class _Slots(_Resource):
+    list = _sync(_calls.list_slots)
+    save = _sync(_calls.save_slot)
+    restore = _sync(_calls.restore_slot)
+    erase = _sync(_calls.erase_slot)
+
+
+class _Lora(_Resource):
+    list = _sync(_calls.list_lora)
+    apply = _sync(_calls.apply_lora)
+
+
+class _Metrics(_Resource):
+    get = _sync(_calls.get_metrics)
+    parse = _sync(_calls.parse_metrics)
+
+
+class _Health(_Resource):
+    def check(self) -> types.Health:
+        """Probe ``GET /health``: status ``ok``, ``loading`` (503), ``unreachable`` or ``error``. Never raises.
+
+        Example::
+
+            if client.health.check().status == "loading": ...
+        """
+        return self._client._probe_health()
+
+    def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.25) -> types.Health:
+        """Poll ``/health`` until the model is loaded; raise :class:`~llamatelemetry.errors.APITimeoutError` after ``timeout`` s.
+
+        Example::
+
+            client.health.wait_until_ready(timeout=120)
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.check()
+            if health.ok:
+                return health
+            if time.monotonic() >= deadline:
+                raise errors.APITimeoutError(
+                    f"llama-server at {self._client.base_url} not ready after {timeout:.0f}s (last status: "
+                    f"{health.status}: {health.message}); check that it is running and its model loads", url=self._client.base_url + "/health",
+                )
+            time.sleep(interval)
+
+
+class LlamaCppClient(_ClientBase):
+    """Synchronous client for llama-server.
+
+    Args:
+        base_url: server URL; else ``$LLAMA_SERVER_URL``; else ``http://127.0.0.1:8080``.
+        api_key: sent as ``Authorization: Bearer`` (for ``--api-key`` servers); else ``$LLAMA_API_KEY``.
+        timeout: seconds or an ``httpx.Timeout`` (default: 600 s, 5 s to connect).
+        max_retries: retries for connection failures before any response byte and for 503
+            "loading model" answers (default 2, exponential backoff). Never after a response started.
+        http_client: your own ``httpx.Client`` (not closed by :meth:`close`).
+        telemetry: create an OpenTelemetry span and metrics per inference call (default on;
+            costs nothing measurable until the application configures OpenTelemetry).
+        tracer_provider / meter_provider: providers to use instead of the global ones.
+        capture_content: record prompts and responses on spans (default: off, or
+            ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
+
+    Example::
+
+        client = LlamaCppClient("http://127.0.0.1:8080")
+        print(client.chat_completion(messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int | None = None,
+        http_client: httpx.Client | None = None,
+        telemetry: bool = True,
+        tracer_provider: "TracerProvider | None" = None,
+        meter_provider: "MeterProvider | None" = None,
+        capture_content: bool | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self._timeout = timeout
+        self.chat = _Chat(self)
+        self.completions = _Completions(self)
+        self.messages = _Messages(self)
+        self.embeddings = _Embeddings(self)
+        self.models = _Models(self)
+        self.props = _Props(self)
+        self.slots = _Slots(self)
+        self.lora = _Lora(self)
+        self.metrics = _Metrics(self)
+        self.health = _Health(self)
+
+    chat_completion = _sync(_calls.chat_completion)
+    embed = _sync(_calls.embed)
+    tokenize = _sync(_calls.tokenize)
+    detokenize = _sync(_calls.detokenize)
+    rerank = _sync(_calls.rerank)
+
+    # -- plumbing --
+
+    def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
+        headers = {**self._headers, **trace_headers} if trace_headers else self._headers
+        request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request, stream=True)
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
+                if attempt < self._settings.max_retries:
+                    time.sleep(retry_delay(attempt))
+                    attempt += 1
+                    continue
+                raise transport_error(exc, self._settings, call.path) from exc
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, self._settings, call.path) from exc
+            if response.status_code < 400:
+                return response
+            try:
+                content = response.read()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                response.close()
+            if should_retry_status(response.status_code) and attempt < self._settings.max_retries:
+                time.sleep(retry_delay(attempt, response.headers.get("retry-after")))
+                attempt += 1
+                continue
+            raise status_error(response.status_code, content, self._settings, call.path)
+
+    def _read(self, response: httpx.Response, path: str) -> bytes:
+        try:
+            return response.read()
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._settings, path) from exc
+        finally:
+            response.close()
+
+    def _execute(self, call: Call) -> Any:
+        if self._needs_default_model(call):
+            self._lookup_default_model()
+        record = self._start_record(call)
+        try:
+            response = self._send(call, record.trace_headers if record is not None else None)
+            if call.stream:
+                return Stream(response, _accumulator_for(call), call.path, record)
+            result = self._parse(call, self._read(response, call.path))
+        except BaseException as exc:
+            if record is not None:
+                record.fail(exc)
+            raise
+        if record is not None:
+            record.end(result)
+        return call.unwrap(result) if call.unwrap is not None else result
+
+    def _lookup_default_model(self) -> None:
+        try:
+            models = self._execute(_calls.list_models())
+        except errors.LlamaCppError:
+            models = None
+        self._remember_models(models)
+
+    def _count_tokens(self, text: str) -> int | None:
+        """Exact token count of ``text`` by the server's tokenizer (telemetry; None on any failure)."""
+        try:
+            response = self._http.post(self._url("/tokenize"), json={"content": text, "parse_special": False},
+                                       headers=self._headers, timeout=2.0)
+            return len(response.json()["tokens"]) if response.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - telemetry must never break the call
+            return None
+
+    def _probe_health(self) -> types.Health:
+        try:
+            response = self._http.get(self._url("/health"), headers=self._headers, timeout=5.0)
+        except httpx.HTTPError as exc:
+            return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
+        return _health_from(response.status_code, response.content)
+
+    def close(self) -> None:
+        """Close the connection pool (unless you passed your own ``http_client``)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> "LlamaCppClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- async --------------------------------------------------------------------------------------
+
+def _async(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Awaitable[Any]]:
+    async def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return await self._client._execute(builder(*args, **kwargs))
+
+    method.__doc__ = builder.__doc__
+    method.__name__ = builder.__name__
+    return method
+
+
+class _AsyncChatCompletions(_Resource):
+    create = _async(_calls.chat_completion)
+
+
+class _AsyncChat(_Resource):
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.completions = _AsyncChatCompletions(client)
+
+
+class _AsyncCompletions(_Resource):
+    create = _async(_calls.completion)
+
+
+class _AsyncMessages(_Resource):
+    create = _async(_calls.message)
+
+
+class _AsyncEmbeddings(_Resource):
+    create = _async(_calls.embeddings)
+
+
+class _AsyncModels(_Resource):
+    list = _async(_calls.list_models)
+
+
+class _AsyncProps(_Resource):
+    get = _async(_calls.get_props)
+
+
+class _AsyncSlots(_Resource):
+    list = _async(_calls.list_slots)
+    save = _async(_calls.save_slot)
+    restore = _async(_calls.restore_slot)
+    erase = _async(_calls.erase_slot)
+
+
+class _AsyncLora(_Resource):
+    list = _async(_calls.list_lora)
+    apply = _async(_calls.apply_lora)
+
+
+class _AsyncMetrics(_Resource):
+    get = _async(_calls.get_metrics)
+    parse = _async(_calls.parse_metrics)
+
+
+class _AsyncHealth(_Resource):
+    async def check(self) -> types.Health:
+        """Probe ``GET /health`` (see :meth:`LlamaCppClient.health.check`)."""
+        return await self._client._probe_health()
+
+    async def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.25) -> types.Health:
+        """Poll ``/health`` until the model is loaded; raise ``APITimeoutError`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = await self.check()
+            if health.ok:
+                return health
+            if time.monotonic() >= deadline:
+                raise errors.APITimeoutError(
+                    f"llama-server at {self._client.base_url} not ready after {timeout:.0f}s (last status: "
+                    f"{health.status}: {health.message}); check that it is running and its model loads", url=self._client.base_url + "/health",
+                )
+            await asyncio.sleep(interval)
+
+
+class AsyncLlamaCppClient(_ClientBase):
+    """Asynchronous client for llama-server; the same surface as :class:`LlamaCppClient`, awaited.
+
+    Example::
+
+        async with AsyncLlamaCppClient() as client:
+            resp = await client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+            async for chunk in await client.chat.completions.create(messages=msgs, stream=True): ...
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        telemetry: bool = True,
+        tracer_provider: "TracerProvider | None" = None,
+        meter_provider: "MeterProvider | None" = None,
+        capture_content: bool | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self.chat = _AsyncChat(self)
+        self.completions = _AsyncCompletions(self)
+        self.messages = _AsyncMessages(self)
+        self.embeddings = _AsyncEmbeddings(self)
+        self.models = _AsyncModels(self)
+        self.props = _AsyncProps(self)
+        self.slots = _AsyncSlots(self)
+        self.lora = _AsyncLora(self)
+        self.metrics = _AsyncMetrics(self)
+        self.health = _AsyncHealth(self)
+
+    chat_completion = _async(_calls.chat_completion)
+    embed = _async(_calls.embed)
+    tokenize = _async(_calls.tokenize)
+    detokenize = _async(_calls.detokenize)
+    rerank = _async(_calls.rerank)
+
+    async def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
+        headers = {**self._headers, **trace_headers} if trace_headers else self._headers
+        request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request, stream=True)
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
+                if attempt < self._settings.max_retries:
+                    await asyncio.sleep(retry_delay(attempt))
+                    attempt += 1
+                    continue
+                raise transport_error(exc, self._settings, call.path) from exc
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, self._settings, call.path) from exc
+            if response.status_code < 400:
+                return response
+            try:
+                content = await response.aread()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await response.aclose()
+            if should_retry_status(response.status_code) and attempt < self._settings.max_retries:
+                await asyncio.sleep(retry_delay(attempt, response.headers.get("retry-after")))
+                attempt += 1
+                continue
+            raise status_error(response.status_code, content, self._settings, call.path)
+
+    async def _read(self, response: httpx.Response, path: str) -> bytes:
+        try:
+            return await response.aread()
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._settings, path) from exc
+        finally:
+            await response.aclose()
+
+    async def _execute(self, call: Call) -> Any:
+        if self._needs_default_model(call):
+            await self._lookup_default_model()
+        record = self._start_record(call)
+        try:
+            response = await self._send(call, record.trace_headers if record is not None else None)
+            if call.stream:
+                return AsyncStream(response, _accumulator_for(call), call.path, record)
+            result = self._parse(call, await self._read(response, call.path))
+        except BaseException as exc:
+            if record is not None:
+                record.fail(exc)
+            raise
+        if record is not None:
+            await record.aend(result)
+        return call.unwrap(result) if call.unwrap is not None else result
+
+    async def _lookup_default_model(self) -> None:
+        try:
+            models = await self._execute(_calls.list_models())
+        except errors.LlamaCppError:
+            models = None
+        self._remember_models(models)
+
+    async def _count_tokens(self, text: str) -> int | None:
+        try:
+            response = await self._http.post(self._url("/tokenize"), json={"content": text, "parse_special": False},
+                                             headers=self._headers, timeout=2.0)
+            return len(response.json()["tokens"]) if response.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - telemetry must never break the call
+            return None
+
+    async def _probe_health(self) -> types.Health:
+        try:
+            response = await self._http.get(self._url("/health"), headers=self._headers, timeout=5.0)
+        except httpx.HTTPError as exc:
+            return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
+        return _health_from(response.status_code, response.content)
+
+    async def close(self) -> None:
+        """Close the connection pool (unless you passed your own ``http_client``)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncLlamaCppClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,112 @@
+"""Exceptions raised by the llamatelemetry client.
+
+Every exception derives from :class:`LlamaCppError` and its message says what happened
+*and what to do about it*. HTTP errors keep llama-server's own error JSON
+(``code``, ``message``, ``type``) on :class:`APIStatusError`.
+
+Example::
+
+    from llamatelemetry import LlamaCppClient, errors
+    try:
+        LlamaCppClient().embed("hello")
+    except errors.NotSupportedError as exc:
+        print(exc.flag)            # "--embeddings"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "LlamaCppError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "NotFoundError",
+    "NotSupportedError",
+    "ModelLoadingError",
+    "InternalServerError",
+    "ResponseDecodeError",
+    "StreamInterruptedError",
+]
+
+
+class LlamaCppError(Exception):
+    """Base class of every error raised by llamatelemetry's client."""
+
+
+class APIConnectionError(LlamaCppError):
+    """llama-server could not be reached (refused, reset, dropped before any response byte)."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out; raise ``timeout=`` or check that llama-server is not overloaded."""
+
+
+class ResponseDecodeError(LlamaCppError):
+    """llama-server answered with a body that is not the JSON or SSE it should be."""
+
+
+class StreamInterruptedError(ResponseDecodeError):
+    """A stream ended (connection closed) before llama-server finished it."""
+
+
+class APIStatusError(LlamaCppError):
+    """llama-server answered with an HTTP error status.
+
+    ``status_code`` is the HTTP status; ``code``, ``type`` and ``server_message`` come from
+    llama-server's error JSON (``{"error": {"code", "message", "type"}}``) when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        url: str,
+        body: Any = None,
+        code: int | None = None,
+        type: str | None = None,
+        server_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
+        self.body = body
+        self.code = code
+        self.type = type
+        self.server_message = server_message
+
+
+class BadRequestError(APIStatusError):
+    """400: llama-server rejected the request (see ``server_message``)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: llama-server was started with ``--api-key``; pass the same key as ``api_key=``."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the endpoint or resource does not exist on this llama-server."""
+
+
+class NotSupportedError(APIStatusError):
+    """501: the endpoint is switched off; ``flag`` names the llama-server flag that enables it."""
+
+    def __init__(self, message: str, *, flag: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.flag = flag
+
+
+class ModelLoadingError(APIStatusError):
+    """503: llama-server is still loading its model; wait (see ``client.health.wait_until_ready()``)."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx: llama-server failed while handling the request; its log says why."""

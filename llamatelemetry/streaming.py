@@ -1,0 +1,236 @@
+"""Server-sent-event streams: :class:`Stream` (sync) and :class:`AsyncStream`.
+
+A stream is an iterator of typed chunks and a context manager. It always closes the HTTP
+response and ends its telemetry exactly once: when exhausted, on ``break`` + ``close()`` /
+leaving ``with``, on an error, or when an abandoned stream is garbage-collected.
+
+Example::
+
+    with client.chat.completions.create(messages=msgs, stream=True) as stream:
+        for chunk in stream:
+            print(chunk.choices[0].delta.content or "", end="")
+        completion = stream.get_final_completion()
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, AsyncIterator, Generic, Iterator, TypeVar
+
+import httpx
+
+from . import errors
+from ._accumulate import Accumulator
+
+if TYPE_CHECKING:
+    from .telemetry._record import CallRecord
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def decode_sse_line(line: str, path: str) -> Any:
+    """Return the JSON payload of one SSE line, ``_DONE`` for ``[DONE]``, or None for other lines.
+
+    llama-server sends one ``data:`` line per event (Anthropic streams add an ``event:`` line
+    before it, which the JSON's own ``type`` repeats), and ``:`` comment lines as pings.
+    """
+    if not line.startswith("data:"):
+        if line.startswith("error:"):
+            line = "data:" + line[6:]
+        else:
+            return None  # blank separator, "event: ...", ": ping"
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return _DONE
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise errors.ResponseDecodeError(
+            f"llama-server sent a malformed stream event on {path}: {payload[:200]!r}; "
+            "check that base_url points at llama-server and no proxy rewrites the stream"
+        ) from None
+    if not isinstance(data, dict):
+        raise errors.ResponseDecodeError(f"llama-server sent a stream event that is not a JSON object on {path}: {payload[:200]!r}")
+    if "error" in data and "choices" not in data:
+        err = data["error"] if isinstance(data["error"], dict) else {"message": str(data["error"])}
+        raise errors.APIStatusError(
+            f"llama-server reported an error mid-stream on {path}: {err.get('message')}",
+            status_code=int(err.get("code") or 500), url=path, body=data,
+            code=err.get("code"), type=err.get("type"), server_message=err.get("message"),
+        )
+    return data
+
+
+class _StreamBase(Generic[T]):
+    def __init__(self, response: httpx.Response, accumulator: Accumulator, path: str, record: "CallRecord | None") -> None:
+        self.response = response
+        self._acc = accumulator
+        self._path = path
+        self._record = record
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def _handle(self, line: str) -> tuple[bool, T | None]:
+        """Process one line: (stream finished?, chunk to hand to the caller or None)."""
+        data = decode_sse_line(line, self._path)
+        if data is None:
+            return False, None
+        if data is _DONE:
+            self._acc.finished = True
+            return True, None
+        visible = self._acc.add(data)
+        if self._acc.finished:  # message_stop
+            return True, self._acc.chunk_type.from_dict(data) if visible else None  # type: ignore[return-value]
+        return False, self._acc.chunk_type.from_dict(data) if visible else None  # type: ignore[return-value]
+
+    def _interrupted(self, exc: BaseException | None) -> errors.StreamInterruptedError:
+        why = f" ({exc!r})" if exc else ""
+        return errors.StreamInterruptedError(
+            f"the stream from {self._path} ended before llama-server finished it{why}; "
+            f"received {self._acc.chunks} chunks. The server may have crashed or been restarted; check its log"
+        )
+
+    @property
+    def completed(self) -> bool:
+        """True once the server's end-of-stream marker was received."""
+        return self._acc.finished
+
+
+class Stream(_StreamBase[T]):
+    """A synchronous stream of chunks (see module docs)."""
+
+    def __init__(self, response: httpx.Response, accumulator: Accumulator, path: str, record: "CallRecord | None") -> None:
+        super().__init__(response, accumulator, path, record)
+        self._iterator = self._iterate()
+
+    def _iterate(self) -> Iterator[T]:
+        try:
+            for line in self.response.iter_lines():
+                done, chunk = self._handle(line)
+                if chunk is not None:
+                    yield chunk
+                if done:
+                    break
+            if not self._acc.finished:
+                raise self._interrupted(None)
+        except httpx.HTTPError as exc:
+            self._error = self._interrupted(exc)
+            raise self._error from exc
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._iterator)
+
+    def get_final_completion(self) -> Any:
+        """Read the rest of the stream and return the accumulated final result."""
+        for _ in self:
+            pass
+        return self._acc.final()
+
+    def close(self) -> None:
+        """Close the HTTP response and end telemetry; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.response.close()
+        finally:
+            if self._record is not None:
+                self._record.end_stream(self._acc, self._error)
+
+    def __enter__(self) -> "Stream[T]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned stream still ends its span (marked as cut short) and frees its connection.
+        if not getattr(self, "_closed", True):
+            if self._record is not None:
+                self._record.in_finalizer = True
+            self.close()
+
+
+class AsyncStream(_StreamBase[T]):
+    """An asynchronous stream of chunks (``async for``; ``async with``)."""
+
+    def __init__(self, response: httpx.Response, accumulator: Accumulator, path: str, record: "CallRecord | None") -> None:
+        super().__init__(response, accumulator, path, record)
+        self._lines: AsyncIterator[str] | None = None
+
+    def __aiter__(self) -> "AsyncStream[T]":
+        return self
+
+    async def __anext__(self) -> T:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._lines is None:
+            self._lines = self.response.aiter_lines()
+        try:
+            while True:
+                try:
+                    line = await self._lines.__anext__()
+                except StopAsyncIteration:
+                    if not self._acc.finished:
+                        raise self._interrupted(None) from None
+                    raise
+                done, chunk = self._handle(line)
+                if done:
+                    await self.aclose()
+                    if chunk is not None:
+                        return chunk
+                    raise StopAsyncIteration
+                if chunk is not None:
+                    return chunk
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except httpx.HTTPError as exc:
+            self._error = self._interrupted(exc)
+            await self.aclose()
+            raise self._error from exc
+        except BaseException as exc:
+            self._error = exc
+            await self.aclose()
+            raise
+
+    async def get_final_completion(self) -> Any:
+        """Read the rest of the stream and return the accumulated final result."""
+        async for _ in self:
+            pass
+        return self._acc.final()
+
+    async def aclose(self) -> None:
+        """Close the HTTP response and end telemetry; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.response.aclose()
+        finally:
+            if self._record is not None:
+                await self._record.aend_stream(self._acc, self._error)
+
+    async def __aenter__(self) -> "AsyncStream[T]":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # No event loop work in a finalizer: end the span without network calls; the
+        # connection is reclaimed by httpx's pool when the response object goes away.
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            if self._record is not None:
+                self._record.in_finalizer = True
+                self._record.end_stream(self._acc, self._error)

@@ -1,0 +1,339 @@
+"""One call's telemetry: the span, its attributes, and the metrics recorded when it ends.
+
+A record ends exactly once (``_ended``), whichever comes first: the result, an error, the
+end of a stream, ``close()`` of a stream, or the garbage collection of an abandoned stream.
+Every public method swallows its own exceptions: telemetry must never break the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import types
+from . import semconv as sc
+
+if TYPE_CHECKING:
+    from .._accumulate import Accumulator
+    from .._base import Call
+    from .instrumentation import Telemetry
+
+logger = logging.getLogger("llamatelemetry.telemetry")
+warn_logger = logging.getLogger("llamatelemetry")
+
+_REQUEST_PARAMS = (
+    ("max_tokens", sc.REQUEST_MAX_TOKENS), ("temperature", sc.REQUEST_TEMPERATURE), ("top_p", sc.REQUEST_TOP_P),
+    ("top_k", sc.REQUEST_TOP_K), ("seed", sc.REQUEST_SEED), ("frequency_penalty", sc.REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY),
+)
+_LENGTH_REASONS = ("length", "max_tokens")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a finished call produced, whatever its endpoint."""
+
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    content: str = ""
+    reasoning: str = ""
+    timings: dict[str, Any] | None = None
+    # streams only
+    first_chunk_at: float | None = None
+    first_content_at: float | None = None
+    chunks: int | None = None
+    cut_short: bool = False
+
+
+def _usage_into(outcome: Outcome, usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    outcome.input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
+    outcome.output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens", usage.get("cache_read_input_tokens"))
+    outcome.cached_tokens = cached
+
+
+def outcome_of_result(result: Any) -> Outcome:
+    """Summarise a typed (non-streamed) result."""
+    out = Outcome()
+    if isinstance(result, types.ChatCompletion):
+        out.response_id, out.response_model = result.id or None, result.model or None
+        out.finish_reasons = [c.finish_reason for c in result.choices if c.finish_reason]
+        if result.choices:
+            msg = result.choices[0].message
+            out.content, out.reasoning = msg.content or "", msg.reasoning_content or ""
+        _usage_into(out, result.usage.to_dict() if result.usage else None)
+        out.timings = result.timings.to_dict() if result.timings else None
+    elif isinstance(result, types.Completion):
+        out.response_id, out.response_model = result.id or None, result.model or None
+        out.finish_reasons = [c.finish_reason for c in result.choices if c.finish_reason]
+        out.content = "".join(c.text for c in result.choices)
+        _usage_into(out, result.usage.to_dict() if result.usage else None)
+        out.timings = result.timings.to_dict() if result.timings else None
+    elif isinstance(result, types.Message):
+        out.response_id, out.response_model = result.id or None, result.model or None
+        out.finish_reasons = [result.stop_reason] if result.stop_reason else []
+        out.content, out.reasoning = result.text, result.thinking
+        _usage_into(out, result.usage.to_dict() if result.usage else None)
+        out.timings = result.timings.to_dict() if result.timings else None
+    elif isinstance(result, (types.CreateEmbeddingResponse, types.RerankResponse)):
+        out.response_model = result.model or None
+        if result.usage is not None:
+            out.input_tokens = result.usage.prompt_tokens
+    return out
+
+
+def outcome_of_stream(acc: "Accumulator") -> Outcome:
+    out = Outcome(
+        response_id=acc.id or None, response_model=acc.model or None,
+        finish_reasons=[acc.finish_reason] if acc.finish_reason else [],
+        content=acc.content, reasoning=acc.reasoning, timings=acc.timings,
+        first_chunk_at=acc.first_chunk_at, first_content_at=acc.first_content_at, chunks=acc.chunks,
+        cut_short=not acc.finished,
+    )
+    _usage_into(out, acc.usage)
+    return out
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "...[truncated]"
+
+
+class CallRecord:
+    """Telemetry for one call (see module docs)."""
+
+    def __init__(self, telemetry: "Telemetry", call: "Call", default_model: str | None, count_tokens: Callable[[str], Any]) -> None:
+        self.started = time.monotonic()  # before the request is sent
+        self.telemetry = telemetry
+        self.call = call
+        self.count_tokens = count_tokens
+        self.in_finalizer = False
+        self._ended = False
+        body = call.body if isinstance(call.body, dict) else {}
+        self.body = body
+        model = body.get("model") or default_model
+        operation = call.operation or "unknown"
+        attributes: dict[str, Any] = {sc.OPERATION_NAME: operation, **telemetry.base_attributes}
+        if model:
+            attributes[sc.REQUEST_MODEL] = model
+        self.metric_attributes = dict(attributes)
+        self.span = telemetry.tracer.start_span(f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attributes)
+        self.recording = self.span.is_recording()
+        if self.recording:
+            self._set_request_attributes(body)
+        self.trace_headers: dict[str, str] = {}
+        propagate.inject(self.trace_headers, context=trace.set_span_in_context(self.span))
+
+    def _set_request_attributes(self, body: dict[str, Any]) -> None:
+        span = self.span
+        for key, name in _REQUEST_PARAMS:
+            value = body.get(key)
+            if value is not None:
+                span.set_attribute(name, value)
+        stop = body.get("stop", body.get("stop_sequences"))
+        if stop:
+            span.set_attribute(sc.REQUEST_STOP_SEQUENCES, [stop] if isinstance(stop, str) else list(stop))
+        if self.call.stream:
+            span.set_attribute(sc.REQUEST_STREAM, True)
+        if self.telemetry.capture_content:
+            limit = self.telemetry.content_limit
+            if "messages" in body:
+                span.set_attribute(sc.INPUT_MESSAGES, _truncate(json.dumps(body["messages"], ensure_ascii=False), limit))
+            elif "prompt" in body:
+                span.set_attribute(sc.INPUT_MESSAGES, _truncate(json.dumps([{"role": "user", "parts": [{"type": "text", "content": body["prompt"]}]}], ensure_ascii=False), limit))
+            if body.get("system"):
+                system = body["system"]
+                span.set_attribute(sc.SYSTEM_INSTRUCTIONS, _truncate(system if isinstance(system, str) else json.dumps(system), limit))
+
+    # -- ending --
+
+    def fail(self, exc: BaseException) -> None:
+        """End the span for a call that raised before producing a result."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._record_error(exc)
+            self._record_duration(time.monotonic() - self.started, error_type=type(exc).__name__)
+            self.span.end()
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: telemetry failed while recording an error", exc_info=True)
+
+    def end(self, result: Any) -> None:
+        """End the span of a non-streamed call (sync client)."""
+        if self._ended:
+            return
+        try:
+            outcome = outcome_of_result(result)
+            reasoning_tokens = self.count_tokens(outcome.reasoning) if outcome.reasoning else None
+            self._finish(outcome, reasoning_tokens, None)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+
+    async def aend(self, result: Any) -> None:
+        """End the span of a non-streamed call (async client)."""
+        if self._ended:
+            return
+        try:
+            outcome = outcome_of_result(result)
+            reasoning_tokens = await self.count_tokens(outcome.reasoning) if outcome.reasoning else None
+            self._finish(outcome, reasoning_tokens, None)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+
+    def end_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
+        """End the span of a stream (sync stream, or any stream being garbage-collected)."""
+        if self._ended:
+            return
+        try:
+            outcome = outcome_of_stream(acc)
+            reasoning_tokens = None
+            # No network I/O from a finalizer, and an async counter cannot be awaited here.
+            if outcome.reasoning and not self.in_finalizer:
+                reasoning_tokens = self.count_tokens(outcome.reasoning)
+            self._finish(outcome, reasoning_tokens, error)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+
+    async def aend_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
+        if self._ended:
+            return
+        try:
+            outcome = outcome_of_stream(acc)
+            reasoning_tokens = await self.count_tokens(outcome.reasoning) if outcome.reasoning else None
+            self._finish(outcome, reasoning_tokens, error)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+
+    def _give_up(self) -> None:
+        logger.debug("llamatelemetry: telemetry failed while ending a span", exc_info=True)
+        if not self._ended:
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _finish(self, out: Outcome, reasoning_tokens: int | None, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        ended = time.monotonic()
+        duration = ended - self.started
+        telemetry = self.telemetry
+        span = self.span
+        exhausted = (
+            any(r in _LENGTH_REASONS for r in out.finish_reasons) and not out.content.strip() and bool(out.reasoning.strip())
+        )
+        ttft = out.first_chunk_at - self.started if out.first_chunk_at is not None else None
+        per_token = self._time_per_output_token(out, ended)
+        if self.recording:
+            self._set_response_attributes(out, reasoning_tokens, ttft, per_token)
+            if exhausted:
+                span.set_attribute(sc.REASONING_BUDGET_EXHAUSTED, True)
+                span.add_event(sc.EVENT_REASONING_BUDGET_EXHAUSTED, {
+                    sc.REQUEST_MAX_TOKENS: self.body.get("max_tokens", -1),
+                    sc.USAGE_REASONING_OUTPUT_TOKENS: reasoning_tokens if reasoning_tokens is not None else -1,
+                })
+        error_type = type(error).__name__ if error is not None else None
+        if error is not None:
+            self._record_error(error)
+        attributes = self.metric_attributes
+        if out.response_model:
+            attributes = {**attributes, sc.RESPONSE_MODEL: out.response_model}
+        if exhausted:
+            telemetry.budget_exhausted.add(1, attributes)
+            self._warn_exhausted(reasoning_tokens)
+        self._record_duration(duration, error_type, attributes)
+        if out.input_tokens is not None:
+            telemetry.token_usage.record(out.input_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_INPUT})
+        if out.output_tokens is not None:
+            telemetry.token_usage.record(out.output_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_OUTPUT})
+        if reasoning_tokens is not None:
+            telemetry.token_usage.record(reasoning_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_REASONING})
+        if ttft is not None:
+            telemetry.time_to_first_chunk.record(ttft, attributes)
+            if out.chunks and out.chunks > 1 and out.first_chunk_at is not None:
+                telemetry.time_per_output_chunk.record((ended - out.first_chunk_at) / (out.chunks - 1), attributes)
+        span.end()
+
+    def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:
+        if out.first_chunk_at is not None and out.output_tokens and out.output_tokens > 1:
+            return (ended - out.first_chunk_at) / (out.output_tokens - 1)
+        if out.timings and out.timings.get("predicted_per_token_ms") is not None:
+            return float(out.timings["predicted_per_token_ms"]) / 1000.0
+        return None
+
+    def _set_response_attributes(self, out: Outcome, reasoning_tokens: int | None, ttft: float | None, per_token: float | None) -> None:
+        span = self.span
+        attrs: dict[str, Any] = {}
+        if out.response_id:
+            attrs[sc.RESPONSE_ID] = out.response_id
+        if out.response_model:
+            attrs[sc.RESPONSE_MODEL] = out.response_model
+        if out.finish_reasons:
+            attrs[sc.RESPONSE_FINISH_REASONS] = out.finish_reasons
+        if out.input_tokens is not None:
+            attrs[sc.USAGE_INPUT_TOKENS] = out.input_tokens
+        if out.output_tokens is not None:
+            attrs[sc.USAGE_OUTPUT_TOKENS] = out.output_tokens
+        if out.cached_tokens is not None:
+            attrs[sc.USAGE_CACHE_READ_INPUT_TOKENS] = out.cached_tokens
+        if reasoning_tokens is not None:
+            attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] = reasoning_tokens
+        if ttft is not None:
+            attrs[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+        if out.first_content_at is not None:
+            attrs[sc.TIME_TO_FIRST_CONTENT] = out.first_content_at - self.started
+        if per_token is not None:
+            attrs[sc.TIME_PER_OUTPUT_TOKEN] = per_token
+        if out.chunks is not None:
+            attrs[sc.STREAM_CHUNKS] = out.chunks
+            attrs[sc.STREAM_CUT_SHORT] = out.cut_short
+        if out.timings:
+            for key, name in sc.LLAMACPP_TIMING_ATTRIBUTES.items():
+                value = out.timings.get(key)
+                if value is not None:
+                    attrs[name] = value
+        if self.telemetry.capture_content:
+            parts = []
+            if out.reasoning:
+                parts.append({"type": "reasoning", "content": out.reasoning})
+            parts.append({"type": "text", "content": out.content})
+            message = {"role": "assistant", "parts": parts, "finish_reason": out.finish_reasons[0] if out.finish_reasons else None}
+            attrs[sc.OUTPUT_MESSAGES] = _truncate(json.dumps([message], ensure_ascii=False), self.telemetry.content_limit)
+        span.set_attributes(attrs)
+
+    def _record_error(self, exc: BaseException) -> None:
+        if self.recording:
+            self.span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
+            self.span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+
+    def _record_duration(self, duration: float, error_type: str | None = None, attributes: dict[str, Any] | None = None) -> None:
+        attributes = attributes if attributes is not None else self.metric_attributes
+        if error_type is not None:
+            attributes = {**attributes, sc.ERROR_TYPE: error_type}
+        self.telemetry.duration.record(duration, attributes)
+
+    def _warn_exhausted(self, reasoning_tokens: int | None) -> None:
+        max_tokens = self.body.get("max_tokens")
+        spent = f"{reasoning_tokens} reasoning tokens" if reasoning_tokens is not None else "its whole output"
+        warn_logger.warning(
+            "llama-server returned an empty answer: the model spent %s thinking and hit max_tokens=%s "
+            "(finish_reason=length) before writing any visible content. Raise max_tokens, lower the "
+            "reasoning budget (reasoning_budget_tokens / llama-server --reasoning-budget), or turn thinking "
+            "off (chat_template_kwargs={'enable_thinking': False}).",
+            spent, max_tokens if max_tokens is not None else "(server default)",
+        )

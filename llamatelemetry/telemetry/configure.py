@@ -1,0 +1,105 @@
+"""Set up the OpenTelemetry SDK with OTLP export in one call (needs ``llamatelemetry[otlp]``).
+
+The client itself only uses the OpenTelemetry *API*: it follows whatever providers the
+application configured. This helper is for applications that have none yet.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Protocol = Literal["http/protobuf", "grpc"]
+
+#: Bounded export: at most this long per export attempt (also bounds the wait at exit).
+EXPORT_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass
+class TelemetryProviders:
+    """The providers :func:`configure` created; call :meth:`shutdown` to flush at exit."""
+
+    tracer_provider: Any
+    meter_provider: Any
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+    def force_flush(self, timeout_millis: int = 5000) -> None:
+        self.tracer_provider.force_flush(timeout_millis)
+        self.meter_provider.force_flush(timeout_millis)
+
+
+def configure(
+    service_name: str | None = None,
+    *,
+    endpoint: str | None = None,
+    protocol: Protocol | None = None,
+    console: bool = False,
+    export_interval_seconds: float | None = None,
+    set_global: bool = True,
+) -> TelemetryProviders:
+    """Create tracer and meter providers exporting over OTLP, honouring the ``OTEL_*`` variables.
+
+    Args:
+        service_name: ``service.name`` (``$OTEL_SERVICE_NAME`` wins if set; default ``llamatelemetry-app``).
+        endpoint: OTLP base URL, e.g. ``http://127.0.0.1:4318`` (http) or ``http://127.0.0.1:4317``
+            (grpc). Default: ``$OTEL_EXPORTER_OTLP_ENDPOINT`` or the exporter's own default.
+        protocol: ``"http/protobuf"`` (default) or ``"grpc"`` (``$OTEL_EXPORTER_OTLP_PROTOCOL``).
+        console: print spans and metrics to stdout instead of exporting (local debugging).
+        export_interval_seconds: metric export interval (``$OTEL_METRIC_EXPORT_INTERVAL``, default 60 s).
+        set_global: install the providers as the global ones (what most applications want).
+
+    Export never blocks the application: spans go through a bounded batch queue (dropped,
+    never buffered without bound, when the collector is down) with a short export timeout.
+
+    Example::
+
+        import llamatelemetry
+        providers = llamatelemetry.configure(service_name="my-agent", endpoint="http://127.0.0.1:4318")
+    """
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    attributes = {}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service_name or "llamatelemetry-app"
+    resource = Resource.create(attributes)
+    chosen = protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    interval_ms = export_interval_seconds * 1000 if export_interval_seconds else None
+
+    if console:
+        span_exporter: Any = ConsoleSpanExporter()
+        metric_exporter: Any = ConsoleMetricExporter()
+    elif chosen == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+
+        span_exporter = GrpcSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_SECONDS)
+        metric_exporter = GrpcMetricExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_SECONDS)
+    elif chosen == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        base = endpoint.rstrip("/") if endpoint else None
+        span_exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces" if base else None, timeout=EXPORT_TIMEOUT_SECONDS)
+        metric_exporter = OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None, timeout=EXPORT_TIMEOUT_SECONDS)
+    else:
+        raise ValueError(f"unknown OTLP protocol {chosen!r}; use 'http/protobuf' or 'grpc'")
+
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048,
+                                                          export_timeout_millis=int(EXPORT_TIMEOUT_SECONDS * 1000)))
+    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
+                                           export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    if set_global:
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(meter_provider)
+    return TelemetryProviders(tracer_provider, meter_provider)
