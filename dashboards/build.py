@@ -1,0 +1,484 @@
+"""Generate the Grafana dashboards in this directory (``python dashboards/build.py``).
+
+The JSON files are committed; ``tests/test_stack_dashboards.py`` checks they match this generator, that
+they have the shape Grafana provisions, and ``tests/test_stack_live.py`` runs every PromQL query against
+a real Prometheus. Edit this file, not the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+HERE = Path(__file__).resolve().parent
+
+PROM_UID = "llamatelemetry-prometheus"
+TEMPO_UID = "llamatelemetry-tempo"
+PROM = {"type": "prometheus", "uid": PROM_UID}
+TEMPO = {"type": "tempo", "uid": TEMPO_UID}
+
+#: TraceQL for llama.cpp client spans (gen_ai.provider.name is set by the llamatelemetry client).
+TRACEQL_LLAMA = '{span.gen_ai.provider.name="llama.cpp"}'
+TRACEQL_ERRORS = '{span.gen_ai.provider.name="llama.cpp" && status=error}'
+
+GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
+
+Json = dict[str, Any]
+
+
+def thresholds(*steps: tuple[str, float | None]) -> Json:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+def query_var(name: str, label: str, metric: str, *, all_value: str = ".*", multi: bool = True) -> Json:
+    """A Prometheus query variable ``label_values(metric, label)`` with an "All" option matching ``all_value``."""
+    definition = f"label_values({metric}, {label})"
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": PROM,
+        "definition": definition,
+        "query": {"query": definition, "refId": f"PrometheusVariableQueryEditor-{name}", "qryType": 1},
+        "refresh": 2,
+        "includeAll": True,
+        "allValue": all_value,
+        "multi": multi,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "sort": 1,
+        "hide": 0,
+        "regex": "",
+    }
+
+
+def explore_link(title: str, traceql: str) -> Json:
+    """A dashboard link opening Grafana Explore on the Tempo datasource with a TraceQL search."""
+    panes = {
+        "t": {
+            "datasource": TEMPO_UID,
+            "queries": [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": traceql, "limit": 50}],
+            "range": {"from": "now-1h", "to": "now"},
+        }
+    }
+    url = "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps(panes, separators=(",", ":")), safe="")
+    return {"title": title, "type": "link", "url": url, "icon": "external link", "targetBlank": False,
+            "asDropdown": False, "includeVars": False, "keepTime": True, "tags": [], "tooltip": title}
+
+
+def dashboards_link() -> Json:
+    return {"title": "llamatelemetry", "type": "dashboards", "tags": ["llamatelemetry"], "asDropdown": True,
+            "includeVars": False, "keepTime": True, "icon": "external link", "targetBlank": False, "tooltip": "",
+            "url": ""}
+
+
+class Board:
+    """Collects panels with a simple left-to-right flow layout on Grafana's 24-column grid."""
+
+    def __init__(self, uid: str, title: str, description: str, variables: list[Json], links: list[Json]) -> None:
+        self.uid, self.title, self.description = uid, title, description
+        self.variables, self.links = variables, links
+        self.panels: list[Json] = []
+        self._x = self._y = self._row_h = 0
+
+    def _place(self, w: int, h: int) -> Json:
+        if self._x + w > 24:
+            self._x, self._y, self._row_h = 0, self._y + self._row_h, 0
+        pos = {"x": self._x, "y": self._y, "w": w, "h": h}
+        self._x += w
+        self._row_h = max(self._row_h, h)
+        return pos
+
+    def row(self, title: str) -> None:
+        if self._x:
+            self._x, self._y, self._row_h = 0, self._y + self._row_h, 0
+        self.panels.append({"id": len(self.panels) + 1, "type": "row", "title": title, "collapsed": False,
+                            "gridPos": {"x": 0, "y": self._y, "w": 24, "h": 1}, "panels": []})
+        self._y += 1
+
+    def panel(self, kind: str, title: str, targets: list[Json], *, w: int, h: int = 8, unit: str,
+              description: str = "", steps: tuple[tuple[str, float | None], ...] = ((GREEN, None),),
+              min: float | None = None, max: float | None = None, options: Json | None = None,
+              custom: Json | None = None, mappings: list[Json] | None = None, overrides: list[Json] | None = None,
+              datasource: Json = PROM, links: list[Json] | None = None, transformations: list[Json] | None = None) -> Json:
+        defaults: Json = {"unit": unit, "thresholds": thresholds(*steps), "color": {"mode": "thresholds" if kind != "timeseries" else "palette-classic"}}
+        if min is not None:
+            defaults["min"] = min
+        if max is not None:
+            defaults["max"] = max
+        if custom:
+            defaults["custom"] = custom
+        if mappings:
+            defaults["mappings"] = mappings
+        if links:
+            defaults["links"] = links
+        for i, target in enumerate(targets):
+            target.setdefault("refId", chr(ord("A") + i))
+            target.setdefault("datasource", datasource)
+        panel: Json = {
+            "id": len(self.panels) + 1,
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": datasource,
+            "gridPos": self._place(w, h),
+            "targets": targets,
+            "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+            "options": options or {},
+        }
+        if transformations:
+            panel["transformations"] = transformations
+        self.panels.append(panel)
+        return panel
+
+    def to_json(self) -> Json:
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "description": self.description,
+            "tags": ["llamatelemetry", "llama.cpp"],
+            "editable": True,
+            "graphTooltip": 1,
+            "schemaVersion": 39,
+            "version": 1,
+            "refresh": "30s",
+            "time": {"from": "now-1h", "to": "now"},
+            "timepicker": {},
+            "timezone": "browser",
+            "fiscalYearStartMonth": 0,
+            "liveNow": False,
+            "weekStart": "",
+            "annotations": {"list": [{
+                "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+                "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
+            "links": self.links,
+            "templating": {"list": self.variables},
+            "panels": self.panels,
+        }
+
+
+def q(expr: str, legend: str = "", *, instant: bool = False, table: bool = False, exemplar: bool = False) -> Json:
+    target: Json = {"expr": expr, "legendFormat": legend or "__auto", "range": not instant, "instant": instant,
+                    "editorMode": "code"}
+    if table:
+        target["format"] = "table"
+    if exemplar:
+        target["exemplar"] = True
+    return target
+
+
+def ts(fill: int = 10, stack: bool = False, draw: str = "line") -> Json:
+    return {"drawStyle": draw, "lineWidth": 1, "fillOpacity": fill, "showPoints": "never", "spanNulls": False,
+            "stacking": {"mode": "normal" if stack else "none", "group": "A"}, "axisPlacement": "auto",
+            "thresholdsStyle": {"mode": "off"}}
+
+
+LEGEND = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+          "tooltip": {"mode": "multi", "sort": "desc"}}
+LEGEND_TABLE = {"legend": {"displayMode": "table", "placement": "right", "showLegend": True, "calcs": ["lastNotNull", "max"]},
+                "tooltip": {"mode": "multi", "sort": "desc"}}
+STAT = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "colorMode": "background",
+        "graphMode": "area", "justifyMode": "auto", "textMode": "auto", "orientation": "auto"}
+GAUGE = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "showThresholdLabels": False,
+         "showThresholdMarkers": True, "orientation": "auto"}
+BARGAUGE = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "displayMode": "gradient",
+            "orientation": "horizontal", "showUnfilled": True, "valueMode": "color", "namePlacement": "auto",
+            "sizing": "auto", "minVizHeight": 16, "minVizWidth": 8, "maxVizHeight": 300}
+TABLE = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
+
+UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "DOWN", "color": RED, "index": 0},
+                                             "1": {"text": "UP", "color": GREEN, "index": 1}}}]
+
+T = 'target=~"$target"'
+G = 'gpu=~"$gpu"'
+RI = "$__rate_interval"
+
+
+# --------------------------------------------------------------------------------------------- llama-server
+def llama_server() -> Board:
+    b = Board("llamatelemetry-llama-server", "llama-server",
+              "llama-server metrics re-exported by the llamatelemetry sidecar exporter: throughput, queueing, slots, prompt cache.",
+              [query_var("target", "target", "llamatelemetry_target_up")],
+              [dashboards_link()])
+    b.row("Health")
+    b.panel("stat", "Reachable", [q(f"llamatelemetry_target_up{{{T}}}", "{{target}}")], w=4, h=5, unit="none",
+            description="1 when the exporter reached llama-server on its last scrape.",
+            steps=((RED, None), (GREEN, 1)), mappings=UP_MAPPINGS, options={**STAT, "graphMode": "none"})
+    b.panel("stat", "State", [q(f"llamatelemetry_server_state{{{T}}} == 1", "{{target}}: {{state}}")], w=5, h=5, unit="none",
+            description="ok, loading (model loading, /health 503), unreachable or error.",
+            mappings=[{"type": "value", "options": {"1": {"text": "", "index": 0}}}],
+            options={**STAT, "graphMode": "none", "textMode": "name", "colorMode": "none"})
+    b.panel("table", "Server", [q(f"llamatelemetry_server_info{{{T}}}", instant=True, table=True)], w=15, h=5, unit="none",
+            description="Model, context size per slot, number of slots and build as reported by /props.",
+            options=TABLE,
+            transformations=[{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True},
+                "renameByName": {"n_ctx": "context (tokens)", "total_slots": "slots"}}}])
+    b.row("Throughput")
+    b.panel("timeseries", "Prompt processing (tokens/s)",
+            [q(f"sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}]))", "{{target}} evaluated"),
+             q(f"sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}]))", "{{target}} from cache")],
+            w=8, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
+            description="Prompt tokens per second, from rate() of the counters (never from the resetting *_tokens_seconds gauges).")
+    b.panel("timeseries", "Generation (tokens/s)",
+            [q(f"sum by (target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}]))", "{{target}}")],
+            w=8, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
+            description="Generated tokens per second across all slots.")
+    b.panel("timeseries", "Speed while busy (tokens/s)",
+            [q(f"sum by (target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}])) / sum by (target) (rate(llamacpp_tokens_predicted_seconds_total{{{T}}}[{RI}]))", "{{target}} generation"),
+             q(f"sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])) / sum by (target) (rate(llamacpp_prompt_seconds_total{{{T}}}[{RI}]))", "{{target}} prompt")],
+            w=8, unit="suffix: tok/s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Tokens per second of processing time: what one request sees. Empty while idle.")
+    b.row("Queue and slots")
+    b.panel("timeseries", "Requests processing / deferred",
+            [q(f"sum by (target) (llamacpp_requests_processing{{{T}}})", "{{target}} processing"),
+             q(f"sum by (target) (llamacpp_requests_deferred{{{T}}})", "{{target}} deferred")],
+            w=8, unit="short", min=0, custom=ts(), options=LEGEND,
+            description="Deferred requests wait for a free slot: sustained deferral means too few slots (-np) for the load.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*deferred"},
+                        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": RED}}]}])
+    b.panel("gauge", "Slot occupancy",
+            [q(f"sum by (target) (llamatelemetry_slot_processing{{{T}}}) / count by (target) (llamatelemetry_slot_processing{{{T}}})", "{{target}}")],
+            w=5, unit="percentunit", min=0, max=1, steps=((GREEN, None), (ORANGE, 0.75), (RED, 1)), options=GAUGE,
+            description="Share of slots processing a request right now (from /slots).")
+    b.panel("bargauge", "Context used per slot",
+            [q(f"llamatelemetry_slot_context_utilization_ratio{{{T}}}", "{{target}} slot {{slot}}")],
+            w=11, unit="percentunit", min=0, max=1, steps=((GREEN, None), (ORANGE, 0.8), (RED, 0.9)), options=BARGAUGE,
+            description="Tokens in each slot's context over the slot's context size. Above 90% the conversation is about to hit n_ctx.")
+    b.panel("timeseries", "Context tokens per slot",
+            [q(f"llamatelemetry_slot_context_tokens{{{T}}}", "{{target}} slot {{slot}}"),
+             q(f"max by (target) (llamatelemetry_slot_context_size_tokens{{{T}}})", "{{target}} slot size")],
+            w=8, unit="short", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Tokens held in each slot's context, against the per-slot context size.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*slot size"},
+                        "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                                       {"id": "color", "value": {"mode": "fixed", "fixedColor": RED}}]}])
+    b.panel("timeseries", "Slots busy",
+            [q(f"sum by (target) (llamatelemetry_slot_processing{{{T}}})", "{{target}} busy now"),
+             q(f"max by (target) (llamacpp_n_busy_slots_per_decode{{{T}}})", "{{target}} avg busy per decode (since start)")],
+            w=8, unit="short", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Slots processing now (from /slots) and llama-server's average busy slots per decode since start.")
+    b.panel("stat", "Prompt-cache reuse",
+            [q(f"sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) / (sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) + sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])))", "{{target}}")],
+            w=8, unit="percentunit", min=0, max=1, steps=((ORANGE, None), (YELLOW, 0.3), (GREEN, 0.6)), options=STAT,
+            description="Share of prompt tokens served from the slot's KV cache instead of being evaluated again (prompt_tokens_total excludes cached tokens).")
+    b.row("Internals")
+    b.panel("timeseries", "Decode calls/s",
+            [q(f"sum by (target) (rate(llamacpp_n_decode_total{{{T}}}[{RI}]))", "{{target}}")],
+            w=8, unit="ops", min=0, custom=ts(), options=LEGEND,
+            description="llama_decode() calls per second (one batch each).")
+    b.panel("table", "Endpoints",
+            [q(f"llamatelemetry_endpoint_available{{{T}}}", instant=True, table=True)],
+            w=8, unit="none", options=TABLE, mappings=UP_MAPPINGS,
+            description="Optional llama-server endpoints (/metrics, /slots, ...) found enabled by the exporter.",
+            transformations=[{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "__name__": True, "job": True, "instance": True},
+                "renameByName": {"Value": "available"}}}],
+            overrides=[{"matcher": {"id": "byName", "options": "available"},
+                        "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}}]}],
+            steps=((RED, None), (GREEN, 1)))
+    b.panel("timeseries", "Exporter scrape duration",
+            [q("max by (collector, target) (llamatelemetry_scrape_duration_seconds)", "{{collector}} {{target}}"),
+             q(f"sum by (collector, target) (rate(llamatelemetry_scrape_errors_total[{RI}]))", "{{collector}} {{target}} errors/s")],
+            w=8, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="How long the exporter's collectors take per scrape, and their error rate.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*errors/s"},
+                        "properties": [{"id": "unit", "value": "ops"}, {"id": "custom.axisPlacement", "value": "right"}]}])
+    return b
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+def gpu() -> Board:
+    b = Board("llamatelemetry-gpu", "GPU",
+              "NVIDIA GPU metrics (NVML) from the llamatelemetry sidecar exporter, with GPU memory per llama-server and per process.",
+              [query_var("gpu", "gpu", "llamatelemetry_gpu_info")],
+              [dashboards_link()])
+    b.row("Overview")
+    b.panel("table", "GPUs", [q(f"llamatelemetry_gpu_info{{{G}}}", instant=True, table=True)], w=12, h=5, unit="none",
+            options=TABLE, description="Name, driver and CUDA version of each GPU.",
+            transformations=[{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True}}}])
+    b.panel("stat", "GPU collection", [q('llamatelemetry_collector_up{collector="gpu"}', "{{instance}}")], w=4, h=5,
+            unit="none", steps=((RED, None), (GREEN, 1)), mappings=UP_MAPPINGS, options={**STAT, "graphMode": "none"},
+            description="0 when NVML cannot be initialised (no driver, no device access in the container).")
+    b.panel("gauge", "Memory used", [q(f"llamatelemetry_gpu_memory_used_bytes{{{G}}} / llamatelemetry_gpu_memory_total_bytes{{{G}}}", "GPU {{gpu}}")],
+            w=8, h=5, unit="percentunit", min=0, max=1, steps=((GREEN, None), (ORANGE, 0.9), (RED, 0.95)), options=GAUGE,
+            description="llama-server allocates weights and KV cache up front, so high usage is expected; above 95% other allocations fail.")
+    b.row("Load")
+    b.panel("timeseries", "Utilisation",
+            [q(f"llamatelemetry_gpu_utilization_ratio{{{G}}}", "GPU {{gpu}} compute"),
+             q(f"llamatelemetry_gpu_memory_utilization_ratio{{{G}}}", "GPU {{gpu}} memory bandwidth")],
+            w=12, unit="percentunit", min=0, max=1, custom=ts(), options=LEGEND,
+            description="Share of time a kernel was running / device memory was being read or written (NVML).")
+    b.panel("timeseries", "Memory",
+            [q(f"llamatelemetry_gpu_memory_used_bytes{{{G}}}", "GPU {{gpu}} used"),
+             q(f"llamatelemetry_gpu_memory_total_bytes{{{G}}}", "GPU {{gpu}} total")],
+            w=12, unit="bytes", min=0, custom=ts(), options=LEGEND,
+            description="Used and total device memory.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*total"},
+                        "properties": [{"id": "custom.fillOpacity", "value": 0},
+                                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+    b.row("Power and thermals")
+    b.panel("timeseries", "Power",
+            [q(f"llamatelemetry_gpu_power_watts{{{G}}}", "GPU {{gpu}} draw"),
+             q(f"llamatelemetry_gpu_power_limit_watts{{{G}}}", "GPU {{gpu}} limit")],
+            w=8, unit="watt", min=0, custom=ts(), options=LEGEND, description="Board power draw against the enforced power limit.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*limit"},
+                        "properties": [{"id": "custom.fillOpacity", "value": 0},
+                                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+    b.panel("stat", "Energy in range",
+            [q(f"increase(llamatelemetry_gpu_energy_joules_total{{{G}}}[$__range])", "GPU {{gpu}}")],
+            w=4, unit="joule", min=0, options={**STAT, "colorMode": "none"},
+            description="Energy used over the dashboard's time range (NVML total energy counter).")
+    b.panel("timeseries", "Temperature",
+            [q(f"llamatelemetry_gpu_temperature_celsius{{{G}}}", "GPU {{gpu}}")],
+            w=6, unit="celsius", min=0, steps=((GREEN, None), (ORANGE, 80), (RED, 85)),
+            custom={**ts(fill=0), "thresholdsStyle": {"mode": "line+area"}}, options=LEGEND,
+            description="GPU core temperature; the GpuTemperatureHigh alert fires above 85°C for 5 minutes.")
+    b.panel("timeseries", "Fan speed",
+            [q(f"llamatelemetry_gpu_fan_speed_ratio{{{G}}}", "GPU {{gpu}}")],
+            w=6, unit="percentunit", min=0, max=1, custom=ts(fill=0), options=LEGEND,
+            description="Intended fan speed as a share of maximum (absent on passively cooled GPUs).")
+    b.panel("timeseries", "Clocks",
+            [q(f"llamatelemetry_gpu_sm_clock_hertz{{{G}}}", "GPU {{gpu}} SM"),
+             q(f"llamatelemetry_gpu_memory_clock_hertz{{{G}}}", "GPU {{gpu}} memory")],
+            w=12, unit="hertz", min=0, custom=ts(fill=0), options=LEGEND, description="Current SM and memory clocks.")
+    b.panel("state-timeline", "Throttle reasons",
+            [q(f"max by (gpu, reason) (llamatelemetry_gpu_throttle_reason{{{G}}})", "GPU {{gpu}} {{reason}}")],
+            w=12, unit="none", steps=((GREEN, None), (RED, 1)),
+            mappings=[{"type": "value", "options": {"0": {"text": "off", "color": "transparent", "index": 0},
+                                                    "1": {"text": "active", "color": RED, "index": 1}}}],
+            options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
+                     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False}},
+            description="Why clocks are reduced. Power cap under full load is normal; thermal and hardware slowdown are not.")
+    b.row("Who uses the GPU")
+    b.panel("bargauge", "GPU memory per llama-server",
+            [q(f"sum by (gpu, target) (llamatelemetry_gpu_target_memory_used_bytes{{{G}}})", "GPU {{gpu}} {{target}}")],
+            w=12, unit="bytes", min=0, options=BARGAUGE,
+            description="Device memory held by each llama-server target (its process, matched by PID).")
+    b.panel("table", "GPU memory per process",
+            [q(f"llamatelemetry_gpu_process_memory_used_bytes{{{G}}}", instant=True, table=True)],
+            w=12, unit="bytes", options={**TABLE, "sortBy": [{"displayName": "memory", "desc": True}]},
+            description="Every compute process on the GPU (host PIDs) and its device memory.",
+            transformations=[{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "__name__": True, "job": True, "instance": True},
+                "renameByName": {"Value": "memory"}}}],
+            overrides=[{"matcher": {"id": "byName", "options": "memory"},
+                        "properties": [{"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]}])
+    b.panel("stat", "ECC errors in range",
+            [q(f"sum by (gpu, type) (increase(llamatelemetry_gpu_ecc_errors_total{{{G}}}[$__range]))", "GPU {{gpu}} {{type}}")],
+            w=24, h=4, unit="short", min=0, steps=((GREEN, None), (RED, 1)), options={**STAT, "graphMode": "none"},
+            description="Corrected and uncorrected ECC errors over the time range (absent on GPUs without ECC).")
+    return b
+
+
+# ----------------------------------------------------------------------------------------------- Requests
+def requests() -> Board:
+    sel = 'gen_ai_request_model=~"$model", gen_ai_operation_name=~"$operation"'
+    count = "gen_ai_client_operation_duration_seconds_count"
+    variables = [query_var("model", "gen_ai_request_model", "gen_ai_client_operation_duration_seconds_count"),
+                 query_var("operation", "gen_ai_operation_name", "gen_ai_client_operation_duration_seconds_count")]
+    b = Board("llamatelemetry-requests", "Requests (client telemetry)",
+              "OpenTelemetry GenAI client metrics from applications using the llamatelemetry client, via the OTel collector.",
+              variables,
+              [dashboards_link(), explore_link("Traces in Tempo", TRACEQL_LLAMA),
+               explore_link("Failed calls in Tempo", TRACEQL_ERRORS)])
+    trace_link = [{"title": "Traces of this period in Tempo", "targetBlank": False,
+                   "url": "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps({"t": {
+                       "datasource": TEMPO_UID,
+                       "queries": [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": TRACEQL_LLAMA}],
+                       "range": {"from": "${__from}", "to": "${__to}"}}}, separators=(",", ":")), safe="${}_")}]
+    b.row("Overview")
+    b.panel("stat", "Calls/s", [q(f"sum(rate({count}{{{sel}}}[{RI}]))", "calls/s")], w=6, h=5, unit="reqps", min=0,
+            options={**STAT, "colorMode": "none"}, description="Client operations per second (all outcomes).")
+    b.panel("stat", "Error ratio",
+            [q(f'(sum(rate({count}{{{sel}, error_type!=""}}[{RI}])) or vector(0)) / sum(rate({count}{{{sel}}}[{RI}]))', "errors")],
+            w=6, h=5, unit="percentunit", min=0, steps=((GREEN, None), (ORANGE, 0.01), (RED, 0.05)), options=STAT,
+            description="Share of calls that failed (error.type set). The ClientErrorRateHigh alert fires above 5%.")
+    b.panel("stat", "p95 latency",
+            [q(f"histogram_quantile(0.95, sum by (le) (rate(gen_ai_client_operation_duration_seconds_bucket{{{sel}}}[{RI}])))", "p95")],
+            w=6, h=5, unit="s", min=0, steps=((GREEN, None), (ORANGE, 10), (RED, 30)), options=STAT,
+            description="95th percentile of the whole operation's duration.")
+    b.panel("stat", "Reasoning-budget exhaustions",
+            [q(f'sum(increase(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model"}}[$__range]))', "exhausted")],
+            w=6, h=5, unit="short", min=0, steps=((GREEN, None), (ORANGE, 1)), options=STAT,
+            description="Calls over the time range whose max_tokens ran out while the model was still reasoning (no answer).")
+    b.row("Latency")
+    b.panel("timeseries", "Operation duration",
+            [q(f"histogram_quantile({p}, sum by (le) (rate(gen_ai_client_operation_duration_seconds_bucket{{{sel}}}[{RI}])))",
+               f"p{round(p * 100)}", exemplar=True) for p in (0.5, 0.9, 0.99)],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND, links=trace_link,
+            description="Percentiles of the client-side duration of each call. Exemplar dots open the trace in Tempo.")
+    b.panel("timeseries", "Time to first chunk (streaming)",
+            [q(f"histogram_quantile({p}, sum by (le) (rate(gen_ai_client_operation_time_to_first_chunk_seconds_bucket{{{sel}}}[{RI}])))",
+               f"p{round(p * 100)}", exemplar=True) for p in (0.5, 0.9, 0.99)],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND, links=trace_link,
+            description="Time from sending the request to the first streamed chunk: queueing plus prompt processing.")
+    b.panel("timeseries", "p95 duration by model",
+            [q(f"histogram_quantile(0.95, sum by (le, gen_ai_request_model) (rate(gen_ai_client_operation_duration_seconds_bucket{{{sel}}}[{RI}])))",
+               "{{gen_ai_request_model}}")],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND, links=trace_link,
+            description="95th percentile duration per requested model.")
+    b.panel("timeseries", "Time per output chunk",
+            [q(f"histogram_quantile({p}, sum by (le) (rate(gen_ai_client_operation_time_per_output_chunk_seconds_bucket{{{sel}}}[{RI}])))",
+               f"p{round(p * 100)}") for p in (0.5, 0.9)],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Time between streamed chunks after the first: the generation speed a streaming user sees.")
+    b.row("Tokens")
+    b.panel("timeseries", "Tokens per call (average)",
+            [q(f"sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{{{sel}}}[{RI}])) / sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_count{{{sel}}}[{RI}]))",
+               "{{gen_ai_token_type}}")],
+            w=8, unit="short", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Average input, output and reasoning tokens per call (output includes reasoning).")
+    b.panel("bargauge", "Output tokens per call (p50 / p90 / p99)",
+            [q(f'histogram_quantile({p}, sum by (le) (rate(gen_ai_client_token_usage_bucket{{{sel}, gen_ai_token_type="output"}}[{RI}])))',
+               f"p{round(p * 100)}") for p in (0.5, 0.9, 0.99)],
+            w=8, unit="short", min=0, options=BARGAUGE,
+            description="Distribution of output tokens per call.")
+    b.panel("gauge", "Reasoning share of output",
+            [q(f'sum(rate(gen_ai_client_token_usage_sum{{{sel}, gen_ai_token_type="reasoning"}}[{RI}])) / sum(rate(gen_ai_client_token_usage_sum{{{sel}, gen_ai_token_type="output"}}[{RI}]))',
+               "reasoning share")],
+            w=8, unit="percentunit", min=0, max=1, steps=((GREEN, None), (YELLOW, 0.7), (ORANGE, 0.9)), options=GAUGE,
+            description="Share of output tokens spent reasoning (<think>) rather than answering.")
+    b.panel("timeseries", "Token throughput by type",
+            [q(f"sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{{{sel}}}[{RI}]))", "{{gen_ai_token_type}}")],
+            w=12, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
+            description="Tokens per second across all calls, by token type.")
+    b.panel("timeseries", "Reasoning-budget exhaustions/s",
+            [q(f'sum by (gen_ai_request_model) (rate(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model"}}[{RI}]))',
+               "{{gen_ai_request_model}}")],
+            w=12, unit="reqps", min=0, custom=ts(draw="bars", fill=60), options=LEGEND,
+            description="Calls whose max_tokens ran out during reasoning. Alert: ReasoningBudgetExhaustionRateHigh (over 10% of calls).")
+    b.row("Errors and traces")
+    b.panel("timeseries", "Errors by error.type",
+            [q(f'sum by (error_type) (rate({count}{{{sel}, error_type!=""}}[{RI}]))', "{{error_type}}")],
+            w=12, unit="reqps", min=0, custom=ts(stack=True, draw="bars", fill=80), options=LEGEND,
+            links=[{"title": "Failed calls in Tempo", "url": explore_link("", TRACEQL_ERRORS)["url"], "targetBlank": False}],
+            description="Failed calls per second by error.type (HTTP status or exception class).")
+    b.panel("table", "Recent llama.cpp traces",
+            [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": TRACEQL_LLAMA, "limit": 20,
+              "tableType": "traces"}],
+            w=12, unit="none", datasource=TEMPO, options=TABLE,
+            description="Latest client spans in Tempo; click a trace id to open it.")
+    return b
+
+
+BOARDS = {"llama-server.json": llama_server, "gpu.json": gpu, "requests.json": requests}
+
+
+def render() -> dict[str, str]:
+    return {name: json.dumps(make().to_json(), indent=2, ensure_ascii=False) + "\n" for name, make in BOARDS.items()}
+
+
+def main() -> int:
+    for name, text in render().items():
+        (HERE / name).write_text(text, encoding="utf-8")
+        print(f"wrote {HERE / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

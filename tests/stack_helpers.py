@@ -1,0 +1,112 @@
+"""Helpers for the monitoring-stack tests (tests/test_stack*.py): repository paths, YAML loading,
+and PromQL extraction from the dashboards and alert rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COLLECTOR = ROOT / "collector"
+DASHBOARDS = ROOT / "dashboards"
+PROVISIONING = DASHBOARDS / "provisioning"
+DASHBOARD_FILES = sorted(DASHBOARDS.glob("*.json"))
+
+#: Values substituted for Grafana's built-in variables before a query is sent to Prometheus.
+BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__from": "0", "__to": "0"}
+
+#: Trailing threshold comparison of an alert expression (see the convention in collector/alerts.yml).
+_THRESHOLD_RE = re.compile(r"^(?P<query>.*?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>-?[0-9][0-9.e+-]*)\s*$", re.S)
+_VAR_RE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z0-9_]+)(?::[a-z]+)?\}|(?P<plain>[A-Za-z0-9_]+))")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including panels nested in collapsed rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def datasource_uids() -> dict[str, str]:
+    """uid -> type of every provisioned datasource."""
+    uids: dict[str, str] = {}
+    for path in sorted((PROVISIONING / "datasources").glob("*.y*ml")):
+        for ds in load_yaml(path).get("datasources", []):
+            uids[ds["uid"]] = ds["type"]
+    return uids
+
+
+def prometheus_targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) for every query a dashboard sends to a Prometheus datasource."""
+    prom = {uid for uid, kind in datasource_uids().items() if kind == "prometheus"}
+    for panel in iter_panels(dashboard):
+        for target in panel.get("targets", []):
+            ds = target.get("datasource") or panel.get("datasource") or {}
+            if ds.get("uid") in prom:
+                yield panel, target
+
+
+def variables_used(text: str) -> set[str]:
+    return {m.group("braced") or m.group("plain") for m in _VAR_RE.finditer(text)}
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    """Replace ``$var`` / ``${var}`` by ``values[var]`` (built-ins included); unknown names raise KeyError."""
+    merged = {**BUILTIN_VARIABLES, **values}
+
+    def repl(m: re.Match[str]) -> str:
+        return merged[m.group("braced") or m.group("plain")]
+
+    return _VAR_RE.sub(repl, expr)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+    for group in load_yaml(COLLECTOR / "alerts.yml")["groups"]:
+        rules.extend(r for r in group["rules"] if "alert" in r)
+    return rules
+
+
+def strip_threshold(expr: str) -> str:
+    """``<query> <op> <number>`` -> ``<query>``; raises ValueError when the rule does not follow the convention."""
+    m = _THRESHOLD_RE.match(expr.strip())
+    if not m:
+        raise ValueError(f"alert expression is not '<query> <comparison> <number>': {expr!r}")
+    return m.group("query")
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expression with variables substituted) for every Prometheus query."""
+    out: list[tuple[str, str, str]] = []
+    for path in DASHBOARD_FILES:
+        board = load_dashboard(path)
+        all_values = {v["name"]: v.get("allValue") or ".*" for v in board["templating"]["list"]}
+        for panel, target in prometheus_targets(board):
+            out.append((path.name, panel["title"], substitute(target["expr"], all_values)))
+    return out
+
+
+def variable_queries() -> list[tuple[str, str, str, str]]:
+    """(dashboard file, variable name, metric selector, label) for every ``label_values`` variable."""
+    out = []
+    for path in DASHBOARD_FILES:
+        for var in load_dashboard(path)["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            m = re.fullmatch(r"label_values\((?P<metric>.+),\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\)", query.strip())
+            assert m, f"{path.name} ${var['name']}: unsupported variable query {query!r}"
+            out.append((path.name, var["name"], m.group("metric"), m.group("label")))
+    return out

@@ -1,0 +1,309 @@
+"""Offline checks of the monitoring stack: promtool, docker-compose config, and cross-references between
+docker-compose.yml, the collector config, prometheus.yml, Tempo, Grafana provisioning and the Dockerfile."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from stack_helpers import COLLECTOR, DASHBOARDS, PROVISIONING, ROOT, load_yaml
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+DOCKER_COMPOSE = shutil.which("docker-compose") or "/usr/bin/docker-compose"
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "s3cret-test-password"}
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV and not k.startswith(("LLAMA_", "GRAFANA_"))}
+    full_env.update(env or {})
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE)
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value following ``name`` in an argument list (``--x v`` or ``--x=v``)."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {args}")
+
+
+# ------------------------------------------------------------------------------------------- promtool
+def test_promtool_check_config() -> None:
+    result = run([PROMTOOL, "check", "config", str(COLLECTOR / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_check_rules() -> None:
+    result = run([PROMTOOL, "check", "rules", str(COLLECTOR / "alerts.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    result = run([PROMTOOL, "test", "rules", str(COLLECTOR / "alerts_test.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_fire_and_no_fire_cases() -> None:
+    rules = [r["alert"] for g in load_yaml(COLLECTOR / "alerts.yml")["groups"] for r in g["rules"] if "alert" in r]
+    required = {"LlamaServerDown", "LlamaServerModelLoadingTooLong", "LlamaServerRequestsDeferred",
+                "LlamaServerSlotContextNearlyFull", "GpuMemoryNearlyFull", "GpuTemperatureHigh", "GpuThrottling",
+                "ReasoningBudgetExhaustionRateHigh", "ClientErrorRateHigh"}
+    assert required <= set(rules)
+    fires: dict[str, int] = {}
+    quiet: dict[str, int] = {}
+    for case in load_yaml(COLLECTOR / "alerts_test.yml")["tests"]:
+        for check in case["alert_rule_test"]:
+            bucket = fires if check.get("exp_alerts") else quiet
+            bucket[check["alertname"]] = bucket.get(check["alertname"], 0) + 1
+    for name in rules:
+        assert fires.get(name), f"no promtool case where {name} fires"
+        assert quiet.get(name), f"no promtool case where {name} stays quiet"
+
+
+def test_rules_have_severity_and_summary() -> None:
+    for group in load_yaml(COLLECTOR / "alerts.yml")["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+            assert "for" in rule, f"{rule['alert']}: a rule without 'for' pages on a single bad scrape"
+
+
+# ------------------------------------------------------------------------------------- docker-compose
+def test_compose_validates_offline() -> None:
+    result = run([DOCKER_COMPOSE, "-f", str(COMPOSE), "config", "-q"], REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_gpu_override_validates_offline() -> None:
+    result = run([DOCKER_COMPOSE, "-f", str(COMPOSE), "-f", str(COMPOSE_GPU), "config"], REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+    merged = __import__("yaml").safe_load(result.stdout)["services"]
+    assert "cuda" in merged["llama-server"]["image"]
+    for name in ("llama-server", "exporter"):
+        devices = merged[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d["driver"] == "nvidia" for d in devices), name
+    assert "--n-gpu-layers" in merged["llama-server"]["command"]
+
+
+def test_compose_refuses_to_start_without_grafana_password() -> None:
+    result = run([DOCKER_COMPOSE, "-f", str(COMPOSE), "config", "-q"])
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    resolved = run([DOCKER_COMPOSE, "-f", str(COMPOSE), "config"], REQUIRED_ENV)
+    env = __import__("yaml").safe_load(resolved.stdout)["services"]["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED_ENV["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_compose_model_path_is_configurable() -> None:
+    result = run([DOCKER_COMPOSE, "-f", str(COMPOSE), "config"],
+                 {**REQUIRED_ENV, "LLAMA_MODEL": "/models/qwen3-8b.gguf", "LLAMA_MODELS_DIR": "/srv/models"})
+    assert result.returncode == 0, result.stderr
+    server = __import__("yaml").safe_load(result.stdout)["services"]["llama-server"]
+    assert flag(server["command"], "--model") == "/models/qwen3-8b.gguf"
+    assert "--metrics" in server["command"]
+    assert flag(server["command"], "--host") == "0.0.0.0"
+    volumes = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in server["volumes"]]
+    assert any(v.startswith("/srv/models:/models") for v in volumes), volumes
+
+
+def test_expected_services_and_pinned_images() -> None:
+    services = compose()["services"]
+    assert {"llama-server", "exporter", "collector", "prometheus", "grafana", "tempo"} <= set(services)
+    assert "ghcr.io/ggml-org/llama.cpp:server" in services["llama-server"]["image"]
+    assert "otel/opentelemetry-collector-contrib:" in services["collector"]["image"]
+    for doc in (compose(), load_yaml(COMPOSE_GPU)):
+        for name, svc in doc["services"].items():
+            image = svc.get("image")
+            if image is None:
+                continue
+            tag = image.rsplit(":", 1)[-1].rstrip("}")
+            assert re.search(r"\d", tag) and "latest" not in tag, f"{name}: image {image!r} is not pinned"
+    assert services["exporter"]["build"]["dockerfile"] == "Dockerfile"
+
+
+def test_published_ports_bind_loopback_only() -> None:
+    for name, svc in compose()["services"].items():
+        for port in svc.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port!r} is reachable from the network"
+
+
+def _bind_mounts() -> list[tuple[str, str, str]]:
+    mounts = []
+    for name, svc in compose()["services"].items():
+        for vol in svc.get("volumes", []):
+            source, target = vol.split(":")[:2]
+            if source.startswith("."):
+                mounts.append((name, source, target))
+    return mounts
+
+
+def test_every_mounted_config_file_exists() -> None:
+    mounts = _bind_mounts()
+    assert len(mounts) >= 6
+    for name, source, _ in mounts:
+        assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+
+
+def _mount_source(service: str, target: str) -> Path:
+    for name, source, mount_target in _bind_mounts():
+        if name == service and mount_target == target:
+            return ROOT / source
+    raise AssertionError(f"{service} has no bind mount at {target}")
+
+
+def test_config_paths_in_commands_are_mounted() -> None:
+    services = compose()["services"]
+    assert _mount_source("collector", flag(services["collector"]["command"], "--config")) == COLLECTOR / "otel-collector.yaml"
+    assert _mount_source("tempo", flag(services["tempo"]["command"], "-config.file")) == COLLECTOR / "tempo.yaml"
+    prom_cfg = flag(services["prometheus"]["command"], "--config.file")
+    assert _mount_source("prometheus", prom_cfg) == COLLECTOR / "prometheus.yml"
+    # rule_files are relative to prometheus.yml: each must be mounted next to it.
+    for rule_file in load_yaml(COLLECTOR / "prometheus.yml")["rule_files"]:
+        in_container = str(Path(prom_cfg).parent / rule_file)
+        assert _mount_source("prometheus", in_container) == COLLECTOR / rule_file
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
+
+
+def test_collector_pipelines() -> None:
+    cfg = load_yaml(COLLECTOR / "otel-collector.yaml")
+    pipelines = cfg["service"]["pipelines"]
+    assert {"traces", "metrics"} <= set(pipelines)
+    for name, pipe in pipelines.items():
+        assert pipe["processors"][0] == "memory_limiter", name
+        assert pipe["processors"][-1] == "batch", name
+        for component in pipe["receivers"]:
+            assert component in cfg["receivers"], component
+        for component in pipe["processors"]:
+            assert component in cfg["processors"], component
+        for component in pipe["exporters"]:
+            assert component in cfg["exporters"], component
+    protocols = cfg["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    published = {p.split(":")[-1] for p in compose()["services"]["collector"]["ports"]}
+    assert {"4317", "4318"} <= published
+    assert "prometheus" in pipelines["metrics"]["exporters"]
+    # the limiter fits inside the container's memory limit
+    limit = compose()["services"]["collector"]["mem_limit"]
+    assert limit.endswith("m") and cfg["processors"]["memory_limiter"]["limit_mib"] < int(limit[:-1])
+
+
+def _scrape_targets() -> dict[str, list[str]]:
+    return {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+            for job in load_yaml(COLLECTOR / "prometheus.yml")["scrape_configs"]}
+
+
+def test_prometheus_scrapes_what_compose_runs() -> None:
+    services = compose()["services"]
+    targets = _scrape_targets()
+    exporter_target = targets["llamatelemetry-exporter"]
+    assert exporter_target == ["exporter:9183"]
+    exporter_cmd = services["exporter"]["command"]
+    assert flag(exporter_cmd, "--host") == "0.0.0.0"
+    assert flag(exporter_cmd, "--port") == "9183"
+    assert any(p.endswith(":9183") for p in services["exporter"]["ports"])
+
+    collector_cfg = load_yaml(COLLECTOR / "otel-collector.yaml")
+    [collector_target] = targets["otel-collector"]
+    host, port = collector_target.split(":")
+    assert host in services
+    assert port_of(collector_cfg["exporters"]["prometheus"]["endpoint"]) == int(port)
+    assert collector_cfg["exporters"]["prometheus"]["endpoint"].startswith("0.0.0.0:")
+    collector_job = next(j for j in load_yaml(COLLECTOR / "prometheus.yml")["scrape_configs"] if j["job_name"] == "otel-collector")
+    assert collector_job.get("honor_labels") is True
+
+
+def test_exporter_targets_the_llama_server_service() -> None:
+    services = compose()["services"]
+    spec = flag(services["exporter"]["command"], "--target")
+    url = spec.split("=", 1)[1] if "=" in spec.split("://")[0] else spec
+    m = re.fullmatch(r"http://(?P<host>[^:/]+):(?P<port>\d+)", url)
+    assert m, url
+    assert m["host"] in services
+    assert flag(services[m["host"]]["command"], "--port") == m["port"]
+
+
+def test_traces_reach_tempo() -> None:
+    services = compose()["services"]
+    collector_cfg = load_yaml(COLLECTOR / "otel-collector.yaml")
+    trace_exporters = collector_cfg["service"]["pipelines"]["traces"]["exporters"]
+    assert trace_exporters == ["otlp/tempo"]
+    host, port = collector_cfg["exporters"]["otlp/tempo"]["endpoint"].split(":")
+    assert host in services and host == "tempo"
+    tempo = load_yaml(COLLECTOR / "tempo.yaml")
+    assert port_of(tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]) == int(port)
+
+
+def test_grafana_datasources_point_at_compose_services() -> None:
+    services = compose()["services"]
+    tempo_port = load_yaml(COLLECTOR / "tempo.yaml")["server"]["http_listen_port"]
+    prom_port = 9090
+    seen = {}
+    for path in (PROVISIONING / "datasources").glob("*.yml"):
+        for ds in load_yaml(path)["datasources"]:
+            m = re.fullmatch(r"http://(?P<host>[^:/]+):(?P<port>\d+)", ds["url"])
+            assert m and m["host"] in services, ds["url"]
+            seen[ds["type"]] = (m["host"], int(m["port"]))
+            for dest in ds.get("jsonData", {}).get("exemplarTraceIdDestinations", []):
+                assert dest["datasourceUid"] in {d["uid"] for d in load_yaml(path)["datasources"]}
+    assert seen["prometheus"] == ("prometheus", prom_port)
+    assert seen["tempo"] == ("tempo", tempo_port)
+    assert any(p.endswith(f":{prom_port}") for p in services["prometheus"]["ports"])
+
+
+def test_grafana_dashboard_provider_path_is_mounted() -> None:
+    [provider_file] = (PROVISIONING / "dashboards").glob("*.yml")
+    [provider] = load_yaml(provider_file)["providers"]
+    assert provider["type"] == "file"
+    path = provider["options"]["path"]
+    assert _mount_source("grafana", path) == DASHBOARDS
+    assert _mount_source("grafana", "/etc/grafana/provisioning") == PROVISIONING
+    home = compose()["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(path + "/") and (DASHBOARDS / home[len(path) + 1:]).is_file()
+
+
+# ------------------------------------------------------------------------------------------ Dockerfile
+def test_dockerfile_builds_a_non_root_exporter_image() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert re.match(r"FROM python:3\.11[.\d]*-slim", lines[0])
+    assert any(re.search(r"pip install \"?\.\[exporter\]\"?", line) for line in lines)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    assert 'ENTRYPOINT ["llamatelemetry-exporter"]' in lines
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "llamatelemetry-exporter" in pyproject["project"]["scripts"]
+    assert "exporter" in pyproject["project"]["optional-dependencies"]
+    # the files the Dockerfile copies exist in the build context and are not excluded by .dockerignore
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    for line in lines:
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert src not in ignored, src
+                assert src == "README.md" or (ROOT / src).exists(), src
