@@ -24,4 +24,4 @@ WORKDIR /
 EXPOSE 9183
 # Listen on all interfaces *inside* the container so Prometheus (another container) can scrape it.
 ENTRYPOINT ["llamatelemetry-exporter"]
-CMD ["--host", "0.0.0.0", "--port", "9183", "--target", "llama-server=http://llama-server:8080"]
+CMD ["--listen", "0.0.0.0", "--port", "9183", "--target", "llama-server=http://llama-server:8080"]

@@ -225,7 +225,7 @@ def test_prometheus_scrapes_what_compose_runs() -> None:
     exporter_target = targets["llamatelemetry-exporter"]
     assert exporter_target == ["exporter:9183"]
     exporter_cmd = services["exporter"]["command"]
-    assert flag(exporter_cmd, "--host") == "0.0.0.0"
+    assert flag(exporter_cmd, "--listen") == "0.0.0.0"
     assert flag(exporter_cmd, "--port") == "9183"
     assert any(p.endswith(":9183") for p in services["exporter"]["ports"])
 
@@ -307,3 +307,29 @@ def test_dockerfile_builds_a_non_root_exporter_image() -> None:
             for src in line.split()[1:-1]:
                 assert src not in ignored, src
                 assert src == "README.md" or (ROOT / src).exists(), src
+
+
+def _exporter_config(argv: list[str]) -> Any:
+    import argparse
+
+    from llamatelemetry.exporter import cli as exporter_cli
+
+    parser = argparse.ArgumentParser(prog="llamatelemetry-exporter", exit_on_error=False)
+    exporter_cli.add_arguments(parser)
+    return exporter_cli.build_config(parser.parse_args(argv))
+
+
+def test_exporter_command_is_understood_by_the_real_cli() -> None:
+    """The compose command and the Dockerfile CMD parse with the exporter's own argument parser."""
+    config = _exporter_config(compose()["services"]["exporter"]["command"])
+    assert (config.host, config.port) == ("0.0.0.0", 9183)
+    assert config.targets == ["llama-server=http://llama-server:8080"]
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    import json
+
+    docker_config = _exporter_config(json.loads(cmd[4:]))
+    assert (docker_config.host, docker_config.port, docker_config.targets) == (config.host, config.port, config.targets)
+    from llamatelemetry.exporter.targets import parse_target
+
+    target = parse_target(config.targets[0])
+    assert target.name == "llama-server" and target.base_url == "http://llama-server:8080"
