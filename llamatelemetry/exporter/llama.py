@@ -124,8 +124,10 @@ class TargetView:
                 available.add_metric([name, ep], 0.0)
                 self._note(f"/{ep}", f"/{ep} answered 501: {FLAG_HINT[ep]}")
                 continue
-            elif got.status is None or got.status == 503 or state != "ok":
+            elif state != "ok" or got.status == 503:
                 continue  # already reported through the server state
+            elif got.status is None:
+                problem = f"/{ep} failed: {got.error}"
             elif got.status in (401, 403):
                 problem = f"/{ep} answered {got.status}: the API key is missing or wrong (set --api-key or {API_KEY_ENV})"
             elif got.status == 400 and ep == "metrics":

@@ -56,6 +56,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     app: "ExporterApp"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper that hangs up mid-answer is not worth a traceback on stderr.
+        log.debug("error while answering %s", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so Prometheus reuses its connection
@@ -139,7 +143,8 @@ class ExporterApp:
         self.runner.start()
         self._httpd = _Server((self.config.host, self.config.port), _Handler)
         self._httpd.app = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="llamatelemetry-http", daemon=True)
+        # A short poll interval makes stop() (and Ctrl-C) return promptly.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="llamatelemetry-http", daemon=True)
         self._thread.start()
         log.info("serving metrics on %s/metrics for %d target(s): %s", self.url, len(self.targets),
                  ", ".join(f"{t.name}={t.base_url}" for t in self.targets))
