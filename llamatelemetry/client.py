@@ -91,6 +91,11 @@ class _ClientBase:
             )
 
     @property
+    def _client(self) -> "_ClientBase":
+        # Lets the generated endpoint methods live on the client itself as on its resources.
+        return self
+
+    @property
     def base_url(self) -> str:
         return self._settings.base_url
 

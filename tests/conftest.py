@@ -48,7 +48,7 @@ def llama_server_factory(llama_server_binary: Path, scripted_model: Path) -> Ite
 def full_server(llama_server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> LlamaServer:
     """A llama-server with every optional endpoint on: metrics, embeddings, slot save/restore, 2 slots."""
     slot_dir = tmp_path_factory.mktemp("slots")
-    return llama_server_factory("--metrics", "--embeddings", "--slot-save-path", str(slot_dir), parallel=2)
+    return llama_server_factory("--metrics", "--embeddings", "--pooling", "mean", "--slot-save-path", str(slot_dir), parallel=2)
 
 
 @pytest.fixture(scope="session")
