@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 __all__ = ["MetricFamily", "Sample", "PromTextParseError", "parse_prometheus_text"]
@@ -68,16 +69,16 @@ class MetricFamily:
     samples: list[Sample] = field(default_factory=list)
 
 
-def _is_name_start(ch: str) -> bool:
-    return ch.isascii() and (ch.isalpha() or ch in "_:")
-
-
-def _is_name_char(ch: str) -> bool:
-    return ch.isascii() and (ch.isalnum() or ch in "_:")
+# Simple character-class regexes (no nested quantifiers, so no catastrophic backtracking).
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NAME_CHARS = re.compile(r"[a-zA-Z0-9_:]*")
+# Fast path for the common label-less sample: "name value [timestamp]".
+_SIMPLE_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]+(\S+)(?:[ \t]+(\S+))?")
 
 
 def _valid_metric_name(name: str) -> bool:
-    return bool(name) and _is_name_start(name[0]) and all(_is_name_char(c) for c in name)
+    return _METRIC_NAME.fullmatch(name) is not None
 
 
 def _parse_float(token: str, lineno: int, line: str) -> float:
@@ -98,6 +99,8 @@ def _parse_float(token: str, lineno: int, line: str) -> float:
 
 
 def _unescape(text: str, lineno: int, line: str, *, quote: bool) -> str:
+    if "\\" not in text:
+        return text
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -120,10 +123,17 @@ def _unescape(text: str, lineno: int, line: str, *, quote: bool) -> str:
 
 
 def _parse_sample(line: str, lineno: int) -> Sample:
+    simple = _SIMPLE_SAMPLE.fullmatch(line)
+    if simple is not None:
+        value = _parse_float(simple.group(2), lineno, line)
+        if simple.group(3) is not None:
+            try:
+                float(simple.group(3))
+            except ValueError:
+                raise PromTextParseError("timestamp is not a number", lineno, line) from None
+        return Sample(simple.group(1), {}, value)
     n = len(line)
-    i = 0
-    while i < n and _is_name_char(line[i]):
-        i += 1
+    i = _NAME_CHARS.match(line).end()
     name = line[:i]
     if not _valid_metric_name(name):
         raise PromTextParseError("expected a metric name", lineno, line)
@@ -138,12 +148,11 @@ def _parse_sample(line: str, lineno: int) -> Sample:
             if line[i] == "}":
                 i += 1
                 break
-            start = i
-            while i < n and _is_name_char(line[i]) and line[i] != ":":
-                i += 1
-            label = line[start:i]
-            if not label or not (label[0].isalpha() or label[0] == "_"):
+            match = _LABEL_NAME.match(line, i)
+            if match is None:
                 raise PromTextParseError("expected a label name", lineno, line)
+            label = match.group()
+            i = match.end()
             while i < n and line[i] in " \t":
                 i += 1
             if i >= n or line[i] != "=":

@@ -249,7 +249,7 @@ def test_router_mode_is_explained(fakes, exporter, caplog) -> None:  # noqa: ANN
     app2 = exporter({"q": fake.url + "/?model=qwen"})
     fake.paths.clear()
     scrape(app2.url)
-    assert sorted(fake.paths) == ["/health?model=qwen", "/metrics?model=qwen", "/props?model=qwen", "/slots?model=qwen"]
+    assert sorted(fake.paths) == ["/metrics?model=qwen", "/props?model=qwen", "/slots?model=qwen"]
 
 
 def test_duplicate_or_bad_targets_are_rejected() -> None:

@@ -58,7 +58,8 @@ class ExporterCollector(Collector):
     def _fetch(self) -> list[TargetSnapshot]:
         # The fetcher enforces each target's deadline; the margin only guards against a stuck loop.
         try:
-            return self.runner.run(self.fetcher.fetch_all(self.targets), timeout=self.fetcher.timeout * 2 + 5)
+            with_props = {name: view.props_due() for name, view in self.views.items()}
+            return self.runner.run(self.fetcher.fetch_all(self.targets, with_props), timeout=self.fetcher.timeout * 2 + 5)
         except Exception as exc:  # noqa: BLE001 - one broken scrape must not kill the endpoint
             log.error("fetching targets failed: %r", exc)
             self._fetch_failed = True

@@ -1,8 +1,8 @@
 """Fetch llama-server endpoints for many targets concurrently, each under a deadline and a size cap.
 
 The exporter's scrape handler runs in an HTTP server thread; the fetching runs on one
-long-lived asyncio loop in a background thread (:class:`AsyncRunner`) with one pooled
-``httpx.AsyncClient``, so connections to llama-server are reused between scrapes.
+long-lived asyncio loop in a background thread (:class:`AsyncRunner`), with the small HTTP
+client in :mod:`._http` (one short-lived connection per request, see there why).
 
 Example::
 
@@ -21,14 +21,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, TypeVar
 
-import httpx
-
+from ._http import HTTPFailure, ResponseTooLarge, http_get
 from .targets import Target
 
 T = TypeVar("T")
 
-#: Endpoints read on every scrape, in this order.
-ENDPOINTS = ("health", "metrics", "props", "slots")
 
 #: Default cap on the bytes read from one endpoint of one target (a llama-server /props with a
 #: long chat template is ~50 kB; /slots is ~2 kB per slot).
@@ -51,10 +48,6 @@ class TargetSnapshot:
     target: Target
     results: dict[str, Fetched] = field(default_factory=dict)
     duration: float = 0.0
-
-
-class ResponseTooLarge(Exception):
-    """The endpoint sent more than the byte cap."""
 
 
 class AsyncRunner:
@@ -85,82 +78,65 @@ class AsyncRunner:
 
 
 class Fetcher:
-    """Reads ``/health``, ``/metrics``, ``/props`` and ``/slots`` of every target concurrently.
+    """Reads a target's llama-server endpoints concurrently (see :meth:`fetch_target`).
 
-    ``timeout`` is the per-target deadline in seconds (all of a target's endpoints are fetched
-    in parallel, so it bounds the whole target); ``max_bytes`` caps each response body;
-    ``api_key`` is sent as ``Authorization: Bearer`` and never logged. ``transport`` lets
-    tests plug in ``httpx.MockTransport``. The client is created lazily on the loop that
-    first uses it.
+    ``timeout`` is the per-target deadline in seconds (a target's endpoints are fetched in
+    parallel, so it bounds the whole target); ``max_bytes`` caps each response body;
+    ``api_key`` is sent as ``Authorization: Bearer`` and never logged.
     """
 
-    def __init__(self, *, timeout: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES, api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, *, timeout: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES, api_key: str | None = None) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._headers = {"Accept": "application/json, text/plain;q=0.9", "User-Agent": "llamatelemetry-exporter"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                headers=self._headers,
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=4.0),
-                transport=self._transport,
-                follow_redirects=False,
-                trust_env=False,  # never route loopback llama-servers through an HTTP proxy
-            )
-        return self._client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Nothing to release: every request uses its own connection."""
 
-    async def _get_once(self, url: str) -> Fetched:
-        client = self._get_client()
-        async with client.stream("GET", url) as resp:
-            declared = resp.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise ResponseTooLarge(f"response is {declared} bytes, over the {self.max_bytes}-byte cap")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise ResponseTooLarge(f"response exceeded the {self.max_bytes}-byte cap")
-                chunks.append(chunk)
-            return Fetched(status=resp.status_code, body=b"".join(chunks))
+    async def _get_with_retry(self, url: str) -> tuple[int, bytes]:
+        try:
+            return await http_get(url, self._headers, max_bytes=self.max_bytes)
+        except (HTTPFailure, ConnectionResetError) as exc:
+            # Seen with llama-server: a fresh connection closed before any response byte. Nothing
+            # was answered, so one retry is safe; anything else is reported as is.
+            if isinstance(exc, HTTPFailure) and "without answering" not in str(exc):
+                raise
+            return await http_get(url, self._headers, max_bytes=self.max_bytes)
 
     async def get(self, url: str) -> Fetched:
         """GET ``url``; transport problems become ``Fetched(error=...)``, never exceptions."""
         try:
-            for attempt in (1, 2):
-                try:
-                    return await asyncio.wait_for(self._get_once(url), self.timeout)
-                except httpx.RemoteProtocolError:
-                    # A pooled keep-alive connection the server had already closed: no response byte
-                    # was received, so one retry on a fresh connection is safe.
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+            status, body = await asyncio.wait_for(self._get_with_retry(url), self.timeout)
+            return Fetched(status=status, body=body)
+        except asyncio.TimeoutError:
             return Fetched(error=f"timed out after {self.timeout:g}s")
-        except ResponseTooLarge as exc:
+        except (ResponseTooLarge, HTTPFailure) as exc:
             return Fetched(error=str(exc))
-        except httpx.ConnectError as exc:
-            return Fetched(error=f"connection failed: {exc or type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return Fetched(error=f"{type(exc).__name__}: {exc}")
+        except ConnectionRefusedError:
+            return Fetched(error="connection refused (is llama-server running on that port?)")
+        except OSError as exc:
+            return Fetched(error=f"connection failed: {exc.strerror or exc}")
 
-    async def fetch_target(self, target: Target, endpoints: tuple[str, ...] = ENDPOINTS) -> TargetSnapshot:
+    async def fetch_target(self, target: Target, with_props: bool = True) -> TargetSnapshot:
+        """Fetch ``/metrics`` and ``/slots`` (and ``/props`` when asked) concurrently.
+
+        ``/health`` is only asked when those answers do not already tell the server state: any
+        200 means ready and llama-server answers 503 on every endpoint while loading, so a
+        healthy target costs two requests per scrape. (Each request in flight holds one of
+        llama-server's few HTTP threads, so fewer is kinder to real clients.)
+        """
         start = time.perf_counter()
+        endpoints = ("metrics", "slots", "props") if with_props else ("metrics", "slots")
         answers = await asyncio.gather(*(self.get(target.url("/" + ep)) for ep in endpoints))
-        return TargetSnapshot(target, dict(zip(endpoints, answers)), time.perf_counter() - start)
+        results = dict(zip(endpoints, answers))
+        decided = any(a.status in (200, 503) for a in answers) or all(a.status is None for a in answers)
+        if not decided:  # e.g. /metrics and /slots both 501 (started without --metrics, with --no-slots)
+            results["health"] = await self.get(target.url("/health"))
+        return TargetSnapshot(target, results, time.perf_counter() - start)
 
-    async def fetch_all(self, targets: list[Target]) -> list[TargetSnapshot]:
+    async def fetch_all(self, targets: list[Target], with_props: dict[str, bool] | None = None) -> list[TargetSnapshot]:
         """Fetch every target concurrently; a slow or dead target only costs its own deadline."""
-        return list(await asyncio.gather(*(self.fetch_target(t) for t in targets)))
+        wanted = with_props or {}
+        return list(await asyncio.gather(*(self.fetch_target(t, wanted.get(t.name, True)) for t in targets)))

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,6 +58,11 @@ def exported_name(name: str) -> str:
     return _INVALID.sub("_", name)
 
 
+#: /props (model, n_ctx, slots, build) changes only on restart: re-read it at most this often
+#: while the target stays ready, and at once after the target was not ready.
+PROPS_TTL_SECONDS = 60.0
+
+
 def _state_of(health: Fetched) -> str:
     if health.status is None:
         return "unreachable"
@@ -67,6 +73,24 @@ def _state_of(health: Fetched) -> str:
     return "error"
 
 
+def derive_state(results: dict[str, Fetched]) -> tuple[str, Fetched]:
+    """Server state and the answer it was read from.
+
+    ``/health`` decides when it was fetched; otherwise (see ``Fetcher.fetch_target``) any 200
+    means ok, any 503 loading, and no HTTP answer at all unreachable.
+    """
+    if "health" in results:
+        return _state_of(results["health"]), results["health"]
+    answers = list(results.values())
+    for status, state in ((200, "ok"), (503, "loading")):
+        for a in answers:
+            if a.status == status:
+                return state, a
+    if answers and all(a.status is None for a in answers):
+        return "unreachable", answers[0]
+    return "error", answers[0] if answers else Fetched(error="nothing fetched")
+
+
 class TargetView:
     """Per-target interpretation and memory (log de-duplication, the scrape error counter)."""
 
@@ -75,6 +99,13 @@ class TargetView:
         self.errors_total = 0
         self._last_problem: dict[str, str | None] = {}
         self._last_state: str | None = None
+        self._props_labels: list[str] | None = None  # cached llamatelemetry_server_info labels
+        self._props_at = 0.0
+
+    def props_due(self) -> bool:
+        """Whether this scrape should read ``/props`` (see :data:`PROPS_TTL_SECONDS`)."""
+        return (self._props_labels is None or self._last_state != "ok"
+                or time.monotonic() - self._props_at > PROPS_TTL_SECONDS)
 
     # -- logging once per change ----------------------------------------------------------------
     def _note(self, key: str, problem: str | None, level: int = logging.WARNING) -> None:
@@ -95,11 +126,10 @@ class TargetView:
         """
         name = self.target.name
         res = snap.results
-        health = res.get("health", Fetched(error="not fetched"))
-        state = _state_of(health)
+        state, health = derive_state(res)
         if state != self._last_state:
             detail = {"ok": "ready", "loading": "loading the model (503)", "unreachable": f"unreachable ({health.error})",
-                      "error": f"/health answered HTTP {health.status}"}[state]
+                      "error": f"answered HTTP {health.status}"}[state]
             log.log(logging.INFO if state in ("ok", "loading") else logging.WARNING, "target %s (%s): %s", name, self.target.base_url, detail)
             self._last_state = state
         errors: list[str] = [] if state in ("ok", "loading") else [state]
@@ -144,11 +174,19 @@ class TargetView:
             fams, problem = self._metrics(bodies["metrics"])
             out.extend(fams)
             self._check("/metrics", problem, errors)
+        if state != "ok":
+            self._props_labels = None
         if "props" in bodies:
-            fam, problem = self._props(bodies["props"])
-            if fam is not None:
-                out.append(fam)
+            labels, problem = self._props(bodies["props"])
+            self._props_labels, self._props_at = labels, time.monotonic()
             self._check("/props", problem, errors)
+        elif "props" not in res and self._props_labels is not None:
+            available.add_metric([name, "props"], 1.0)  # read recently and cached
+        if self._props_labels is not None and state == "ok":
+            info = GaugeMetricFamily("llamatelemetry_server_info", "llama-server identity from /props; value is always 1.",
+                                     labels=["target", "model", "n_ctx", "total_slots", "build"])
+            info.add_metric(self._props_labels, 1.0)
+            out.append(info)
         if "slots" in bodies:
             fams, problem = self._slots(bodies["slots"])
             out.extend(fams)
@@ -195,7 +233,7 @@ class TargetView:
             out.append(metric)
         return out, None
 
-    def _props(self, body: bytes) -> tuple[GaugeMetricFamily | None, str | None]:
+    def _props(self, body: bytes) -> tuple[list[str] | None, str | None]:
         try:
             props = json.loads(body)
             if not isinstance(props, dict):
@@ -205,10 +243,7 @@ class TargetView:
         settings = props.get("default_generation_settings") or {}
         model = props.get("model_alias") or os.path.basename(str(props.get("model_path") or "")) or "unknown"
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-        fam = GaugeMetricFamily("llamatelemetry_server_info", "llama-server identity from /props; value is always 1.",
-                                labels=["target", "model", "n_ctx", "total_slots", "build"])
-        fam.add_metric([self.target.name, str(model), _label(n_ctx), _label(props.get("total_slots")), str(props.get("build_info") or "")], 1.0)
-        return fam, None
+        return [self.target.name, str(model), _label(n_ctx), _label(props.get("total_slots")), str(props.get("build_info") or "")], None
 
     def _slots(self, body: bytes) -> tuple[list[Metric], str | None]:
         try:

@@ -63,6 +63,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so Prometheus reuses its connection
+    # Headers and body go out as separate writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms.
+    disable_nagle_algorithm = True
     server: _Server
     server_version = "llamatelemetry-exporter"
 
@@ -105,14 +107,13 @@ class ExporterApp:
     """The running exporter: fetch loop, collectors, registry and HTTP server.
 
     ``nvml`` overrides the NVML module (e.g. :class:`~llamatelemetry.exporter.fake_nvml.FakeNVML`);
-    ``transport`` overrides the HTTP transport towards llama-server (tests use httpx.MockTransport).
     """
 
-    def __init__(self, config: ExporterConfig, *, nvml: Any = None, transport: Any = None) -> None:
+    def __init__(self, config: ExporterConfig, *, nvml: Any = None) -> None:
         self.config = config
         self.targets: list[Target] = parse_targets(config.targets)
         self.runner = AsyncRunner()
-        self.fetcher = Fetcher(timeout=config.timeout, max_bytes=config.max_response_bytes, api_key=config.api_key, transport=transport)
+        self.fetcher = Fetcher(timeout=config.timeout, max_bytes=config.max_response_bytes, api_key=config.api_key)
         gpu = None
         if config.gpu:
             gpu = GpuCollector(nvml, targets=self.targets, processes=config.gpu_processes, pcie=config.gpu_pcie)
