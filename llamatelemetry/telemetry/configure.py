@@ -7,6 +7,7 @@ application configured. This helper is for applications that have none yet.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,8 +76,9 @@ def configure(
     interval_ms = export_interval_seconds * 1000 if export_interval_seconds else None
 
     if console:
-        span_exporter: Any = ConsoleSpanExporter()
-        metric_exporter: Any = ConsoleMetricExporter()
+        # Bind to the current sys.stdout (the SDK's default is whatever stdout was at import time).
+        span_exporter: Any = ConsoleSpanExporter(out=sys.stdout)
+        metric_exporter: Any = ConsoleMetricExporter(out=sys.stdout)
     elif chosen == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter

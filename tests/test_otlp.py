@@ -1,0 +1,150 @@
+"""OTLP export end to end (a local receiver decodes the protobuf) and OTLP endpoints that fail."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import llamatelemetry
+from llamatelemetry import LlamaCppClient
+from llamatelemetry.backend.model import REASONING_PIECES
+from llamatelemetry.backend.server import free_port
+from llamatelemetry.telemetry import semconv as sc
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP receiver: decodes ExportTrace/MetricsServiceRequest protobufs."""
+
+    def __init__(self) -> None:
+        self.traces: list[ExportTraceServiceRequest] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.path == "/v1/traces":
+                    owner.traces.append(ExportTraceServiceRequest.FromString(body))
+                elif self.path == "/v1/metrics":
+                    owner.metrics.append(ExportMetricsServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def spans(self) -> list:
+        return [s for req in self.traces for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+    def metric_names(self) -> set[str]:
+        return {m.name for req in self.metrics for rm in req.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _attrs(span) -> dict:
+    out = {}
+    for kv in span.attributes:
+        v = kv.value
+        out[kv.key] = v.int_value if v.HasField("int_value") else v.string_value if v.HasField("string_value") else v.double_value if v.HasField("double_value") else v.bool_value
+    return out
+
+
+def test_otlp_http_export_end_to_end(full_server):
+    receiver = OtlpReceiver()
+    try:
+        providers = llamatelemetry.configure(service_name="otlp-test", endpoint=receiver.url, set_global=False)
+        with LlamaCppClient(full_server.base_url, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider) as c:
+            c.chat_completion(messages=HI, max_tokens=64)
+        providers.force_flush()
+        providers.shutdown()
+        spans = receiver.spans()
+        assert [s.name for s in spans] == ["chat scripted"]
+        attrs = _attrs(spans[0])
+        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert attrs[sc.PROVIDER] == "llama.cpp"
+        resource = {kv.key: kv.value.string_value for kv in receiver.traces[0].resource_spans[0].resource.attributes}
+        assert resource["service.name"] == "otlp-test"
+        assert {sc.METRIC_OPERATION_DURATION, sc.METRIC_TOKEN_USAGE} <= receiver.metric_names()
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP port that accepts connections (kernel backlog) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "black_hole"])
+def test_failing_otlp_endpoint_adds_no_latency(full_server, black_hole, kind):
+    endpoint = black_hole if kind == "black_hole" else f"http://127.0.0.1:{free_port()}"
+    providers = llamatelemetry.configure(endpoint=endpoint, set_global=False, export_interval_seconds=0.2)
+    with LlamaCppClient(full_server.base_url, telemetry=False) as plain, LlamaCppClient(
+        full_server.base_url, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+    ) as traced:
+        plain.chat_completion(messages=HI, max_tokens=64)
+        traced.chat_completion(messages=HI, max_tokens=64)
+        slowest = 0.0
+        for _ in range(30):
+            started = time.monotonic()
+            traced.chat_completion(messages=HI, max_tokens=64)
+            slowest = max(slowest, time.monotonic() - started)
+    # The export timeout is 3 s: a call that waited on the exporter would take at least that long.
+    assert slowest < 1.0
+    started = time.monotonic()
+    providers.shutdown()
+    assert time.monotonic() - started < 10
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, llamatelemetry
+    llamatelemetry.configure(endpoint=sys.argv[2])
+    client = llamatelemetry.LlamaCppClient(sys.argv[1])
+    for _ in range(5):
+        client.chat_completion(messages=[{"role": "user", "content": "hi"}], max_tokens=64)
+    print("done", flush=True)
+    """
+)
+
+
+def test_process_exits_promptly_with_black_holed_collector(full_server, black_hole):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, full_server.base_url, black_hole], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stdout
+    assert elapsed < 15, f"exit took {elapsed:.1f}s"
+
+
+def test_console_exporter_for_local_debugging(full_server, capsys):
+    providers = llamatelemetry.configure(console=True, set_global=False)
+    with LlamaCppClient(full_server.base_url, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider) as c:
+        c.chat_completion(messages=HI, max_tokens=64)
+    providers.shutdown()
+    out = capsys.readouterr().out
+    assert '"name": "chat scripted"' in out and sc.USAGE_REASONING_OUTPUT_TOKENS in out
