@@ -57,17 +57,20 @@ class RunningPrometheus:
         except OSError:
             return ""
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Run an instant PromQL query; returns the ``data.result`` list (vector results)."""
-        resp = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Run an instant PromQL query (at unix time ``at``, default now); returns ``data.result``."""
+        params: dict[str, Any] = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        resp = httpx.get(self.url + "/api/v1/query", params=params, timeout=10)
         body = resp.json()
         if body.get("status") != "success":
             raise AssertionError(f"query {expr!r} failed: {json.dumps(body)[:500]}")
         return body["data"]["result"]
 
-    def value(self, expr: str) -> float | None:
+    def value(self, expr: str, at: float | None = None) -> float | None:
         """The single value of ``expr``, or ``None`` when the result is empty."""
-        result = self.query(expr)
+        result = self.query(expr, at)
         if not result:
             return None
         assert len(result) == 1, f"{expr!r} returned {len(result)} series: {result}"

@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"llama-server API key, sent as 'Authorization: Bearer'; prefer the variable, "
                              f"flags are visible in 'ps' [{API_KEY_ENV}]")
     parser.add_argument("--timeout", type=_positive_float, default=float(os.environ.get(ENV_TIMEOUT, "2")), metavar="SECONDS",
-                        help=f"per-target deadline for one scrape (default %(default)s) [{ENV_TIMEOUT}]")
+                        help=f"per-target deadline for one scrape; keep it below Prometheus' scrape_timeout, since a scrape "
+                             f"waits for its slowest target (default %(default)s) [{ENV_TIMEOUT}]")
     parser.add_argument("--no-gpu", action="store_true", default=_env_bool(ENV_NO_GPU),
                         help=f"do not collect GPU metrics through NVML [{ENV_NO_GPU}=1]")
     parser.add_argument("--no-gpu-processes", action="store_true", default=_env_bool(ENV_NO_GPU_PROCESSES),
