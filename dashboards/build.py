@@ -204,8 +204,9 @@ def llama_server() -> Board:
               [query_var("target", "target", "llamatelemetry_target_up")],
               [dashboards_link()])
     b.row("Health")
-    b.panel("stat", "Reachable", [q(f"llamatelemetry_target_up{{{T}}}", "{{target}}")], w=4, h=5, unit="none",
-            description="1 when the exporter reached llama-server on its last scrape.",
+    b.panel("stat", "Healthy", [q(f"llamatelemetry_target_up{{{T}}}", "{{target}}")], w=4, h=5, unit="none",
+            description="UP when /health said ok and every enabled endpoint answered well-formed on the last scrape; "
+                        "DOWN while the model loads or the server is unreachable (see State).",
             steps=((RED, None), (GREEN, 1)), mappings=UP_MAPPINGS, options={**STAT, "graphMode": "none"})
     b.panel("stat", "State", [q(f"llamatelemetry_server_state{{{T}}} == 1", "{{target}}: {{state}}")], w=5, h=5, unit="none",
             description="ok, loading (model loading, /health 503), unreachable or error.",
