@@ -257,8 +257,9 @@ class LlamaCppClient(_ClientBase):
     ) -> None:
         super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout)
-        self._timeout = timeout
+        # Our own pool carries the default headers, so requests don't merge them on every call.
+        self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers)
+        self._request_headers = None if self._owns_http else self._headers
         self.chat = _Chat(self)
         self.completions = _Completions(self)
         self.messages = _Messages(self)
@@ -279,7 +280,9 @@ class LlamaCppClient(_ClientBase):
     # -- plumbing --
 
     def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
-        headers = {**self._headers, **trace_headers} if trace_headers else self._headers
+        headers = self._request_headers
+        if trace_headers:
+            headers = {**headers, **trace_headers} if headers else trace_headers
         request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
         attempt = 0
         while True:
@@ -470,7 +473,8 @@ class AsyncLlamaCppClient(_ClientBase):
     ) -> None:
         super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers)
+        self._request_headers = None if self._owns_http else self._headers
         self.chat = _AsyncChat(self)
         self.completions = _AsyncCompletions(self)
         self.messages = _AsyncMessages(self)
@@ -489,7 +493,9 @@ class AsyncLlamaCppClient(_ClientBase):
     rerank = _async(_calls.rerank)
 
     async def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
-        headers = {**self._headers, **trace_headers} if trace_headers else self._headers
+        headers = self._request_headers
+        if trace_headers:
+            headers = {**headers, **trace_headers} if headers else trace_headers
         request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
         attempt = 0
         while True:

@@ -56,38 +56,45 @@ class Outcome:
 
 
 def _usage_into(outcome: Outcome, usage: dict[str, Any] | None) -> None:
+    """Fill token counts from an OpenAI- or Anthropic-shaped usage dict (streams)."""
     if not usage:
         return
     outcome.input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
     outcome.output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens", usage.get("cache_read_input_tokens"))
-    outcome.cached_tokens = cached
+    outcome.cached_tokens = details.get("cached_tokens", usage.get("cache_read_input_tokens"))
+
+
+def _timings(timings: types.Timings | None) -> dict[str, Any] | None:
+    return None if timings is None else {f: getattr(timings, f) for f in sc.LLAMACPP_TIMING_FIELDS}
 
 
 def outcome_of_result(result: Any) -> Outcome:
-    """Summarise a typed (non-streamed) result."""
+    """Summarise a typed (non-streamed) result, reading typed fields directly (hot path)."""
     out = Outcome()
-    if isinstance(result, types.ChatCompletion):
+    if isinstance(result, (types.ChatCompletion, types.Completion)):
         out.response_id, out.response_model = result.id or None, result.model or None
         out.finish_reasons = [c.finish_reason for c in result.choices if c.finish_reason]
-        if result.choices:
-            msg = result.choices[0].message
-            out.content, out.reasoning = msg.content or "", msg.reasoning_content or ""
-        _usage_into(out, result.usage.to_dict() if result.usage else None)
-        out.timings = result.timings.to_dict() if result.timings else None
-    elif isinstance(result, types.Completion):
-        out.response_id, out.response_model = result.id or None, result.model or None
-        out.finish_reasons = [c.finish_reason for c in result.choices if c.finish_reason]
-        out.content = "".join(c.text for c in result.choices)
-        _usage_into(out, result.usage.to_dict() if result.usage else None)
-        out.timings = result.timings.to_dict() if result.timings else None
+        if isinstance(result, types.ChatCompletion):
+            if result.choices:
+                msg = result.choices[0].message
+                out.content, out.reasoning = msg.content or "", msg.reasoning_content or ""
+        else:
+            out.content = "".join(c.text for c in result.choices)
+        usage = result.usage
+        if usage is not None:
+            out.input_tokens, out.output_tokens = usage.prompt_tokens, usage.completion_tokens
+            if usage.prompt_tokens_details is not None:
+                out.cached_tokens = usage.prompt_tokens_details.cached_tokens
+        out.timings = _timings(result.timings)
     elif isinstance(result, types.Message):
         out.response_id, out.response_model = result.id or None, result.model or None
         out.finish_reasons = [result.stop_reason] if result.stop_reason else []
         out.content, out.reasoning = result.text, result.thinking
-        _usage_into(out, result.usage.to_dict() if result.usage else None)
-        out.timings = result.timings.to_dict() if result.timings else None
+        if result.usage is not None:
+            out.input_tokens, out.output_tokens = result.usage.input_tokens, result.usage.output_tokens
+            out.cached_tokens = result.usage.cache_read_input_tokens
+        out.timings = _timings(result.timings)
     elif isinstance(result, (types.CreateEmbeddingResponse, types.RerankResponse)):
         out.response_model = result.model or None
         if result.usage is not None:
