@@ -201,7 +201,8 @@ class MessagesAccumulator(Accumulator):
             self.timings = data["timings"]
         self._mark(has_content)
         if kind in ("message_delta", "message_stop"):
-            self.usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens}
+            # OpenAI-shaped for telemetry: prompt_tokens includes cache reads (Anthropic's input_tokens does not).
+            self.usage = {"prompt_tokens": self.input_tokens + (self.cache_read or 0), "completion_tokens": self.output_tokens}
             if self.cache_read is not None:
                 self.usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read}
         return True

@@ -20,6 +20,7 @@ from typing import Sequence
 #: subcommand name -> module implementing the subcommand protocol described above.
 SUBCOMMANDS: dict[str, str] = {
     "exporter": "llamatelemetry.exporter.cli",
+    "demo": "llamatelemetry.demo",
 }
 
 

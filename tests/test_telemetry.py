@@ -102,6 +102,7 @@ def test_exhaustion_in_stream_and_messages(client, tel):
     client.messages.create(messages=HI, max_tokens=3)
     list(client.messages.create(messages=HI, max_tokens=3, stream=True))
     spans = tel.spans()
+    assert spans[1].attributes[sc.USAGE_INPUT_TOKENS] == spans[2].attributes[sc.USAGE_INPUT_TOKENS] == spans[0].attributes[sc.USAGE_INPUT_TOKENS]
     assert len(spans) == 3
     assert all(s.attributes.get(sc.REASONING_BUDGET_EXHAUSTED) is True for s in spans)
     assert [s.attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] for s in spans] == [4, 3, 3]
@@ -109,8 +110,14 @@ def test_exhaustion_in_stream_and_messages(client, tel):
 
 
 def test_messages_span_counts(client, tel):
-    client.messages.create(messages=HI, max_tokens=64)
+    prompt_tokens = client.chat_completion(messages=HI, max_tokens=64).usage.prompt_tokens
+    tel.exporter.clear()
+    msg = client.messages.create(messages=HI, max_tokens=64)
     a = tel.only_span().attributes
+    # Anthropic's input_tokens excludes cache reads; the span's input tokens include them.
+    assert msg.usage.cache_read_input_tokens > 0
+    assert a[sc.USAGE_INPUT_TOKENS] == msg.usage.input_tokens + msg.usage.cache_read_input_tokens == prompt_tokens
+    assert a[sc.USAGE_CACHE_READ_INPUT_TOKENS] == msg.usage.cache_read_input_tokens
     assert a[sc.USAGE_OUTPUT_TOKENS] == THINKING_COMPLETION_TOKENS
     assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == N_REASONING
     assert list(a[sc.RESPONSE_FINISH_REASONS]) == ["end_turn"]

@@ -92,8 +92,10 @@ def outcome_of_result(result: Any) -> Outcome:
         out.finish_reasons = [result.stop_reason] if result.stop_reason else []
         out.content, out.reasoning = result.text, result.thinking
         if result.usage is not None:
-            out.input_tokens, out.output_tokens = result.usage.input_tokens, result.usage.output_tokens
-            out.cached_tokens = result.usage.cache_read_input_tokens
+            # Anthropic's input_tokens excludes cache reads; semconv's input tokens include them.
+            cached = result.usage.cache_read_input_tokens
+            out.input_tokens = result.usage.input_tokens + (cached or 0)
+            out.output_tokens, out.cached_tokens = result.usage.output_tokens, cached
         out.timings = _timings(result.timings)
     elif isinstance(result, (types.CreateEmbeddingResponse, types.RerankResponse)):
         out.response_model = result.model or None

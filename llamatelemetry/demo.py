@@ -1,0 +1,271 @@
+"""``llamatelemetry demo``: see the whole product in one command.
+
+With no arguments it brings its own backend (the cached llama-server build, built on first
+use, serving a small scripted reasoning model the package writes itself); ``--target URL``
+uses your llama-server instead. It starts the sidecar exporter, sends a set of traced
+requests, and prints what the telemetry saw per request and the exporter's key metrics.
+With the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (or ``--otlp-endpoint``) it also
+exports the telemetry there, e.g. to the compose stack's collector.
+
+Example::
+
+    llamatelemetry demo
+    llamatelemetry demo --target http://127.0.0.1:8080
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 llamatelemetry demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+HELP = "run a self-contained demo: llama-server + exporter + traced requests, then a summary"
+
+log = logging.getLogger("llamatelemetry.demo")
+
+
+class DemoError(RuntimeError):
+    """Something the demo needs is missing; the message says what to do."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("Example::")[0].strip() if __doc__ else HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--target", metavar="URL",
+                        help="use this llama-server instead of starting the embedded one (start it with --metrics)")
+    parser.add_argument("--api-key", default=os.environ.get("LLAMA_API_KEY"), help="API key of --target [LLAMA_API_KEY]")
+    parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"), metavar="URL",
+                        help="also export traces and metrics over OTLP/HTTP here [OTEL_EXPORTER_OTLP_ENDPOINT]")
+    parser.add_argument("--exporter-port", type=int, default=0,
+                        help="port for the sidecar exporter (default: a free port)")
+    parser.add_argument("--serve", action="store_true",
+                        help="keep llama-server and the exporter running after the summary, until Ctrl-C")
+    parser.add_argument("--fake-gpu", action="store_true", help=argparse.SUPPRESS)
+
+
+# --- telemetry the demo can both print and export -------------------------------------------
+
+class _DemoTelemetry:
+    def __init__(self, otlp_endpoint: str | None) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "llamatelemetry-demo")})
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider(resource=resource)
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        readers: list[Any] = [InMemoryMetricReader()]
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            from .telemetry.configure import EXPORT_TIMEOUT_SECONDS
+
+            base = otlp_endpoint.rstrip("/")
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=EXPORT_TIMEOUT_SECONDS)))
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=EXPORT_TIMEOUT_SECONDS),
+                                                         export_interval_millis=5000))
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+# --- the backend ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _embedded_server():
+    from .backend.build import BuildError, cache_dir, ensure_llama_server
+    from .backend.model import write_scripted_model
+    from .backend.server import LlamaServer, LlamaServerStartError
+
+    try:
+        binary = ensure_llama_server()
+    except BuildError as exc:
+        raise DemoError(f"could not build llama-server: {exc}") from exc
+    model = cache_dir() / "models" / "scripted-reasoner.gguf"
+    if not model.exists():
+        try:
+            write_scripted_model(model)
+        except ImportError as exc:
+            raise DemoError(f"writing the demo model needs the 'gguf' package: pip install 'llamatelemetry[demo]' ({exc})") from exc
+    server = LlamaServer(model, binary=binary, parallel=2, extra_args=["--metrics", "--embeddings", "--pooling", "mean"])
+    print(f"starting llama-server ({binary}) with the scripted reasoning model ...", flush=True)
+    try:
+        server.start()
+    except LlamaServerStartError as exc:
+        raise DemoError(str(exc)) from exc
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+# --- the requests ---------------------------------------------------------------------------
+
+HI = [{"role": "user", "content": "Say hello."}]
+
+
+@dataclass
+class Step:
+    title: str
+    run: Callable[[Any], Any]
+    spans: int = 1
+
+
+def _steps() -> list[Step]:
+    def stream(client: Any) -> Any:
+        with client.chat.completions.create(messages=HI, max_tokens=256, stream=True) as s:
+            for _ in s:
+                pass
+            return s.get_final_completion()
+
+    def concurrent(client: Any) -> Any:
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda _: client.chat_completion(messages=HI, max_tokens=256), range(4)))
+
+    return [
+        Step("plain chat (thinking off)", lambda c: c.chat_completion(messages=HI, max_tokens=256, chat_template_kwargs={"enable_thinking": False})),
+        Step("streaming chat", stream),
+        Step("reasoning chat", lambda c: c.chat_completion(messages=HI, max_tokens=256)),
+        Step("reasoning runs out of max_tokens", lambda c: c.chat_completion(messages=HI, max_tokens=8)),
+        Step("4 concurrent chats across the slots", concurrent, spans=4),
+        Step("Anthropic-style /v1/messages", lambda c: c.messages.create(messages=HI, max_tokens=256)),
+        Step("embedding", lambda c: c.embed("hello world")),
+        Step("tokenize (no span: not an inference call)", lambda c: c.tokenize("hello world"), spans=0),
+    ]
+
+
+def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value * scale:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _print_span(span: Any) -> None:
+    from .telemetry import semconv as sc
+
+    a = span.attributes
+    duration = (span.end_time - span.start_time) / 1e6
+    line = (
+        f"    {span.name:<26} in={_fmt(a.get(sc.USAGE_INPUT_TOKENS)):>4} out={_fmt(a.get(sc.USAGE_OUTPUT_TOKENS)):>4} "
+        f"reasoning={_fmt(a.get(sc.USAGE_REASONING_OUTPUT_TOKENS)):>4} "
+        f"ttft={_fmt(a.get(sc.RESPONSE_TIME_TO_FIRST_CHUNK), 'ms', 1000):>8} duration={duration:.1f}ms "
+        f"server={_fmt(a.get('llamacpp.timings.predicted_per_second'), ' tok/s', 1, 0)} "
+        f"finish={','.join(a.get(sc.RESPONSE_FINISH_REASONS, ())) or '-'}"
+    )
+    print(line)
+    if a.get(sc.REASONING_BUDGET_EXHAUSTED):
+        print("      !! reasoning used up max_tokens and the answer is empty "
+              f"({sc.REASONING_BUDGET_EXHAUSTED}=true; see the warning above)")
+    if a.get(sc.ERROR_TYPE):
+        print(f"      !! error: {a[sc.ERROR_TYPE]}")
+
+
+_KEY_METRICS = (
+    "llamatelemetry_target_up", "llamatelemetry_server_state", "llamacpp_prompt_tokens_total",
+    "llamacpp_tokens_predicted_total", "llamacpp_requests_processing", "llamacpp_requests_deferred",
+    "llamatelemetry_slot_context_utilization_ratio", "llamatelemetry_collector_up",
+)
+
+
+def _print_exporter_metrics(exporter_url: str) -> None:
+    import httpx
+
+    from .promtext import parse_prometheus_text
+
+    text = httpx.get(exporter_url + "/metrics", timeout=10).text
+    print(f"\nExporter {exporter_url}/metrics (key series):")
+    for family in parse_prometheus_text(text):
+        for sample in family.samples:
+            base = sample.name.removesuffix("_total") if family.type != "counter" else sample.name
+            if sample.name in _KEY_METRICS or base in _KEY_METRICS:
+                if sample.name == "llamatelemetry_server_state" and not sample.value:
+                    continue
+                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+                print(f"    {sample.name}{{{labels}}} {sample.value:g}")
+
+
+def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) -> None:
+    from . import LlamaCppClient, errors
+    from .exporter.server import ExporterApp, ExporterConfig
+
+    telemetry = _DemoTelemetry(args.otlp_endpoint)
+    nvml = None
+    if args.fake_gpu:
+        from .exporter.fake_nvml import FakeNVML
+
+        nvml = FakeNVML()
+    exporter = ExporterApp(ExporterConfig(targets=[f"demo={base_url}"], port=args.exporter_port, api_key=args.api_key), nvml=nvml)
+    exporter.start()
+    try:
+        with LlamaCppClient(base_url, api_key=args.api_key, tracer_provider=telemetry.tracer_provider,
+                            meter_provider=telemetry.meter_provider) as client:
+            try:
+                client.health.wait_until_ready(timeout=120)
+            except errors.LlamaCppError as exc:
+                raise DemoError(str(exc)) from exc
+            print(f"\nllama-server {base_url} is ready; sending traced requests:\n")
+            for step in _steps():
+                if stop.is_set():
+                    return
+                before = len(telemetry.spans.get_finished_spans())
+                print(f"  {step.title}")
+                try:
+                    step.run(client)
+                except errors.LlamaCppError as exc:
+                    print(f"    failed: {exc}")
+                for span in telemetry.spans.get_finished_spans()[before:]:
+                    _print_span(span)
+        _print_exporter_metrics(exporter.url)
+        if args.otlp_endpoint:
+            telemetry.tracer_provider.force_flush(5000)
+            telemetry.meter_provider.force_flush(5000)
+            print(f"\nTelemetry exported over OTLP to {args.otlp_endpoint}.")
+        if args.serve:
+            print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics. Ctrl-C to stop.")
+            stop.wait()
+    finally:
+        exporter.stop()
+        telemetry.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    started = time.monotonic()
+    try:
+        with (contextlib.nullcontext(args.target.rstrip("/")) if args.target else _embedded_server()) as base_url:
+            _run_demo(args, base_url, stop)
+    except DemoError as exc:
+        print(f"llamatelemetry demo: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"llamatelemetry demo: missing a dependency ({exc}); install with: pip install 'llamatelemetry[demo]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything the demo started is stopped.", file=sys.stderr)
+        return 130
+    finally:
+        stop.set()
+        signal.signal(signal.SIGTERM, previous)
+    print(f"\ndone in {time.monotonic() - started:.1f}s; everything the demo started is stopped.")
+    return 0
