@@ -109,6 +109,9 @@ def test_compose_gpu_override_validates_offline() -> None:
         devices = merged[name]["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" for d in devices), name
     assert "--n-gpu-layers" in merged["llama-server"]["command"]
+    # GPU collection is off in the CPU stack and on with the override (flag or environment, as the CLI reads it)
+    assert _exporter_config(compose()["services"]["exporter"]["command"], compose()["services"]["exporter"]["environment"]).gpu is False
+    assert _exporter_config(merged["exporter"]["command"], merged["exporter"]["environment"]).gpu is True
 
 
 def test_compose_refuses_to_start_without_grafana_password() -> None:
@@ -309,14 +312,24 @@ def test_dockerfile_builds_a_non_root_exporter_image() -> None:
                 assert src == "README.md" or (ROOT / src).exists(), src
 
 
-def _exporter_config(argv: list[str]) -> Any:
+def _exporter_config(argv: list[str], environment: dict[str, str] | None = None) -> Any:
+    """Parse ``argv`` with the exporter's real CLI, with ``environment`` as the process environment."""
     import argparse
 
     from llamatelemetry.exporter import cli as exporter_cli
 
-    parser = argparse.ArgumentParser(prog="llamatelemetry-exporter", exit_on_error=False)
-    exporter_cli.add_arguments(parser)
-    return exporter_cli.build_config(parser.parse_args(argv))
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LLAMATELEMETRY_EXPORTER_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(environment or {})
+    try:
+        parser = argparse.ArgumentParser(prog="llamatelemetry-exporter", exit_on_error=False)
+        exporter_cli.add_arguments(parser)
+        return exporter_cli.build_config(parser.parse_args(argv))
+    finally:
+        for key in environment or {}:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
 
 
 def test_exporter_command_is_understood_by_the_real_cli() -> None:
