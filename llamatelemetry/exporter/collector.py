@@ -1,19 +1,27 @@
 """The exporter's ``prometheus_client`` collector: everything is collected at scrape time.
 
-One scrape = all targets fetched concurrently on the fetch loop, while NVML is read in a
+One scrape = all targets fetched concurrently on the fetch loop while NVML is read in a
 worker thread; then the self-metrics. A target that is slow, down or broken costs at most its
 own timeout and never removes the other targets' series.
+
+Two entry points share :meth:`ExporterCollector._build`:
+
+* :meth:`collect` — the standard ``Collector`` API (usable from any thread, e.g. with
+  ``generate_latest(registry)``);
+* :meth:`collect_async` — awaited by the exporter's own HTTP server, which runs on the fetch
+  loop, so a scrape needs no thread hand-offs.
 
 Example::
 
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(targets, fetcher, runner, gpu=None))
+    registry.register(ExporterCollector(targets, fetcher, runner.start(), gpu=None))
     print(generate_latest(registry).decode())
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -46,7 +54,6 @@ class ExporterCollector(Collector):
         self.views = {t.name: TargetView(t) for t in targets}
         self._gpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamatelemetry-nvml") if gpu else None
         self._gpu_errors = 0
-        self._fetch_failed = False
         self._lock = threading.Lock()  # TargetView state is updated by one scrape at a time
 
     def close(self) -> None:
@@ -55,21 +62,28 @@ class ExporterCollector(Collector):
         if self.gpu is not None:
             self.gpu.close()
 
-    def _fetch(self) -> list[TargetSnapshot]:
+    # -- the two entry points -------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
         # The fetcher enforces each target's deadline; the margin only guards against a stuck loop.
+        yield from self.runner.run(self.collect_async(), timeout=self.fetcher.timeout * 2 + 5)
+
+    async def collect_async(self) -> list[Metric]:
+        """One full scrape; must run on the runner's loop (the exporter's HTTP server does)."""
+        loop = asyncio.get_running_loop()
+        gpu_task = loop.run_in_executor(self._gpu_pool, self._timed_gpu) if self._gpu_pool is not None else None
+        fetch_ok = True
         try:
             with_props = {name: view.props_due() for name, view in self.views.items()}
-            return self.runner.run(self.fetcher.fetch_all(self.targets, with_props), timeout=self.fetcher.timeout * 2 + 5)
+            snapshots = await self.fetcher.fetch_all(self.targets, with_props)
         except Exception as exc:  # noqa: BLE001 - one broken scrape must not kill the endpoint
-            log.error("fetching targets failed: %r", exc)
-            self._fetch_failed = True
-            return [TargetSnapshot(t, {"health": Fetched(error=f"internal error: {exc!r}")}) for t in self.targets]
+            log.exception("fetching targets failed")
+            fetch_ok = False
+            snapshots = [TargetSnapshot(t, {"health": Fetched(error=f"internal error: {exc!r}")}) for t in self.targets]
+        gpu = await gpu_task if gpu_task is not None else None
+        return self._build(snapshots, fetch_ok, gpu)
 
-    def collect(self) -> Iterator[Metric]:
-        gpu_future = self._gpu_pool.submit(self._timed_gpu) if self._gpu_pool is not None else None
-        self._fetch_failed = False
-        snapshots = self._fetch()
-
+    # -- turning results into families ------------------------------------------------------------
+    def _build(self, snapshots: list[TargetSnapshot], fetch_ok: bool, gpu: tuple[GpuResult, float] | None) -> list[Metric]:
         up = GaugeMetricFamily("llamatelemetry_target_up", "1 when the llama-server target is ready and all its enabled endpoints answered well-formed data.", labels=["target"])
         duration = GaugeMetricFamily("llamatelemetry_scrape_duration_seconds", "Time spent collecting, per collector and target (target is empty for the GPU collector).", labels=["collector", "target"])
         errors = CounterMetricFamily("llamatelemetry_scrape_errors", "Scrapes in which this collector/target had an error (unreachable, timeout, malformed answer, NVML error).", labels=["collector", "target"])
@@ -94,18 +108,17 @@ class ExporterCollector(Collector):
                 up.add_metric([snap.target.name], 1.0 if target_ok else 0.0)
                 duration.add_metric([LLAMA_COLLECTOR, snap.target.name], snap.duration)
                 errors.add_metric([LLAMA_COLLECTOR, snap.target.name], float(view.errors_total))
-        yield from (fam for fam in merged.values() if fam.samples)
-        collector_up.add_metric([LLAMA_COLLECTOR], 0.0 if self._fetch_failed else 1.0)
-
-        if gpu_future is not None:
-            result, seconds = gpu_future.result()
-            yield from (fam for fam in result.families if fam.samples)
-            if not result.up:
-                self._gpu_errors += 1
-            collector_up.add_metric([GPU_COLLECTOR], 1.0 if result.up else 0.0)
-            duration.add_metric([GPU_COLLECTOR, ""], seconds)
-            errors.add_metric([GPU_COLLECTOR, ""], float(self._gpu_errors))
-        yield from (up, duration, errors, collector_up)
+            out = [fam for fam in merged.values() if fam.samples]
+            collector_up.add_metric([LLAMA_COLLECTOR], 1.0 if fetch_ok else 0.0)
+            if gpu is not None:
+                result, seconds = gpu
+                out.extend(fam for fam in result.families if fam.samples)
+                if not result.up:
+                    self._gpu_errors += 1
+                collector_up.add_metric([GPU_COLLECTOR], 1.0 if result.up else 0.0)
+                duration.add_metric([GPU_COLLECTOR, ""], seconds)
+                errors.add_metric([GPU_COLLECTOR, ""], float(self._gpu_errors))
+        return out + [up, duration, errors, collector_up]
 
     def _timed_gpu(self) -> tuple[GpuResult, float]:
         assert self.gpu is not None

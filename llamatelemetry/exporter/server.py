@@ -9,22 +9,23 @@ Example (in-process, e.g. from a test)::
     from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
     from llamatelemetry.exporter.fake_nvml import FakeNVML
     app = ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], port=0), nvml=FakeNVML())
-    app.start()                      # serves in a background thread
+    app.start()                      # serves on a background thread
     print(app.url)                   # http://127.0.0.1:<port>
     app.stop()
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import html
 import logging
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from .._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
@@ -51,56 +52,114 @@ class ExporterConfig:
     max_response_bytes: int = DEFAULT_MAX_BYTES
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    app: "ExporterApp"
+class _Families:
+    """A registry look-alike holding one scrape's families (all ``generate_latest`` needs)."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A scraper that hangs up mid-answer is not worth a traceback on stderr.
-        log.debug("error while answering %s", client_address, exc_info=True)
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so Prometheus reuses its connection
-    # Headers and body go out as separate writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms.
-    disable_nagle_algorithm = True
-    server: _Server
-    server_version = "llamatelemetry-exporter"
+_MAX_REQUEST_HEAD = 16 * 1024
+_IDLE_SECONDS = 120.0  # close keep-alive connections idle for longer (Prometheus scrapes far more often)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+class _HttpServer:
+    """A small asyncio HTTP/1.1 server (GET/HEAD, keep-alive) running on the fetch loop.
 
-    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
-        self.do_GET()
+    Why not ``http.server``: a scrape there crosses from the request thread to the fetch loop
+    and back, which measured ~1 ms per scrape on 2 cores; here the scrape is awaited in place.
+    """
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        path = self.path.split("?", 1)[0]
-        app = self.server.app
+    def __init__(self, app: "ExporterApp") -> None:
+        self.app = app
+        self.server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._serve, host, port, limit=_MAX_REQUEST_HEAD, reuse_address=True)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            # Idle keep-alive connections would keep their tasks alive past the loop: end them.
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                request_line = await asyncio.wait_for(reader.readline(), _IDLE_SECONDS)
+                if not request_line:
+                    return
+                headers: dict[str, str] = {}
+                while True:
+                    line = await asyncio.wait_for(reader.readline(), 10)
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                parts = request_line.decode("latin-1").split()
+                if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                    await self._write(writer, "HEAD", 400, b"bad request\n", "text/plain; charset=utf-8", close=True)
+                    return
+                method, target, version = parts
+                length = headers.get("content-length", "0")
+                if length.isdigit() and int(length):
+                    await reader.readexactly(min(int(length), _MAX_REQUEST_HEAD))
+                close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                await self._respond(writer, method, target, headers, close)
+                if close:
+                    return
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            return  # idle, hung up or sent something unparseable: just drop the connection
+        except asyncio.CancelledError:
+            # Cancelled by close(); ending normally keeps Python 3.11's stream callback from
+            # logging the cancellation as an error. This is the connection's top-level task.
+            return
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _respond(self, writer: asyncio.StreamWriter, method: str, target: str, headers: dict[str, str], close: bool) -> None:
+        if method not in ("GET", "HEAD"):
+            await self._write(writer, method, 405, b"only GET\n", "text/plain; charset=utf-8", close, {"Allow": "GET, HEAD"})
+            return
+        path = target.split("?", 1)[0]
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(app.registry)
+            families = await self.app.collector.collect_async()
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            body = encoder(_Families(families))  # type: ignore[arg-type]
             extra: dict[str, str] = {}
-            if "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 4096:
+            if "gzip" in headers.get("accept-encoding", "") and len(body) > 4096:
                 body = gzip.compress(body, compresslevel=1)
                 extra["Content-Encoding"] = "gzip"
-            self._send(200, body, content_type, extra)
+            await self._write(writer, method, 200, body, content_type, close, extra)
         elif path == "/health":
-            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            await self._write(writer, method, 200, b"ok\n", "text/plain; charset=utf-8", close)
         elif path == "/":
-            self._send(200, app.index_html().encode(), "text/html; charset=utf-8")
+            await self._write(writer, method, 200, self.app.index_html().encode(), "text/html; charset=utf-8", close)
         else:
-            self._send(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
+            await self._write(writer, method, 404, b"not found; try /metrics\n", "text/plain; charset=utf-8", close)
+
+    @staticmethod
+    async def _write(writer: asyncio.StreamWriter, method: str, status: int, body: bytes, content_type: str,
+                     close: bool, extra: dict[str, str] | None = None) -> None:
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+                f"Content-Length: {len(body)}", "Server: llamatelemetry-exporter"]
+        if close:
+            head.append("Connection: close")
+        head += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
+        await writer.drain()
 
 
 class ExporterApp:
@@ -120,13 +179,14 @@ class ExporterApp:
         self.collector = ExporterCollector(self.targets, self.fetcher, self.runner, gpu)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http: _HttpServer | None = None
+        self._address: tuple[str, int] | None = None
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "not started"
-        host, port = self._httpd.server_address[:2]
+        """Base URL the exporter serves on, e.g. ``http://127.0.0.1:9183``."""
+        assert self._address is not None, "not started"
+        host, port = self._address
         return f"http://{host}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
 
     def index_html(self) -> str:
@@ -140,28 +200,27 @@ class ExporterApp:
         )
 
     def start(self) -> "ExporterApp":
-        """Bind the listen address and serve in a background thread."""
+        """Bind the listen address and serve on the fetch loop's background thread."""
         self.runner.start()
-        self._httpd = _Server((self.config.host, self.config.port), _Handler)
-        self._httpd.app = self
-        # A short poll interval makes stop() (and Ctrl-C) return promptly.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="llamatelemetry-http", daemon=True)
-        self._thread.start()
+        self._http = _HttpServer(self)
+        try:
+            self._address = self.runner.run(self._http.start(self.config.host, self.config.port), timeout=10)
+        except BaseException:
+            self.runner.stop()
+            raise
         log.info("serving metrics on %s/metrics for %d target(s): %s", self.url, len(self.targets),
                  ", ".join(f"{t.name}={t.base_url}" for t in self.targets))
         return self
 
     def stop(self) -> None:
-        """Stop serving, close connections to llama-server and shut NVML down."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        """Stop serving and shut NVML down. Safe to call twice or without start()."""
         if self.runner.running:
             try:
-                self.runner.run(self.fetcher.aclose(), timeout=5)
+                if self._http is not None:
+                    self.runner.run(self._http.close(), timeout=10)
             except Exception:  # noqa: BLE001 - best effort during shutdown
-                pass
+                log.debug("error while closing the HTTP server", exc_info=True)
+        self._http = None
         self.runner.stop()
         self.collector.close()
 
