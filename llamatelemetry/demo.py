@@ -217,6 +217,9 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
     try:
         with LlamaCppClient(base_url, api_key=args.api_key, tracer_provider=telemetry.tracer_provider,
                             meter_provider=telemetry.meter_provider) as client:
+            health = client.health.check()
+            if health.status == "unreachable":  # fail at once; only a loading model is worth waiting for
+                raise DemoError(f"llama-server at {base_url} is not reachable: {health.message}")
             try:
                 client.health.wait_until_ready(timeout=120)
             except errors.LlamaCppError as exc:

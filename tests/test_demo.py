@@ -1,0 +1,78 @@
+"""`llamatelemetry demo` end to end, as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llamatelemetry.backend.server import free_port
+
+from test_otlp import OtlpReceiver
+
+DEMO = [sys.executable, "-m", "llamatelemetry.cli", "demo"]
+
+
+def _servers_running() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "scripted-reasoner.gguf"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_demo_runs_everything_and_cleans_up(llama_server_binary):
+    before = _servers_running()
+    proc = subprocess.run(DEMO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "streaming chat" in out and "reasoning=  20" in out and "ttft=" in out
+    assert "reasoning used up max_tokens" in out
+    assert "spent 8 reasoning tokens" in proc.stderr  # the one clear warning
+    assert out.count("chat scripted") >= 8
+    assert "llamacpp_tokens_predicted_total" in out and 'llamatelemetry_target_up{target="demo"} 1' in out
+    assert "everything the demo started is stopped" in out
+    assert _servers_running() == before
+
+
+def test_demo_against_own_target_exports_otlp(full_server):
+    receiver = OtlpReceiver()
+    try:
+        proc = subprocess.run(DEMO + ["--target", full_server.base_url, "--otlp-endpoint", receiver.url],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"llama-server {full_server.base_url} is ready" in proc.stdout
+        names = [s.name for s in receiver.spans()]
+        assert names.count("chat scripted") >= 8 and "embeddings scripted" in names
+        assert "gen_ai.client.operation.duration" in receiver.metric_names()
+    finally:
+        receiver.close()
+
+
+def test_demo_unreachable_target_fails_clearly():
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(DEMO + ["--target", url], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2
+    assert "not reachable" in proc.stderr and url in proc.stderr and "start llama-server" in proc.stderr
+
+
+def test_demo_ctrl_c_stops_everything(llama_server_binary):
+    before = _servers_running()
+    proc = subprocess.Popen(DEMO + ["--serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Serving:"):
+                break
+            assert time.monotonic() < deadline
+        assert _servers_running() - before, "the embedded llama-server should be running while serving"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _servers_running() == before
