@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -259,3 +260,53 @@ def test_duplicate_or_bad_targets_are_rejected() -> None:
         ExporterApp(ExporterConfig(targets=["a=http://127.0.0.1:1", "a=http://127.0.0.1:2"], gpu=False))
     with pytest.raises(TargetSpecError, match="expected http"):
         ExporterApp(ExporterConfig(targets=["ftp://x"], gpu=False))
+
+
+def test_exporter_http_server_edge_cases(fakes, exporter) -> None:  # noqa: ANN001
+    app = exporter({"t": fakes().url})
+    host, port = app.url.removeprefix("http://").split(":")
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(request)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+
+    assert raw(b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").startswith(b"HTTP/1.1 405")
+    head = raw(b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # headers only
+    # Keep-alive: several scrapes over one connection, then the client says close.
+    with httpx.Client() as client:
+        for _ in range(3):
+            assert client.get(app.url + "/metrics").status_code == 200
+    assert raw(b"GET /health HTTP/1.0\r\n\r\n").endswith(b"ok\n")  # HTTP/1.0 closes after one answer
+
+
+def test_cli_flags_and_env_vars_build_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from llamatelemetry._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
+    from llamatelemetry.exporter import cli
+
+    def config(*argv: str):  # noqa: ANN202
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        return cli.build_config(parser.parse_args(list(argv)))
+
+    for name in ("LLAMATELEMETRY_EXPORTER_TARGETS", "LLAMA_SERVER_URL", "LLAMA_API_KEY", "LLAMATELEMETRY_EXPORTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    default = config()
+    assert (default.host, default.port, default.gpu, default.gpu_processes) == (EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT, True, True)
+    assert default.targets == ["http://127.0.0.1:8080"] and default.api_key is None
+    monkeypatch.setenv("LLAMATELEMETRY_EXPORTER_TARGETS", "a=http://127.0.0.1:1, b=http://127.0.0.1:2")
+    monkeypatch.setenv("LLAMA_API_KEY", "k")
+    monkeypatch.setenv("LLAMATELEMETRY_EXPORTER_NO_GPU_PROCESSES", "1")
+    monkeypatch.setenv("LLAMATELEMETRY_EXPORTER_TIMEOUT", "0.25")
+    from_env = config()
+    assert from_env.targets == ["a=http://127.0.0.1:1", "b=http://127.0.0.1:2"]
+    assert (from_env.api_key, from_env.gpu_processes, from_env.timeout) == ("k", False, 0.25)
+    flags = config("--target", "x=http://h:3", "--port", "9999", "--listen", "0.0.0.0", "--no-gpu", "--timeout", "3")
+    assert (flags.targets, flags.port, flags.host, flags.gpu, flags.timeout) == (["x=http://h:3"], 9999, "0.0.0.0", False, 3.0)

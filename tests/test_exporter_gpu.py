@@ -184,3 +184,24 @@ def test_real_nvml_on_a_gpu_machine() -> None:
         assert value > 1 << 20
     for value in series(result, "llamatelemetry_gpu_utilization_ratio").values():
         assert 0.0 <= value <= 1.0
+
+
+def test_a_hanging_nvml_call_does_not_hang_the_scrape(full_server) -> None:  # noqa: ANN001
+    import threading
+    import time
+
+    from prom_helpers import one, scrape
+
+    from llamatelemetry.exporter import ExporterApp, ExporterConfig
+
+    nvml = FakeNVML()
+    release = threading.Event()
+    original = nvml.nvmlDeviceGetTemperature
+    nvml.nvmlDeviceGetTemperature = lambda h, s: (release.wait(10), original(h, s))[1]  # type: ignore[method-assign]
+    with ExporterApp(ExporterConfig(targets=[f"full={full_server.base_url}"], port=0, timeout=0.5), nvml=nvml) as app:
+        start = time.perf_counter()
+        s = scrape(app.url)
+        assert time.perf_counter() - start < 2.0
+        assert one(s, "llamatelemetry_collector_up", collector="gpu") == 0
+        assert one(s, "llamatelemetry_target_up", target="full") == 1
+        release.set()

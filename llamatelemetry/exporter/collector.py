@@ -79,7 +79,13 @@ class ExporterCollector(Collector):
             log.exception("fetching targets failed")
             fetch_ok = False
             snapshots = [TargetSnapshot(t, {"health": Fetched(error=f"internal error: {exc!r}")}) for t in self.targets]
-        gpu = await gpu_task if gpu_task is not None else None
+        gpu = None
+        if gpu_task is not None:
+            try:  # NVML calls have no timeout of their own; never let a stuck driver hang the scrape
+                gpu = await asyncio.wait_for(asyncio.shield(gpu_task), self.fetcher.timeout)
+            except asyncio.TimeoutError:
+                log.warning("GPU collection took longer than %gs; GPU series skipped this scrape", self.fetcher.timeout)
+                gpu = (GpuResult(up=False, error="timed out"), self.fetcher.timeout)
         return self._build(snapshots, fetch_ok, gpu)
 
     # -- turning results into families ------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Fetch llama-server endpoints for many targets concurrently, each under a deadline and a size cap.
 
-The exporter's scrape handler runs in an HTTP server thread; the fetching runs on one
-long-lived asyncio loop in a background thread (:class:`AsyncRunner`), with the small HTTP
-client in :mod:`._http` (one short-lived connection per request, see there why).
+Everything runs on one long-lived asyncio loop in a background thread (:class:`AsyncRunner`):
+the exporter's HTTP server and the fetching, which uses the small HTTP client in
+:mod:`._http` (one short-lived connection per request, see there why).
 
 Example::
 

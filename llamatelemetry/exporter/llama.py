@@ -44,7 +44,7 @@ STATES = ("ok", "loading", "unreachable", "error")
 FLAG_HINT = {
     "metrics": "llama-server was started without --metrics; restart it with --metrics to get llamacpp_* series",
     "slots": "llama-server was started with --no-slots; restart it without --no-slots to get per-slot series",
-    "props": "llama-server has /props disabled; restart it without --no-props to get llamatelemetry_server_info",
+    "props": "this llama-server does not serve /props, so llamatelemetry_server_info is missing for it",
 }
 
 #: Upstream families whose type is changed on re-export (see module docstring).
