@@ -310,3 +310,28 @@ def test_cli_flags_and_env_vars_build_the_config(monkeypatch: pytest.MonkeyPatch
     assert (from_env.api_key, from_env.gpu_processes, from_env.timeout) == ("k", False, 0.25)
     flags = config("--target", "x=http://h:3", "--port", "9999", "--listen", "0.0.0.0", "--no-gpu", "--timeout", "3")
     assert (flags.targets, flags.port, flags.host, flags.gpu, flags.timeout) == (["x=http://h:3"], 9999, "0.0.0.0", False, 3.0)
+
+
+def test_fast_text_encoder_matches_prometheus_client() -> None:
+    import math
+
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prom_helpers import parse_exposition
+
+    from llamatelemetry.exporter.encode import _Registry, encode_text
+    from llamatelemetry.exporter.fake_nvml import FakeNVML
+    from llamatelemetry.exporter.gpu import GpuCollector
+
+    tricky = GaugeMetricFamily("x", "he\\lp\nline", labels=["a"])
+    tricky.add_metric(['q"u\\o\nte'], float("nan"))
+    tricky.add_metric(["b"], float("-inf"))
+    tricky.add_metric(["c"], 1e300)
+    counter = CounterMetricFamily("y_total", "c")
+    counter.add_metric([], 3)
+    fams = [f for f in GpuCollector(nvml=FakeNVML()).collect().families if f.samples] + [tricky, counter]
+    ours, theirs = parse_exposition(encode_text(fams).decode()), parse_exposition(generate_latest(_Registry(fams)).decode())
+    assert ours.keys() == theirs.keys() and len(ours) > 40
+    assert all(ours[k] == theirs[k] or (math.isnan(ours[k]) and math.isnan(theirs[k])) for k in ours)
+    hist = HistogramMetricFamily("h", "h", buckets=[("1", 1), ("+Inf", 2)], sum_value=3)
+    assert encode_text([hist]) == generate_latest(_Registry([hist]))  # other types: deferred to the library

@@ -30,6 +30,8 @@ from prometheus_client.exposition import choose_encoder
 
 from .._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
 from .collector import ExporterCollector
+from .encode import CONTENT_TYPE as TEXT_CONTENT_TYPE
+from .encode import encode_text
 from .fetch import DEFAULT_MAX_BYTES, AsyncRunner, Fetcher
 from .gpu import GpuCollector
 from .targets import Target, parse_targets
@@ -137,7 +139,10 @@ class _HttpServer:
         if path == "/metrics":
             families = await self.app.collector.collect_async()
             encoder, content_type = choose_encoder(headers.get("accept", ""))
-            body = encoder(_Families(families))  # type: ignore[arg-type]
+            if content_type.startswith("application/openmetrics-text"):
+                body = encoder(_Families(families))  # type: ignore[arg-type]
+            else:
+                body, content_type = encode_text(families), TEXT_CONTENT_TYPE
             extra: dict[str, str] = {}
             if "gzip" in headers.get("accept-encoding", "") and len(body) > 4096:
                 body = gzip.compress(body, compresslevel=1)
