@@ -1,0 +1,114 @@
+"""Every command and code example in the README is exercised, so the README cannot rot.
+
+Python blocks run as written against a real llama-server (via ``$LLAMA_SERVER_URL``). Each bash
+command is either run here or mapped below to the test that covers it; a new command that is
+neither makes this test fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llamatelemetry.backend.server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)
+PYTHON_BLOCKS = [code for lang, code in BLOCKS if lang == "python"]
+
+
+def _bash_commands() -> list[str]:
+    commands = []
+    for lang, code in BLOCKS:
+        if lang != "bash":
+            continue
+        for line in code.splitlines():
+            line = line.split(" #")[0].strip() if not line.strip().startswith("#") else ""
+            if line:
+                commands.append(line)
+    return commands
+
+
+# Commands covered elsewhere (the test named) or that only prepare the user's machine.
+COVERED_ELSEWHERE = {
+    "scripts/test.sh": "this very test run (.ci/run executes it; checked below)",
+    "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
+    "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
+    "pip install -e '.[bench]'": "installation step",
+}
+SETUP_PREFIXES = ("export ", "mkdir -p models")
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_example_runs(index, full_server, tmp_path):
+    code = PYTHON_BLOCKS[index]
+    env = {**os.environ, "LLAMA_SERVER_URL": full_server.base_url, "OTEL_METRIC_EXPORT_INTERVAL": "100000"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"README python block {index} failed:\n{code}\n{proc.stderr}"
+
+
+def test_every_bash_command_is_exercised():
+    for command in _bash_commands():
+        if command in COVERED_ELSEWHERE or command.startswith(SETUP_PREFIXES):
+            continue
+        assert command in RUN_HERE, f"README command not exercised by any test: {command!r}"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "scripts/test.sh" in _bash_commands()
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def _run_demo_script() -> None:
+    proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reasoning used up max_tokens" in proc.stdout and "everything the demo started is stopped" in proc.stdout
+
+
+def _run_exporter_command() -> None:
+    port = free_port()
+    argv = "llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:7109".split()
+    env = {**os.environ, "LLAMATELEMETRY_EXPORTER_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "llamatelemetry.cli", *argv[1:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "exporter did not start"
+                time.sleep(0.2)
+        assert 'llamatelemetry_target_up{target="big"}' in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _run_bench(script: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x" in proc.stdout
+
+
+RUN_HERE = {
+    "scripts/demo.sh": _run_demo_script,
+    "llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:7109": _run_exporter_command,
+    "python benchmarks/bench_client.py": lambda: _run_bench("benchmarks/bench_client.py", "--calls", "3", "--rounds", "1"),
+    "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--rounds", "3"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(RUN_HERE))
+def test_bash_command_runs(command, llama_server_binary):
+    assert command in _bash_commands(), f"{command!r} is no longer in the README; drop it here"
+    RUN_HERE[command]()
