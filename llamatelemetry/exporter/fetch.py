@@ -25,6 +25,7 @@ from ._http import HTTPFailure, ResponseTooLarge, http_get
 from .targets import Target
 
 T = TypeVar("T")
+_timeout = getattr(asyncio, "timeout", None)
 
 
 #: Default cap on the bytes read from one endpoint of one target (a llama-server /props with a
@@ -108,7 +109,11 @@ class Fetcher:
     async def get(self, url: str) -> Fetched:
         """GET ``url``; transport problems become ``Fetched(error=...)``, never exceptions."""
         try:
-            status, body = await asyncio.wait_for(self._get_with_retry(url), self.timeout)
+            if _timeout is not None:  # Python 3.11+: a deadline without an extra task per request
+                async with _timeout(self.timeout):
+                    status, body = await self._get_with_retry(url)
+            else:  # pragma: no cover - Python 3.10
+                status, body = await asyncio.wait_for(self._get_with_retry(url), self.timeout)
             return Fetched(status=status, body=body)
         except asyncio.TimeoutError:
             return Fetched(error=f"timed out after {self.timeout:g}s")
