@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from prom_helpers import one, parse_exposition, pick, prometheus_binary, scrape, start_prometheus
+from prom_helpers import one, pick, prometheus_binary, scrape, start_prometheus
 
 from llamatelemetry.backend.server import free_port
 from llamatelemetry.exporter import ExporterApp, ExporterConfig

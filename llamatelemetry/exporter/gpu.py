@@ -51,10 +51,6 @@ THROTTLE_REASONS: dict[int, str] = {
 _FIELD_ERRORS = {3, 4, 6, 13}  # NOT_SUPPORTED, NO_PERMISSION, NOT_FOUND, NO_DATA
 
 
-class _FieldMissing(Exception):
-    """Internal: a field is not available on this GPU."""
-
-
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
