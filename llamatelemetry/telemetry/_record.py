@@ -137,34 +137,36 @@ class CallRecord:
         attributes: dict[str, Any] = {sc.OPERATION_NAME: operation, **telemetry.base_attributes}
         if model:
             attributes[sc.REQUEST_MODEL] = model
-        self.metric_attributes = dict(attributes)
+        self.model = model
+        self.operation = operation
+        # All start attributes in one dict: the SDK validates them in one pass at span start.
+        self._add_request_attributes(attributes, body)
         self.span = telemetry.tracer.start_span(f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attributes)
         self.recording = self.span.is_recording()
-        if self.recording:
-            self._set_request_attributes(body)
         self.trace_headers: dict[str, str] = {}
-        propagate.inject(self.trace_headers, context=trace.set_span_in_context(self.span))
+        self.context = trace.set_span_in_context(self.span)
+        propagate.inject(self.trace_headers, context=self.context)
 
-    def _set_request_attributes(self, body: dict[str, Any]) -> None:
-        span = self.span
+    def _add_request_attributes(self, attributes: dict[str, Any], body: dict[str, Any]) -> None:
         for key, name in _REQUEST_PARAMS:
             value = body.get(key)
             if value is not None:
-                span.set_attribute(name, value)
+                attributes[name] = value
         stop = body.get("stop", body.get("stop_sequences"))
         if stop:
-            span.set_attribute(sc.REQUEST_STOP_SEQUENCES, [stop] if isinstance(stop, str) else list(stop))
+            attributes[sc.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
         if self.call.stream:
-            span.set_attribute(sc.REQUEST_STREAM, True)
+            attributes[sc.REQUEST_STREAM] = True
         if self.telemetry.capture_content:
             limit = self.telemetry.content_limit
             if "messages" in body:
-                span.set_attribute(sc.INPUT_MESSAGES, _truncate(json.dumps(body["messages"], ensure_ascii=False), limit))
+                attributes[sc.INPUT_MESSAGES] = _truncate(json.dumps(body["messages"], ensure_ascii=False), limit)
             elif "prompt" in body:
-                span.set_attribute(sc.INPUT_MESSAGES, _truncate(json.dumps([{"role": "user", "parts": [{"type": "text", "content": body["prompt"]}]}], ensure_ascii=False), limit))
+                prompt = [{"role": "user", "parts": [{"type": "text", "content": body["prompt"]}]}]
+                attributes[sc.INPUT_MESSAGES] = _truncate(json.dumps(prompt, ensure_ascii=False), limit)
             if body.get("system"):
                 system = body["system"]
-                span.set_attribute(sc.SYSTEM_INSTRUCTIONS, _truncate(system if isinstance(system, str) else json.dumps(system), limit))
+                attributes[sc.SYSTEM_INSTRUCTIONS] = _truncate(system if isinstance(system, str) else json.dumps(system), limit)
 
     # -- ending --
 
@@ -259,23 +261,22 @@ class CallRecord:
         error_type = type(error).__name__ if error is not None else None
         if error is not None:
             self._record_error(error)
-        attributes = self.metric_attributes
-        if out.response_model:
-            attributes = {**attributes, sc.RESPONSE_MODEL: out.response_model}
+        attrs = telemetry.metric_attributes(self.operation, self.model, out.response_model, error_type)
         if exhausted:
-            telemetry.budget_exhausted.add(1, attributes)
+            telemetry.budget_exhausted.add(1, attrs.base)
             self._warn_exhausted(reasoning_tokens)
-        self._record_duration(duration, error_type, attributes)
+        # The span's context makes the duration an exemplar: dashboards jump from latency to the trace.
+        telemetry.duration.record(duration, attrs.base, context=self.context)
         if out.input_tokens is not None:
-            telemetry.token_usage.record(out.input_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_INPUT})
+            telemetry.token_usage.record(out.input_tokens, attrs.input)
         if out.output_tokens is not None:
-            telemetry.token_usage.record(out.output_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_OUTPUT})
+            telemetry.token_usage.record(out.output_tokens, attrs.output)
         if reasoning_tokens is not None:
-            telemetry.token_usage.record(reasoning_tokens, {**attributes, sc.TOKEN_TYPE: sc.TOKEN_TYPE_REASONING})
+            telemetry.token_usage.record(reasoning_tokens, attrs.reasoning)
         if ttft is not None:
-            telemetry.time_to_first_chunk.record(ttft, attributes)
+            telemetry.time_to_first_chunk.record(ttft, attrs.base)
             if out.chunks and out.chunks > 1 and out.first_chunk_at is not None:
-                telemetry.time_per_output_chunk.record((ended - out.first_chunk_at) / (out.chunks - 1), attributes)
+                telemetry.time_per_output_chunk.record((ended - out.first_chunk_at) / (out.chunks - 1), attrs.base)
         span.end()
 
     def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:
@@ -330,11 +331,9 @@ class CallRecord:
             self.span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
             self.span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
 
-    def _record_duration(self, duration: float, error_type: str | None = None, attributes: dict[str, Any] | None = None) -> None:
-        attributes = attributes if attributes is not None else self.metric_attributes
-        if error_type is not None:
-            attributes = {**attributes, sc.ERROR_TYPE: error_type}
-        self.telemetry.duration.record(duration, attributes)
+    def _record_duration(self, duration: float, error_type: str) -> None:
+        attrs = self.telemetry.metric_attributes(self.operation, self.model, None, error_type)
+        self.telemetry.duration.record(duration, attrs.base, context=self.context)
 
     def _warn_exhausted(self, reasoning_tokens: int | None) -> None:
         max_tokens = self.body.get("max_tokens")

@@ -6,6 +6,7 @@ Everything per call lives in :class:`~llamatelemetry.telemetry._record.CallRecor
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,6 +27,20 @@ DEFAULT_CONTENT_LIMIT = 16_384
 def capture_content_from_env() -> bool:
     value = os.environ.get(sc.CAPTURE_CONTENT_ENV, "").strip().lower()
     return value in ("1", "true", "yes", "on", "span_only", "span_and_event")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricAttributes:
+    """The attribute sets one kind of call records its metrics with (built once, then reused)."""
+
+    base: dict[str, Any]
+    input: dict[str, Any]
+    output: dict[str, Any]
+    reasoning: dict[str, Any]
+
+
+#: Bound on cached attribute sets (distinct operation/model/error combinations).
+_MAX_CACHED_ATTRIBUTE_SETS = 512
 
 
 class Telemetry:
@@ -65,12 +80,35 @@ class Telemetry:
             sc.METRIC_REASONING_BUDGET_EXHAUSTED, unit="{request}",
             description="Calls that ended with max_tokens used up by reasoning and no visible answer.",
         )
+        self._attribute_cache: dict[tuple[Any, ...], MetricAttributes] = {}
         # Attributes known once per client: computed here, not per call.
         self.base_attributes: dict[str, Any] = {
             sc.PROVIDER: sc.PROVIDER_NAME,
             sc.SERVER_ADDRESS: settings.host,
             sc.SERVER_PORT: settings.port,
         }
+
+    def metric_attributes(self, operation: str, request_model: str | None, response_model: str | None,
+                          error_type: str | None) -> MetricAttributes:
+        """Low-cardinality metric attributes for a call, cached: no per-call dict building."""
+        key = (operation, request_model, response_model, error_type)
+        found = self._attribute_cache.get(key)
+        if found is None:
+            base: dict[str, Any] = {sc.OPERATION_NAME: operation, **self.base_attributes}
+            if request_model:
+                base[sc.REQUEST_MODEL] = request_model
+            if response_model:
+                base[sc.RESPONSE_MODEL] = response_model
+            if error_type:
+                base[sc.ERROR_TYPE] = error_type
+            found = MetricAttributes(
+                base, {**base, sc.TOKEN_TYPE: sc.TOKEN_TYPE_INPUT}, {**base, sc.TOKEN_TYPE: sc.TOKEN_TYPE_OUTPUT},
+                {**base, sc.TOKEN_TYPE: sc.TOKEN_TYPE_REASONING},
+            )
+            if len(self._attribute_cache) >= _MAX_CACHED_ATTRIBUTE_SETS:
+                self._attribute_cache.clear()
+            self._attribute_cache[key] = found
+        return found
 
     def start(self, call: "Call", default_model: str | None, count_tokens: Callable[[str], Any]) -> "CallRecord | None":
         """Open the span for ``call``; return None (no telemetry) if anything goes wrong."""
