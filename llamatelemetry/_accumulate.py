@@ -178,7 +178,9 @@ class MessagesAccumulator(Accumulator):
             self.blocks.append(dict(data.get("content_block") or {}))
         elif kind == "content_block_delta":
             delta = data.get("delta") or {}
-            block = self.blocks[-1] if self.blocks else self.blocks.append({}) or self.blocks[-1]
+            if not self.blocks:  # a delta without its block start: keep the text all the same
+                self.blocks.append({"type": "text"})
+            block = self.blocks[-1]
             if delta.get("type") == "thinking_delta":
                 self.reasoning_parts.append(delta.get("thinking", ""))
                 block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -65,71 +65,16 @@ def _health_from(status_code: int | None, body: bytes, error: str = "") -> types
     return types.Health(status="error", message=message, http_status=status_code)
 
 
-class _ClientBase:
-    """Settings, telemetry and the default-model cache shared by both clients."""
+# --- resources, shared by both clients ---------------------------------------------------
 
-    def __init__(
-        self,
-        base_url: str | None,
-        api_key: str | None,
-        max_retries: int | None,
-        telemetry: bool,
-        tracer_provider: "TracerProvider | None",
-        meter_provider: "MeterProvider | None",
-        capture_content: bool | None,
-    ) -> None:
-        self._settings: Settings = resolve_settings(base_url, api_key, max_retries)
-        self._headers = default_headers(self._settings)
-        self._default_model: str | None = None
-        self._default_model_looked_up = False
-        self._telemetry: "Telemetry | None" = None
-        if telemetry:
-            from .telemetry.instrumentation import Telemetry
+def _endpoint(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Any]:
+    """Make a public method from a request builder, for the sync and the async client alike.
 
-            self._telemetry = Telemetry(
-                self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
-            )
+    The method hands the built :class:`Call` to the client's ``_execute``: the sync client
+    returns the result, the async client a coroutine the caller awaits. So every resource
+    class below serves both clients, with the builder's exact signature and docstring.
+    """
 
-    @property
-    def _client(self) -> "_ClientBase":
-        # Lets the generated endpoint methods live on the client itself as on its resources.
-        return self
-
-    @property
-    def base_url(self) -> str:
-        return self._settings.base_url
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
-
-    def _start_record(self, call: Call) -> "CallRecord | None":
-        if call.operation is None or self._telemetry is None:
-            return None
-        return self._telemetry.start(call, self._default_model, self._count_tokens)
-
-    def _needs_default_model(self, call: Call) -> bool:
-        return (
-            call.operation is not None and self._telemetry is not None and not self._default_model_looked_up
-            and isinstance(call.body, dict) and "model" not in call.body
-        )
-
-    def _remember_models(self, models: types.ModelList | None) -> None:
-        self._default_model_looked_up = True
-        if models is not None and models.data:
-            self._default_model = models.data[0].id
-
-    def _url(self, path: str) -> str:
-        return self._settings.base_url + path
-
-    def _parse(self, call: Call, content: bytes) -> Any:
-        if call.raw_text:
-            return call.parse(content.decode("utf-8", "replace"))
-        return call.parse(decode_json(content, call.path))
-
-
-# --- sync ---------------------------------------------------------------------------------------
-
-def _sync(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Any]:
     def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self._client._execute(builder(*args, **kwargs))
 
@@ -144,7 +89,7 @@ class _Resource:
 
 
 class _ChatCompletions(_Resource):
-    create = _sync(_calls.chat_completion)
+    create = _endpoint(_calls.chat_completion)
 
 
 class _Chat(_Resource):
@@ -154,40 +99,40 @@ class _Chat(_Resource):
 
 
 class _Completions(_Resource):
-    create = _sync(_calls.completion)
+    create = _endpoint(_calls.completion)
 
 
 class _Messages(_Resource):
-    create = _sync(_calls.message)
+    create = _endpoint(_calls.message)
 
 
 class _Embeddings(_Resource):
-    create = _sync(_calls.embeddings)
+    create = _endpoint(_calls.embeddings)
 
 
 class _Models(_Resource):
-    list = _sync(_calls.list_models)
+    list = _endpoint(_calls.list_models)
 
 
 class _Props(_Resource):
-    get = _sync(_calls.get_props)
+    get = _endpoint(_calls.get_props)
 
 
 class _Slots(_Resource):
-    list = _sync(_calls.list_slots)
-    save = _sync(_calls.save_slot)
-    restore = _sync(_calls.restore_slot)
-    erase = _sync(_calls.erase_slot)
+    list = _endpoint(_calls.list_slots)
+    save = _endpoint(_calls.save_slot)
+    restore = _endpoint(_calls.restore_slot)
+    erase = _endpoint(_calls.erase_slot)
 
 
 class _Lora(_Resource):
-    list = _sync(_calls.list_lora)
-    apply = _sync(_calls.apply_lora)
+    list = _endpoint(_calls.list_lora)
+    apply = _endpoint(_calls.apply_lora)
 
 
 class _Metrics(_Resource):
-    get = _sync(_calls.get_metrics)
-    parse = _sync(_calls.parse_metrics)
+    get = _endpoint(_calls.get_metrics)
+    parse = _endpoint(_calls.parse_metrics)
 
 
 class _Health(_Resource):
@@ -218,6 +163,87 @@ class _Health(_Resource):
                     f"{health.status}: {health.message}); check that it is running and its model loads", url=self._client.base_url + "/health",
                 )
             time.sleep(interval)
+
+
+class _ClientBase:
+    """Settings, telemetry and the default-model cache shared by both clients."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        max_retries: int | None,
+        telemetry: bool,
+        tracer_provider: "TracerProvider | None",
+        meter_provider: "MeterProvider | None",
+        capture_content: bool | None,
+    ) -> None:
+        self._settings: Settings = resolve_settings(base_url, api_key, max_retries)
+        self._headers = default_headers(self._settings)
+        self._default_model: str | None = None
+        self._default_model_looked_up = False
+        self._telemetry: "Telemetry | None" = None
+        # Resources shared by both clients (see _endpoint); health differs, each client adds its own.
+        self.chat = _Chat(self)
+        self.completions = _Completions(self)
+        self.messages = _Messages(self)
+        self.embeddings = _Embeddings(self)
+        self.models = _Models(self)
+        self.props = _Props(self)
+        self.slots = _Slots(self)
+        self.lora = _Lora(self)
+        self.metrics = _Metrics(self)
+        if telemetry:
+            from .telemetry.instrumentation import Telemetry
+
+            self._telemetry = Telemetry(
+                self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
+            )
+
+    chat_completion = _endpoint(_calls.chat_completion)
+    embed = _endpoint(_calls.embed)
+    tokenize = _endpoint(_calls.tokenize)
+    detokenize = _endpoint(_calls.detokenize)
+    rerank = _endpoint(_calls.rerank)
+
+    @property
+    def _client(self) -> "_ClientBase":
+        # Lets the generated endpoint methods live on the client itself as on its resources.
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
+
+    _count_tokens: Callable[[str], Any]  # sync or async, defined by each client
+
+    def _start_record(self, call: Call) -> "CallRecord | None":
+        if call.operation is None or self._telemetry is None:
+            return None
+        return self._telemetry.start(call, self._default_model, self._count_tokens)
+
+    def _needs_default_model(self, call: Call) -> bool:
+        return (
+            call.operation is not None and self._telemetry is not None and not self._default_model_looked_up
+            and isinstance(call.body, dict) and "model" not in call.body
+        )
+
+    def _remember_models(self, models: types.ModelList | None) -> None:
+        self._default_model_looked_up = True
+        if models is not None and models.data:
+            self._default_model = models.data[0].id
+
+    def _url(self, path: str) -> str:
+        return self._settings.base_url + path
+
+    def _parse(self, call: Call, content: bytes) -> Any:
+        if call.raw_text:
+            return call.parse(content.decode("utf-8", "replace"))
+        return call.parse(decode_json(content, call.path))
+
 
 
 class LlamaCppClient(_ClientBase):
@@ -260,22 +286,8 @@ class LlamaCppClient(_ClientBase):
         # Our own pool carries the default headers, so requests don't merge them on every call.
         self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers)
         self._request_headers = None if self._owns_http else self._headers
-        self.chat = _Chat(self)
-        self.completions = _Completions(self)
-        self.messages = _Messages(self)
-        self.embeddings = _Embeddings(self)
-        self.models = _Models(self)
-        self.props = _Props(self)
-        self.slots = _Slots(self)
-        self.lora = _Lora(self)
-        self.metrics = _Metrics(self)
         self.health = _Health(self)
 
-    chat_completion = _sync(_calls.chat_completion)
-    embed = _sync(_calls.embed)
-    tokenize = _sync(_calls.tokenize)
-    detokenize = _sync(_calls.detokenize)
-    rerank = _sync(_calls.rerank)
 
     # -- plumbing --
 
@@ -372,62 +384,6 @@ class LlamaCppClient(_ClientBase):
 
 # --- async --------------------------------------------------------------------------------------
 
-def _async(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Awaitable[Any]]:
-    async def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return await self._client._execute(builder(*args, **kwargs))
-
-    method.__doc__ = builder.__doc__
-    method.__name__ = builder.__name__
-    return method
-
-
-class _AsyncChatCompletions(_Resource):
-    create = _async(_calls.chat_completion)
-
-
-class _AsyncChat(_Resource):
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self.completions = _AsyncChatCompletions(client)
-
-
-class _AsyncCompletions(_Resource):
-    create = _async(_calls.completion)
-
-
-class _AsyncMessages(_Resource):
-    create = _async(_calls.message)
-
-
-class _AsyncEmbeddings(_Resource):
-    create = _async(_calls.embeddings)
-
-
-class _AsyncModels(_Resource):
-    list = _async(_calls.list_models)
-
-
-class _AsyncProps(_Resource):
-    get = _async(_calls.get_props)
-
-
-class _AsyncSlots(_Resource):
-    list = _async(_calls.list_slots)
-    save = _async(_calls.save_slot)
-    restore = _async(_calls.restore_slot)
-    erase = _async(_calls.erase_slot)
-
-
-class _AsyncLora(_Resource):
-    list = _async(_calls.list_lora)
-    apply = _async(_calls.apply_lora)
-
-
-class _AsyncMetrics(_Resource):
-    get = _async(_calls.get_metrics)
-    parse = _async(_calls.parse_metrics)
-
-
 class _AsyncHealth(_Resource):
     async def check(self) -> types.Health:
         """Probe ``GET /health`` (see :meth:`LlamaCppClient.health.check`)."""
@@ -475,22 +431,8 @@ class AsyncLlamaCppClient(_ClientBase):
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers)
         self._request_headers = None if self._owns_http else self._headers
-        self.chat = _AsyncChat(self)
-        self.completions = _AsyncCompletions(self)
-        self.messages = _AsyncMessages(self)
-        self.embeddings = _AsyncEmbeddings(self)
-        self.models = _AsyncModels(self)
-        self.props = _AsyncProps(self)
-        self.slots = _AsyncSlots(self)
-        self.lora = _AsyncLora(self)
-        self.metrics = _AsyncMetrics(self)
         self.health = _AsyncHealth(self)
 
-    chat_completion = _async(_calls.chat_completion)
-    embed = _async(_calls.embed)
-    tokenize = _async(_calls.tokenize)
-    detokenize = _async(_calls.detokenize)
-    rerank = _async(_calls.rerank)
 
     async def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
         headers = self._request_headers

@@ -133,7 +133,8 @@ def _parse_sample(line: str, lineno: int) -> Sample:
                 raise PromTextParseError("timestamp is not a number", lineno, line) from None
         return Sample(simple.group(1), {}, value)
     n = len(line)
-    i = _NAME_CHARS.match(line).end()
+    match = _NAME_CHARS.match(line)
+    i = match.end() if match else 0
     name = line[:i]
     if not _valid_metric_name(name):
         raise PromTextParseError("expected a metric name", lineno, line)

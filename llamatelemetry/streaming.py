@@ -54,10 +54,12 @@ def decode_sse_line(line: str, path: str) -> Any:
         raise errors.ResponseDecodeError(f"llama-server sent a stream event that is not a JSON object on {path}: {payload[:200]!r}")
     if "error" in data and "choices" not in data:
         err = data["error"] if isinstance(data["error"], dict) else {"message": str(data["error"])}
+        code = err.get("code")
+        status = code if isinstance(code, int) else 500
         raise errors.APIStatusError(
             f"llama-server reported an error mid-stream on {path}: {err.get('message')}",
-            status_code=int(err.get("code") or 500), url=path, body=data,
-            code=err.get("code"), type=err.get("type"), server_message=err.get("message"),
+            status_code=status, url=path, body=data,
+            code=status, type=err.get("type"), server_message=err.get("message"),
         )
     return data
 

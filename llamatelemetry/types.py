@@ -10,13 +10,13 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import field
+
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._model import Record
 
-record = dataclasses.dataclass(slots=True, kw_only=True)
+
 
 __all__ = [
     "Record", "PromptTokensDetails", "CompletionTokensDetails", "Usage", "Timings", "FunctionCall", "ToolCall",
@@ -29,17 +29,17 @@ __all__ = [
 
 # --- usage and llama.cpp timings -------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class PromptTokensDetails(Record):
     cached_tokens: int | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class CompletionTokensDetails(Record):
     reasoning_tokens: int | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Usage(Record):
     """Token counts. ``prompt_tokens`` includes cached tokens (``prompt_tokens_details.cached_tokens``)."""
 
@@ -50,7 +50,7 @@ class Usage(Record):
     completion_tokens_details: CompletionTokensDetails | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Timings(Record):
     """llama-server's own timings for one request (milliseconds, tokens per second)."""
 
@@ -69,13 +69,13 @@ class Timings(Record):
 
 # --- chat completions --------------------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class FunctionCall(Record):
     name: str | None = None
     arguments: str | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ToolCall(Record):
     id: str | None = None
     type: str | None = None
@@ -83,7 +83,7 @@ class ToolCall(Record):
     function: FunctionCall | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ChatCompletionMessage(Record):
     """The assistant's message; ``reasoning_content`` holds the model's thinking, if any."""
 
@@ -93,7 +93,7 @@ class ChatCompletionMessage(Record):
     tool_calls: list[ToolCall] | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Choice(Record):
     index: int = 0
     message: ChatCompletionMessage = field(default_factory=ChatCompletionMessage)
@@ -101,7 +101,7 @@ class Choice(Record):
     logprobs: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ChatCompletion(Record):
     id: str = ""
     object: str = "chat.completion"
@@ -113,7 +113,7 @@ class ChatCompletion(Record):
     system_fingerprint: str | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ChoiceDelta(Record):
     role: str | None = None
     content: str | None = None
@@ -121,7 +121,7 @@ class ChoiceDelta(Record):
     tool_calls: list[ToolCall] | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ChunkChoice(Record):
     index: int = 0
     delta: ChoiceDelta = field(default_factory=ChoiceDelta)
@@ -129,7 +129,7 @@ class ChunkChoice(Record):
     logprobs: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ChatCompletionChunk(Record):
     """One streamed chunk. The final one (when usage was asked for) has no choices but ``usage``."""
 
@@ -145,7 +145,7 @@ class ChatCompletionChunk(Record):
 
 # --- text completions ----------------------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class CompletionChoice(Record):
     index: int = 0
     text: str = ""
@@ -153,7 +153,7 @@ class CompletionChoice(Record):
     logprobs: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Completion(Record):
     """``/v1/completions`` result, and each chunk of its stream."""
 
@@ -169,7 +169,7 @@ class Completion(Record):
 
 # --- Anthropic-shaped messages --------------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ContentBlock(Record):
     """A ``thinking``, ``text`` or ``tool_use`` block."""
 
@@ -182,7 +182,7 @@ class ContentBlock(Record):
     input: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class MessageUsage(Record):
     input_tokens: int = 0
     output_tokens: int = 0
@@ -190,7 +190,7 @@ class MessageUsage(Record):
     cache_creation_input_tokens: int | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Message(Record):
     """``/v1/messages`` result. ``thinking``/``text`` give the joined blocks of each kind."""
 
@@ -213,7 +213,7 @@ class Message(Record):
         return "".join(b.thinking or "" for b in self.content if b.type == "thinking")
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class MessageStreamEvent(Record):
     """One server-sent event of a ``/v1/messages`` stream (``message_start``, ``content_block_delta``, ...)."""
 
@@ -227,20 +227,20 @@ class MessageStreamEvent(Record):
 
 # --- embeddings, rerank ----------------------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Embedding(Record):
     index: int = 0
     embedding: list[float] = field(default_factory=list)
     object: str = "embedding"
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class EmbeddingUsage(Record):
     prompt_tokens: int = 0
     total_tokens: int = 0
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class CreateEmbeddingResponse(Record):
     data: list[Embedding] = field(default_factory=list)
     model: str = ""
@@ -248,14 +248,14 @@ class CreateEmbeddingResponse(Record):
     usage: EmbeddingUsage | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class RerankResult(Record):
     index: int = 0
     relevance_score: float = 0.0
     document: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class RerankResponse(Record):
     results: list[RerankResult] = field(default_factory=list)
     model: str | None = None
@@ -265,7 +265,7 @@ class RerankResponse(Record):
 
 # --- server state ----------------------------------------------------------------------------------
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Model(Record):
     """One entry of ``/v1/models``; ``meta`` has ``n_ctx``, ``n_params``, ``size``, ``n_vocab``..."""
 
@@ -276,13 +276,13 @@ class Model(Record):
     meta: dict[str, Any] | None = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class ModelList(Record):
     data: list[Model] = field(default_factory=list)
     object: str = "list"
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Props(Record):
     """``/props``: server-wide settings. ``n_ctx`` is the per-slot context size."""
 
@@ -300,7 +300,7 @@ class Props(Record):
         return settings.get("n_ctx")
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Slot(Record):
     """One entry of ``/slots``."""
 
@@ -313,7 +313,7 @@ class Slot(Record):
     next_token: Any = None
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class LoraAdapter(Record):
     id: int = 0
     path: str | None = None
@@ -323,7 +323,7 @@ class LoraAdapter(Record):
 HealthStatus = Literal["ok", "loading", "unreachable", "error"]
 
 
-@record
+@dataclass(slots=True, kw_only=True)
 class Health(Record):
     """Result of ``client.health.check()``; never raises for a down server."""
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from llamatelemetry.backend.server import free_port
 

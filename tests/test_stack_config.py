@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -179,7 +179,8 @@ async def http_get(url: str, headers: dict[str, str] | None = None, *, max_bytes
         await loop.sock_sendall(sock, _request_bytes(host, port, target, headers))
         buf = bytearray()
         head_end = -1
-        status, resp_headers, length = 0, {}, None
+        status, length = 0, None
+        resp_headers: dict[str, str] = {}
         while True:
             data = await loop.sock_recv(sock, 65536)
             if head_end < 0:

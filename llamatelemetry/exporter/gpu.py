@@ -84,7 +84,9 @@ class GpuCollector:
         process_name: Callable[[int], str | None] = procnet.process_name,
     ) -> None:
         if nvml is None:
-            import pynvml as nvml  # noqa: PLC0415 - only needed when GPU collection is on
+            import pynvml  # noqa: PLC0415 - only needed when GPU collection is on
+
+            nvml = pynvml
         self.nvml = nvml
         self.targets = [t for t in targets if t.local_addresses is not None]
         self.processes = processes
@@ -266,9 +268,10 @@ class GpuCollector:
                     proc_mem.add_metric(lv + [str(pid), self._name_of(pid)], float(mem))
         for target in self.targets:
             assert target.port is not None
-            pid = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
-            if pid is not None and usage.get(pid) is not None:
-                target_mem.add_metric(lv + [target.name], float(usage[pid]))  # type: ignore[arg-type]
+            listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
+            used = usage.get(listener) if listener is not None else None
+            if used is not None:
+                target_mem.add_metric(lv + [target.name], float(used))
 
     def _name_of(self, pid: int) -> str:
         name = self._process_name(pid)

@@ -26,6 +26,7 @@ _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 def _local_addresses_match(hex_addr: str, wanted: set[str] | None) -> bool:
     if wanted is None:
         return True
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         if len(hex_addr) == 8:  # IPv4, little-endian per 32-bit word
             ip = ipaddress.IPv4Address(bytes.fromhex(hex_addr)[::-1])

@@ -70,7 +70,7 @@ def _local_addresses(host: str) -> frozenset[str] | None:
         candidates = {host}
     except ValueError:
         try:  # resolved once at start-up, never at scrape time
-            candidates = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+            candidates = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
         except OSError:
             return None
     local = frozenset(ip for ip in candidates if _is_local_ip(ip))
