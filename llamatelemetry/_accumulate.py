@@ -54,14 +54,12 @@ class Accumulator:
         raise NotImplementedError
 
 
-class ChatAccumulator(Accumulator):
-    chunk_type = types.ChatCompletionChunk
+class _OpenAIStreamAccumulator(Accumulator):
+    """Chunks shaped like OpenAI's (chat and text completions): header fields, one choice, usage."""
 
     def __init__(self, show_usage_chunk: bool) -> None:
         super().__init__()
         self.show_usage_chunk = show_usage_chunk
-        self.role = "assistant"
-        self.tool_calls: dict[int, dict[str, Any]] = {}
         self.created = 0
 
     def add(self, data: dict[str, Any]) -> bool:
@@ -74,17 +72,7 @@ class ChatAccumulator(Accumulator):
         has_content = False
         if choices:
             choice = choices[0]
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                self.content_parts.append(text)
-                has_content = True
-            thinking = delta.get("reasoning_content")
-            if thinking:
-                self.reasoning_parts.append(thinking)
-            if delta.get("tool_calls"):
-                has_content = True
-                self._add_tool_calls(delta["tool_calls"])
+            has_content = self._add_choice(choice)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         self._mark(has_content)
@@ -93,6 +81,33 @@ class ChatAccumulator(Accumulator):
             # The usage-only final chunk (no choices) was requested by telemetry, not by the caller.
             return self.show_usage_chunk or bool(choices)
         return True
+
+    def _add_choice(self, choice: dict[str, Any]) -> bool:
+        """Fold in one choice; return True if it carried visible content."""
+        raise NotImplementedError
+
+
+class ChatAccumulator(_OpenAIStreamAccumulator):
+    chunk_type = types.ChatCompletionChunk
+
+    def __init__(self, show_usage_chunk: bool) -> None:
+        super().__init__(show_usage_chunk)
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+
+    def _add_choice(self, choice: dict[str, Any]) -> bool:
+        delta = choice.get("delta") or {}
+        has_content = False
+        text = delta.get("content")
+        if text:
+            self.content_parts.append(text)
+            has_content = True
+        thinking = delta.get("reasoning_content")
+        if thinking:
+            self.reasoning_parts.append(thinking)
+        if delta.get("tool_calls"):
+            has_content = True
+            self._add_tool_calls(delta["tool_calls"])
+        return has_content
 
     def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         for tc in deltas:
@@ -104,7 +119,7 @@ class ChatAccumulator(Accumulator):
             slot["function"]["arguments"] += fn.get("arguments") or ""
 
     def final(self) -> types.ChatCompletion:
-        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.reasoning_parts:
             message["reasoning_content"] = self.reasoning
         if self.tool_calls:
@@ -117,36 +132,18 @@ class ChatAccumulator(Accumulator):
         return types.ChatCompletion.from_dict(data)
 
 
-class CompletionAccumulator(Accumulator):
+class CompletionAccumulator(_OpenAIStreamAccumulator):
     chunk_type = types.Completion
 
-    def __init__(self, show_usage_chunk: bool) -> None:
-        super().__init__()
-        self.show_usage_chunk = show_usage_chunk
-
-    def add(self, data: dict[str, Any]) -> bool:
-        self.id = data.get("id") or self.id
-        self.model = data.get("model") or self.model
-        if data.get("timings") is not None:
-            self.timings = data["timings"]
-        choices = data.get("choices")
-        has_content = False
-        if choices:
-            text = choices[0].get("text")
-            if text:
-                self.content_parts.append(text)
-                has_content = True
-            if choices[0].get("finish_reason"):
-                self.finish_reason = choices[0]["finish_reason"]
-        self._mark(has_content)
-        if data.get("usage") is not None:
-            self.usage = data["usage"]
-            return self.show_usage_chunk or bool(choices)
-        return True
+    def _add_choice(self, choice: dict[str, Any]) -> bool:
+        text = choice.get("text")
+        if text:
+            self.content_parts.append(text)
+        return bool(text)
 
     def final(self) -> types.Completion:
         return types.Completion.from_dict({
-            "id": self.id, "model": self.model, "usage": self.usage, "timings": self.timings,
+            "id": self.id, "created": self.created, "model": self.model, "usage": self.usage, "timings": self.timings,
             "choices": [{"index": 0, "text": self.content, "finish_reason": self.finish_reason}],
         })
 
