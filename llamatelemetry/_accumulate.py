@@ -21,6 +21,9 @@ class Accumulator:
         self.first_chunk_at: float | None = None
         self.first_content_at: float | None = None
         self.chunks = 0
+        self.last_chunk_at: float | None = None
+        #: Seconds between consecutive chunks (semconv's time_per_output_chunk, one value per chunk).
+        self.chunk_gaps: list[float] = []
         self.finished = False  # saw the server's own end of stream ([DONE] or message_stop)
         self.content_parts: list[str] = []
         self.reasoning_parts: list[str] = []
@@ -40,8 +43,11 @@ class Accumulator:
 
     def _mark(self, has_content: bool) -> None:
         now = time.monotonic()
-        if self.first_chunk_at is None:
+        if self.last_chunk_at is None:
             self.first_chunk_at = now
+        else:
+            self.chunk_gaps.append(now - self.last_chunk_at)
+        self.last_chunk_at = now
         if has_content and self.first_content_at is None:
             self.first_content_at = now
         self.chunks += 1

@@ -52,6 +52,7 @@ class Outcome:
     first_chunk_at: float | None = None
     first_content_at: float | None = None
     chunks: int | None = None
+    chunk_gaps: list[float] = field(default_factory=list)
     cut_short: bool = False
 
 
@@ -109,7 +110,7 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
         response_id=acc.id or None, response_model=acc.model or None,
         finish_reasons=[acc.finish_reason] if acc.finish_reason else [],
         content=acc.content, reasoning=acc.reasoning, timings=acc.timings,
-        first_chunk_at=acc.first_chunk_at, first_content_at=acc.first_content_at, chunks=acc.chunks,
+        first_chunk_at=acc.first_chunk_at, first_content_at=acc.first_content_at, chunks=acc.chunks, chunk_gaps=acc.chunk_gaps,
         cut_short=not acc.finished,
     )
     _usage_into(out, acc.usage)
@@ -275,8 +276,8 @@ class CallRecord:
             telemetry.token_usage.record(reasoning_tokens, attrs.reasoning)
         if ttft is not None:
             telemetry.time_to_first_chunk.record(ttft, attrs.base)
-            if out.chunks and out.chunks > 1 and out.first_chunk_at is not None:
-                telemetry.time_per_output_chunk.record((ended - out.first_chunk_at) / (out.chunks - 1), attrs.base)
+            for gap in out.chunk_gaps:  # recorded at the end, not while the caller reads the stream
+                telemetry.time_per_output_chunk.record(gap, attrs.base)
         span.end()
 
     def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:
