@@ -148,3 +148,47 @@ def test_console_exporter_for_local_debugging(full_server, capsys):
     providers.shutdown()
     out = capsys.readouterr().out
     assert '"name": "chat scripted"' in out and sc.USAGE_REASONING_OUTPUT_TOKENS in out
+
+
+def test_otlp_grpc_export(full_server):
+    """protocol="grpc": a real gRPC OTLP receiver gets the span."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[ExportTraceServiceRequest] = []
+    metric_requests: list[ExportMetricsServiceRequest] = []
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request, context):  # noqa: N802
+            metric_requests.append(request)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        providers = llamatelemetry.configure(endpoint=f"http://127.0.0.1:{port}", protocol="grpc", set_global=False)
+        with LlamaCppClient(full_server.base_url, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider) as c:
+            c.chat_completion(messages=HI, max_tokens=64)
+        providers.shutdown()
+        spans = [s for req in received for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        assert [s.name for s in spans] == ["chat scripted"]
+        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert metric_requests, "metrics were not exported over gRPC"
+    finally:
+        server.stop(None)
+
+
+def test_unknown_protocol_is_a_clear_error():
+    with pytest.raises(ValueError, match="http/protobuf.*grpc"):
+        llamatelemetry.configure(protocol="thrift", set_global=False)  # type: ignore[arg-type]
