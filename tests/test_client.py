@@ -259,3 +259,18 @@ def test_default_base_url_is_the_shared_constant(monkeypatch):
 
     monkeypatch.delenv("LLAMA_SERVER_URL", raising=False)
     assert LlamaCppClient(telemetry=False).base_url == DEFAULT_BASE_URL == "http://127.0.0.1:8080"
+
+
+def test_lora_list_and_apply(llama_server_factory, tmp_path):
+    from llamatelemetry.backend.model import write_zero_lora
+
+    adapter = write_zero_lora(tmp_path / "zero-lora.gguf")
+    server = llama_server_factory("--lora", str(adapter))
+    with LlamaCppClient(server.base_url, telemetry=False) as c:
+        (listed,) = c.lora.list()
+        assert listed.id == 0 and listed.path == str(adapter) and listed.scale == 1.0
+        c.lora.apply({0: 0.5})
+        assert c.lora.list()[0].scale == 0.5
+        c.lora.apply([{"id": 0, "scale": 0.0}])
+        assert c.lora.list()[0].scale == 0.0
+        assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == ANSWER_TEXT

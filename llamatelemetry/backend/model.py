@@ -187,3 +187,26 @@ if __name__ == "__main__":
     import sys
 
     print(write_scripted_model(sys.argv[1] if len(sys.argv) > 1 else "scripted.gguf"))
+
+
+def write_zero_lora(path: str | os.PathLike[str]) -> Path:
+    """Write a rank-1 LoRA adapter for the scripted model whose weights are zero.
+
+    It loads and behaves like a real adapter (listed by ``/lora-adapters``, scale adjustable)
+    without changing the scripted output, so tests can exercise the LoRA endpoints.
+    """
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 1.0)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((1, _N_EMBD), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((_N_EMBD, 1), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
