@@ -2,7 +2,8 @@
 
 Everything runs on one long-lived asyncio loop in a background thread (:class:`AsyncRunner`):
 the exporter's HTTP server and the fetching, which uses the small HTTP client in
-:mod:`._http` (one short-lived connection per request, see there why).
+:mod:`._http` (one short-lived connection per request, see there why; each GET is started
+at once and awaited later, so a target's endpoints are read in parallel without a task per GET).
 
 Example::
 
@@ -21,11 +22,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, TypeVar
 
-from ._http import HTTPFailure, ResponseTooLarge, http_get
+from ._http import HTTPFailure, PendingGet, ResponseTooLarge, start_get
 from .targets import Target
 
 T = TypeVar("T")
-_timeout = getattr(asyncio, "timeout", None)
 
 
 #: Default cap on the bytes read from one endpoint of one target (a llama-server /props with a
@@ -96,52 +96,70 @@ class Fetcher:
     async def aclose(self) -> None:
         """Nothing to release: every request uses its own connection."""
 
-    async def _get_with_retry(self, url: str) -> tuple[int, bytes]:
+    def _start(self, url: str) -> PendingGet:
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        return start_get(url, self._headers, max_bytes=self.max_bytes, deadline=deadline)
+
+    async def _answer(self, url: str, pending: PendingGet) -> tuple[Fetched, float]:
+        """Await a started GET: the answer and when it came. Problems become ``Fetched(error=...)``."""
         try:
-            return await http_get(url, self._headers, max_bytes=self.max_bytes)
-        except (HTTPFailure, ConnectionResetError) as exc:
-            # Seen with llama-server: a fresh connection closed before any response byte. Nothing
-            # was answered, so one retry is safe; anything else is reported as is.
-            if isinstance(exc, HTTPFailure) and "without answering" not in str(exc):
-                raise
-            return await http_get(url, self._headers, max_bytes=self.max_bytes)
+            try:
+                status, body = await pending
+            except (HTTPFailure, ConnectionResetError) as exc:
+                # Seen with llama-server: a fresh connection closed before any response byte. Nothing
+                # was answered, so one retry (within the same deadline) is safe; anything else is
+                # reported as is.
+                if isinstance(exc, HTTPFailure) and "without answering" not in str(exc):
+                    raise
+                pending = start_get(url, self._headers, max_bytes=self.max_bytes, deadline=pending.deadline)
+                status, body = await pending
+            fetched = Fetched(status=status, body=body)
+        except asyncio.TimeoutError:
+            fetched = Fetched(error=f"timed out after {self.timeout:g}s")
+        except (ResponseTooLarge, HTTPFailure) as exc:
+            fetched = Fetched(error=str(exc))
+        except ConnectionRefusedError:
+            fetched = Fetched(error="connection refused (is llama-server running on that port?)")
+        except OSError as exc:
+            fetched = Fetched(error=f"connection failed: {exc.strerror or exc}")
+        return fetched, pending.finished_at()
 
     async def get(self, url: str) -> Fetched:
         """GET ``url``; transport problems become ``Fetched(error=...)``, never exceptions."""
-        try:
-            if _timeout is not None:  # Python 3.11+: a deadline without an extra task per request
-                async with _timeout(self.timeout):
-                    status, body = await self._get_with_retry(url)
-            else:  # pragma: no cover - Python 3.10
-                status, body = await asyncio.wait_for(self._get_with_retry(url), self.timeout)
-            return Fetched(status=status, body=body)
-        except asyncio.TimeoutError:
-            return Fetched(error=f"timed out after {self.timeout:g}s")
-        except (ResponseTooLarge, HTTPFailure) as exc:
-            return Fetched(error=str(exc))
-        except ConnectionRefusedError:
-            return Fetched(error="connection refused (is llama-server running on that port?)")
-        except OSError as exc:
-            return Fetched(error=f"connection failed: {exc.strerror or exc}")
+        return (await self._answer(url, self._start(url)))[0]
 
     async def fetch_target(self, target: Target, with_props: bool = True) -> TargetSnapshot:
         """Fetch ``/metrics`` and ``/slots`` (and ``/props`` when asked) concurrently.
 
-        ``/health`` is only asked when those answers do not already tell the server state: any
-        200 means ready and llama-server answers 503 on every endpoint while loading, so a
-        healthy target costs two requests per scrape. (Each request in flight holds one of
-        llama-server's few HTTP threads, so fewer is kinder to real clients.)
+        Every GET is started before the first one is awaited, so they run in parallel without a
+        task each. ``/health`` is only asked when those answers do not already tell the server
+        state: any 200 means ready and llama-server answers 503 on every endpoint while
+        loading, so a healthy target costs two requests per scrape. (Each request in flight
+        holds one of llama-server's few HTTP threads, so fewer is kinder to real clients.)
         """
         start = time.perf_counter()
         endpoints = ("metrics", "slots", "props") if with_props else ("metrics", "slots")
-        answers = await asyncio.gather(*(self.get(target.url("/" + ep)) for ep in endpoints))
-        results = dict(zip(endpoints, answers))
+        urls = [target.url("/" + ep) for ep in endpoints]
+        started = [(url, self._start(url)) for url in urls]
+        results: dict[str, Fetched] = {}
+        finished = start
+        try:
+            for ep, (url, pending) in zip(endpoints, started):
+                results[ep], done = await self._answer(url, pending)
+                finished = max(finished, done)
+        finally:  # only does something when this scrape was cancelled half-way
+            for _, pending in started:
+                pending.discard()
+        answers = list(results.values())
         decided = any(a.status in (200, 503) for a in answers) or all(a.status is None for a in answers)
         if not decided:  # e.g. /metrics and /slots both 501 (started without --metrics, with --no-slots)
-            results["health"] = await self.get(target.url("/health"))
-        return TargetSnapshot(target, results, time.perf_counter() - start)
+            url = target.url("/health")
+            results["health"], finished = await self._answer(url, self._start(url))
+        return TargetSnapshot(target, results, finished - start)
 
     async def fetch_all(self, targets: list[Target], with_props: dict[str, bool] | None = None) -> list[TargetSnapshot]:
         """Fetch every target concurrently; a slow or dead target only costs its own deadline."""
         wanted = with_props or {}
+        if len(targets) == 1:  # no task needed to run one target
+            return [await self.fetch_target(targets[0], wanted.get(targets[0].name, True))]
         return list(await asyncio.gather(*(self.fetch_target(t, wanted.get(t.name, True)) for t in targets)))
