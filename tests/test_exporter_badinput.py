@@ -335,3 +335,27 @@ def test_fast_text_encoder_matches_prometheus_client() -> None:
     assert all(ours[k] == theirs[k] or (math.isnan(ours[k]) and math.isnan(theirs[k])) for k in ours)
     hist = HistogramMetricFamily("h", "h", buckets=[("1", 1), ("+Inf", 2)], sum_value=3)
     assert encode_text([hist]) == generate_latest(_Registry([hist]))  # other types: deferred to the library
+
+
+def test_metrics_layout_cache_gives_what_the_strict_parser_gives() -> None:
+    """A view that reuses its /metrics layout (values only) answers exactly like a fresh view."""
+    from llamatelemetry.exporter.llama import TargetView
+    from llamatelemetry.exporter.targets import parse_target
+
+    page = ("# HELP llamacpp:prompt_tokens_total Prompt tokens.\n# TYPE llamacpp:prompt_tokens_total counter\n"
+            "llamacpp:prompt_tokens_total 5\n# TYPE llamacpp:n_tokens_max counter\nllamacpp:n_tokens_max 7\n"
+            '# TYPE h histogram\nh_bucket{le="1",target="x"} 2\nh_sum 1\nh_count 2\nc_created 1\n')
+    variants = [page, page.replace(" 5\n", " 6\n"), page.replace(" 5\n", " NaN\n"), page.replace(" 5\n", " -1e3\n"),
+                page.replace(" 5\n", " 1_0\n"), page.replace(" 5\n", " \tinfinity\n"), page.replace(" 5\n", " \n"),
+                page.replace(" 5\n", " 5 1700000000\n"), page.replace(" 5\n", " 5\t7\n"), page.replace(" 5\n", " +Inf\n"),
+                page, "a 1\n# EOF\nb 2\n", "a 2\n# EOF\nb x\n", "a 3\n# EOF\nb 2\n", "a} 1\n", "a 1\r\n", "a 2\r\n", "x 1\nx 2\n", "x 3\nx 4\n"]
+
+    def shown(view: TargetView, text: str) -> tuple[list[tuple[str, str, str, list[tuple[str, dict[str, str], str]]]], str | None]:
+        fams, problem = view._metrics(text.encode())
+        return [(f.name, f.type, f.documentation, [(s.name, s.labels, repr(s.value)) for s in f.samples]) for f in fams], problem
+
+    target = parse_target("t=http://127.0.0.1:1")
+    reused = TargetView(target)
+    for text in variants + variants[::-1]:
+        assert shown(reused, text) == shown(TargetView(target), text), text
+    assert reused._metrics_template is not None  # the layout cache was in use

@@ -9,6 +9,8 @@ OpenMetrics answers always come from ``prometheus_client``.
 Example::
 
     body = encode_text(families)     # bytes, Content-Type CONTENT_TYPE
+    encoder = TextEncoder()          # or keep one per server: it remembers rendered series
+    body = encoder.encode(families)
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _SIMPLE_TYPES = {"counter", "gauge", "unknown", "untyped"}
 _LABEL_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", '"': '\\"'})
+_INF = math.inf
 _HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
 
 
 def _value(v: float) -> str:
     if v != v:  # NaN
         return "NaN"
-    if math.isinf(v):
+    if v == _INF or v == -_INF:
         return "+Inf" if v > 0 else "-Inf"
     return repr(float(v))
 
@@ -41,20 +44,60 @@ class _Registry:
         return self._families
 
 
+class TextEncoder:
+    """:func:`encode_text` with memory: the HELP/TYPE block of each family and the
+    ``name{labels} `` prefix of each series are rendered once and reused while they recur.
+
+    A scrape of the same targets yields the same series every time, so after the first scrape
+    only the values are formatted. Both caches are emptied when they grow past ``max_entries``
+    (series come and go, e.g. per-process GPU memory), which bounds the memory they hold.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
+        self._heads: dict[tuple[str, str, str], str] = {}
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+    def encode(self, families: Iterable[Metric]) -> bytes:
+        """Families → Prometheus text exposition (the same output as ``generate_latest``, faster)."""
+        families = list(families)
+        if any(f.type not in _SIMPLE_TYPES for f in families):
+            return generate_latest(_Registry(families))  # type: ignore[arg-type]
+        if len(self._prefixes) > self.max_entries or len(self._heads) > self.max_entries:
+            self._heads.clear()
+            self._prefixes.clear()
+        out: list[str] = []
+        for fam in families:
+            out.append(self._head(fam))
+            for s in fam.samples:
+                prefix = self._prefixes.get((s.name, tuple(s.labels.items())))
+                if prefix is None:
+                    prefix = self._prefix(s.name, s.labels)
+                out.append(f"{prefix}{_value(s.value)}\n")
+        return "".join(out).encode("utf-8")
+
+    def _head(self, fam: Metric) -> str:
+        key = (fam.name, fam.type, fam.documentation)
+        head = self._heads.get(key)
+        if head is None:
+            name = fam.name + "_total" if fam.type == "counter" else fam.name
+            mtype = "untyped" if fam.type == "unknown" else fam.type
+            head = self._heads[key] = f"# HELP {name} {fam.documentation.translate(_HELP_ESCAPES)}\n# TYPE {name} {mtype}\n"
+        return head
+
+    def _prefix(self, name: str, labels: dict[str, str]) -> str:
+        if labels:
+            rendered = ",".join(f'{k}="{v.translate(_LABEL_ESCAPES)}"' for k, v in labels.items())
+            prefix = f"{name}{{{rendered}}} "
+        else:
+            prefix = name + " "
+        self._prefixes[(name, tuple(labels.items()))] = prefix
+        return prefix
+
+
+_DEFAULT_ENCODER = TextEncoder()
+
+
 def encode_text(families: Iterable[Metric]) -> bytes:
     """Families → Prometheus text exposition (the same output as ``generate_latest``, faster)."""
-    families = list(families)
-    if any(f.type not in _SIMPLE_TYPES for f in families):
-        return generate_latest(_Registry(families))  # type: ignore[arg-type]
-    out: list[str] = []
-    for fam in families:
-        name = fam.name + "_total" if fam.type == "counter" else fam.name
-        mtype = "untyped" if fam.type == "unknown" else fam.type
-        out.append(f"# HELP {name} {fam.documentation.translate(_HELP_ESCAPES)}\n# TYPE {name} {mtype}\n")
-        for s in fam.samples:
-            if s.labels:
-                labels = ",".join(f'{k}="{v.translate(_LABEL_ESCAPES)}"' for k, v in s.labels.items())
-                out.append(f"{s.name}{{{labels}}} {_value(s.value)}\n")
-            else:
-                out.append(f"{s.name} {_value(s.value)}\n")
-    return "".join(out).encode("utf-8")
+    return _DEFAULT_ENCODER.encode(families)
