@@ -28,7 +28,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Coroutine, Generator, TypeVar
+from typing import Any, Callable, Coroutine, Generator, TypeVar
 from urllib.parse import urlsplit
 
 _MAX_HEADER_BYTES = 64 * 1024
@@ -130,13 +130,13 @@ def _request_bytes(host: str, port: int, target: str, headers: dict[str, str] | 
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.split(b"\r\n")
-    fields = lines[0].split(None, 2)
+    status_line, _, rest = head.partition(b"\r\n")
+    fields = status_line.split(None, 2)
     if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-        raise HTTPFailure(f"not an HTTP answer: {lines[0][:60]!r}")
+        raise HTTPFailure(f"not an HTTP answer: {status_line[:60]!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.decode("latin-1").partition(":")
+    for line in rest.decode("latin-1").split("\r\n"):  # one decode for the whole head
+        name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(fields[1]), headers
 
@@ -215,6 +215,7 @@ class _SocketGet:
         self._status = 0
         self._headers: dict[str, str] | None = None  # set once the head is parsed
         self._length: int | None = None
+        self._watching: str | None = None  # "reader" / "writer": what the loop watches the socket for
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._fd = self._sock.fileno()
         self._sock.setblocking(False)
@@ -223,7 +224,7 @@ class _SocketGet:
         try:
             self._sock.connect(address)
         except BlockingIOError:  # the usual case, even on loopback: wait until writable
-            loop.add_writer(self._fd, self._on_connected)
+            self._watch_writable(self._on_connected)
         except OSError as exc:
             self._fail(exc)
         else:
@@ -244,13 +245,24 @@ class _SocketGet:
     def _cleanup(self, _: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._loop.remove_writer(self._fd)
-        self._loop.remove_reader(self._fd)
+        self._unwatch()
         self._sock.close()
+
+    # -- the descriptor's registration: tracked, because removing an unregistered one is not free
+    def _watch_writable(self, callback: Callable[[], None]) -> None:
+        self._loop.add_writer(self._fd, callback)
+        self._watching = "writer"
+
+    def _unwatch(self) -> None:
+        if self._watching == "writer":
+            self._loop.remove_writer(self._fd)
+        elif self._watching == "reader":
+            self._loop.remove_reader(self._fd)
+        self._watching = None
 
     # -- connect and send ---------------------------------------------------------------------------
     def _on_connected(self) -> None:
-        self._loop.remove_writer(self._fd)
+        self._unwatch()
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._fail(ConnectionRefusedError(err, os.strerror(err)) if err == errno.ECONNREFUSED else OSError(err, os.strerror(err)))
@@ -267,12 +279,13 @@ class _SocketGet:
             return
         self._request = self._request[sent:]
         if self._request:  # a request of a few hundred bytes almost never needs this
-            self._loop.add_writer(self._fd, self._on_writable)
+            self._watch_writable(self._on_writable)
         else:
             self._loop.add_reader(self._fd, self._on_readable)
+            self._watching = "reader"
 
     def _on_writable(self) -> None:
-        self._loop.remove_writer(self._fd)
+        self._unwatch()
         self._send()
 
     # -- receive ------------------------------------------------------------------------------------
