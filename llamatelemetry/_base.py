@@ -21,6 +21,10 @@ from ._defaults import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 #: Generation can take minutes; connecting should not.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
+#: llama-server (cpp-httplib) closes idle keep-alive connections after 5 s. Dropping ours after
+#: 2 s means we never reuse one the server is closing at that moment, the usual cause of
+#: "Server disconnected without sending a response" (still retried, but now rare).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 _USER_AGENT = "llamatelemetry/0.1"
 
 # Which llama-server flag switches on an endpoint that answered 501 (checked in order).

@@ -25,7 +25,7 @@ import httpx
 from . import _calls, errors, types
 from ._accumulate import Accumulator, ChatAccumulator, CompletionAccumulator, MessagesAccumulator
 from ._base import (
-    DEFAULT_TIMEOUT, RETRYABLE_TRANSPORT_ERRORS, Call, Settings, decode_json, default_headers, resolve_settings,
+    DEFAULT_LIMITS, DEFAULT_TIMEOUT, RETRYABLE_TRANSPORT_ERRORS, Call, Settings, decode_json, default_headers, resolve_settings,
     retry_delay, should_retry_status, status_error, transport_error,
 )
 from .streaming import AsyncStream, Stream
@@ -284,7 +284,7 @@ class LlamaCppClient(_ClientBase):
         super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
         self._owns_http = http_client is None
         # Our own pool carries the default headers, so requests don't merge them on every call.
-        self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers)
+        self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
         self.health = _Health(self)
 
@@ -429,7 +429,7 @@ class AsyncLlamaCppClient(_ClientBase):
     ) -> None:
         super().__init__(base_url, api_key, max_retries, telemetry, tracer_provider, meter_provider, capture_content)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers)
+        self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
         self.health = _AsyncHealth(self)
 
