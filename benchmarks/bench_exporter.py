@@ -12,8 +12,10 @@ interleaved rounds (so drift hits all three alike), times:
 each over its own keep-alive ``http.client.HTTPConnection`` (a lean client, like Prometheus'
 Go client; ``httpx`` would add ~1 ms of its own parsing to the 8 kB exporter answer and blur
 the comparison). Prints median / p90 per case,
-the ratios against the issue's targets (1 target <= 1.5x direct, 8 targets <= 2x 1 target) and
-each exporter's resident memory after the run.
+the ratios against the issue's targets (1 target <= 1.5x direct, 8 targets <= 2x 1 target), the
+CPU time per scrape of the exporters and of the llama-servers answering them (read from
+/proc/<pid>/stat; it bounds how fast 8 targets can be on this machine) and each exporter's
+resident memory after the run.
 
 Run: ``python benchmarks/bench_exporter.py [--rounds 300]``
 """
@@ -38,6 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamatelemetry.backend.build import ensure_llama_server  # noqa: E402
 from llamatelemetry.backend.model import write_scripted_model  # noqa: E402
 from llamatelemetry.backend.server import LlamaServer, free_port  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -102,7 +111,10 @@ def main() -> int:
         }
         clients = {name: http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=10) for name, url in cases.items()}
         samples: dict[str, list[float]] = {name: [] for name in cases}
+        cpu_start: dict[int, float] = {}
         for round_no in range(args.warmup + args.rounds):
+            if round_no == args.warmup:
+                cpu_start = {p: cpu_seconds(p) for p in [exp1.pid, exp8.pid] + [s.pid for s in servers]}
             for name, url in cases.items():
                 took = sum(timed_get(clients[name], path) for path in urlsplit(url).path.split("+"))
                 if round_no >= args.warmup:
@@ -121,6 +133,14 @@ def main() -> int:
         print(f"8 targets / 1 target  : {eight / one:5.2f}x   (target <= 2.0x)  {'OK' if eight / one <= 2.0 else 'MISSED'}")
         print(f"exporter overhead     : 1 target {(one - upstream) * 1000:.2f} ms over its own upstream GETs, "
               f"{(eight - one) / 7 * 1000:.2f} ms per additional target")
+        # llama-servers #1-#7 answer only the 8-target exporter: their CPU is what one target costs upstream.
+        used = {p: (cpu_seconds(p) - start) / args.rounds * 1000 for p, start in cpu_start.items()}
+        upstream_cpu = sum(used[s.pid] for s in servers[1:]) / 7
+        need = used[exp8.pid] + 8 * upstream_cpu
+        print(f"CPU per scrape        : exporter 1 target {used[exp1.pid]:.2f} ms, 8 targets {used[exp8.pid]:.2f} ms; "
+              f"each llama-server answering it {upstream_cpu:.2f} ms")
+        print(f"8-target floor        : {need:.2f} ms of CPU per scrape on {os.cpu_count()} CPU(s) -> at least "
+              f"{need / (os.cpu_count() or 1):.2f} ms even if all of it ran in parallel")
         print(f"exporter RSS          : 1 target {rss_mib(exp1.pid):.1f} MiB, 8 targets {rss_mib(exp8.pid):.1f} MiB")
     finally:
         for proc in exporters:
