@@ -97,6 +97,10 @@ def make_variants(base_url: str) -> dict[str, tuple[Callable[[], None], Callable
     ours = LlamaCppClient(base_url, telemetry=False)
     tp, mp = sdk_providers()
     ours_tel = LlamaCppClient(base_url, tracer_provider=tp, meter_provider=mp)
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    ours_api_only = LlamaCppClient(base_url, tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
     oai = openai.OpenAI(base_url=base_url + "/v1", api_key="none")
     oai_tp, oai_mp = sdk_providers()
     instrumentor = OpenAIInstrumentor()
@@ -134,6 +138,8 @@ def make_variants(base_url: str) -> dict[str, tuple[Callable[[], None], Callable
     return {
         "raw httpx": (raw_call, raw_stream),
         "llamatelemetry": (ours_call(ours), ours_stream(ours)),
+        # Telemetry on but no SDK configured (the OTel API's no-op providers): our own per-call cost.
+        "llamatelemetry + telemetry, no SDK": (ours_call(ours_api_only), ours_stream(ours_api_only)),
         "llamatelemetry + telemetry": (ours_call(ours_tel), ours_stream(ours_tel)),
         "openai": (oai_call, oai_stream),
         "openai + official OTel": (with_instrumentation(oai_call), with_instrumentation(oai_stream)),
@@ -175,10 +181,10 @@ def main() -> None:
 
     base = {kind: statistics.median(results["raw httpx"][kind]) for kind in ("chat", "stream")}
     print(f"CPU per call (median of {args.rounds} rounds x {args.calls} calls), ratio to raw httpx")
-    print(f"{'variant':<28}{'chat ms':>10}{'ratio':>8}{'stream ms':>12}{'ratio':>8}")
+    print(f"{'variant':<36}{'chat ms':>10}{'ratio':>8}{'stream ms':>12}{'ratio':>8}")
     for name, res in results.items():
         chat, stream = statistics.median(res["chat"]), statistics.median(res["stream"])
-        print(f"{name:<28}{chat:>10.3f}{chat / base['chat']:>7.2f}x{stream:>12.3f}{stream / base['stream']:>7.2f}x")
+        print(f"{name:<36}{chat:>10.3f}{chat / base['chat']:>7.2f}x{stream:>12.3f}{stream / base['stream']:>7.2f}x")
 
 
 if __name__ == "__main__":
