@@ -132,6 +132,42 @@ def should_retry_status(status_code: int) -> bool:
     return status_code == 503
 
 
+class RetryPolicy:
+    """Decides, for one call, whether a failed attempt is sent again and after how long.
+
+    Shared by both clients so they retry identically; each only does the sleeping. A method
+    returns the delay before the next attempt, or raises the error the caller should see.
+    """
+
+    __slots__ = ("settings", "path", "attempt")
+
+    def __init__(self, settings: "Settings", path: str) -> None:
+        self.settings = settings
+        self.path = path
+        self.attempt = 0
+
+    def _next(self, retry_after: str | None = None) -> float | None:
+        if self.attempt >= self.settings.max_retries:
+            return None
+        delay = retry_delay(self.attempt, retry_after)
+        self.attempt += 1
+        return delay
+
+    def after_transport_error(self, exc: httpx.HTTPError) -> float:
+        """No response byte arrived: retry what is safe to send again, else raise a clear error."""
+        delay = self._next() if isinstance(exc, RETRYABLE_TRANSPORT_ERRORS) else None
+        if delay is None:
+            raise transport_error(exc, self.settings, self.path) from exc
+        return delay
+
+    def after_status(self, status_code: int, content: bytes, headers: httpx.Headers) -> float:
+        """An HTTP error status: retry 503 (model loading), else raise the mapped error."""
+        delay = self._next(headers.get("retry-after")) if should_retry_status(status_code) else None
+        if delay is None:
+            raise status_error(status_code, content, self.settings, self.path)
+        return delay
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 def transport_error(exc: Exception, settings: Settings, path: str) -> errors.LlamaCppError:

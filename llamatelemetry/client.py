@@ -25,8 +25,8 @@ import httpx
 from . import _calls, errors, types
 from ._accumulate import Accumulator, ChatAccumulator, CompletionAccumulator, MessagesAccumulator
 from ._base import (
-    DEFAULT_LIMITS, DEFAULT_TIMEOUT, RETRYABLE_TRANSPORT_ERRORS, Call, Settings, decode_json, default_headers, resolve_settings,
-    retry_delay, should_retry_status, status_error, transport_error,
+    DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
+    transport_error,
 )
 from .streaming import AsyncStream, Stream
 
@@ -296,18 +296,13 @@ class LlamaCppClient(_ClientBase):
         if trace_headers:
             headers = {**headers, **trace_headers} if headers else trace_headers
         request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
-        attempt = 0
+        retry = RetryPolicy(self._settings, call.path)
         while True:
             try:
                 response = self._http.send(request, stream=True)
-            except RETRYABLE_TRANSPORT_ERRORS as exc:
-                if attempt < self._settings.max_retries:
-                    time.sleep(retry_delay(attempt))
-                    attempt += 1
-                    continue
-                raise transport_error(exc, self._settings, call.path) from exc
             except httpx.HTTPError as exc:
-                raise transport_error(exc, self._settings, call.path) from exc
+                time.sleep(retry.after_transport_error(exc))
+                continue
             if response.status_code < 400:
                 return response
             try:
@@ -316,11 +311,7 @@ class LlamaCppClient(_ClientBase):
                 content = b""
             finally:
                 response.close()
-            if should_retry_status(response.status_code) and attempt < self._settings.max_retries:
-                time.sleep(retry_delay(attempt, response.headers.get("retry-after")))
-                attempt += 1
-                continue
-            raise status_error(response.status_code, content, self._settings, call.path)
+            time.sleep(retry.after_status(response.status_code, content, response.headers))
 
     def _read(self, response: httpx.Response, path: str) -> bytes:
         try:
@@ -439,18 +430,13 @@ class AsyncLlamaCppClient(_ClientBase):
         if trace_headers:
             headers = {**headers, **trace_headers} if headers else trace_headers
         request = self._http.build_request(call.method, self._url(call.path), json=call.body, params=call.params, headers=headers)
-        attempt = 0
+        retry = RetryPolicy(self._settings, call.path)
         while True:
             try:
                 response = await self._http.send(request, stream=True)
-            except RETRYABLE_TRANSPORT_ERRORS as exc:
-                if attempt < self._settings.max_retries:
-                    await asyncio.sleep(retry_delay(attempt))
-                    attempt += 1
-                    continue
-                raise transport_error(exc, self._settings, call.path) from exc
             except httpx.HTTPError as exc:
-                raise transport_error(exc, self._settings, call.path) from exc
+                await asyncio.sleep(retry.after_transport_error(exc))
+                continue
             if response.status_code < 400:
                 return response
             try:
@@ -459,11 +445,7 @@ class AsyncLlamaCppClient(_ClientBase):
                 content = b""
             finally:
                 await response.aclose()
-            if should_retry_status(response.status_code) and attempt < self._settings.max_retries:
-                await asyncio.sleep(retry_delay(attempt, response.headers.get("retry-after")))
-                attempt += 1
-                continue
-            raise status_error(response.status_code, content, self._settings, call.path)
+            await asyncio.sleep(retry.after_status(response.status_code, content, response.headers))
 
     async def _read(self, response: httpx.Response, path: str) -> bytes:
         try:

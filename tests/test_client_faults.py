@@ -161,3 +161,31 @@ def test_async_faults_match_sync():
                     pass
 
     asyncio.run(main())
+
+
+def test_async_retries_match_sync():
+    async def main():
+        calls = []
+
+        def handler(request):
+            calls.append(1)
+            if len(calls) == 1:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+            if len(calls) == 2:
+                return httpx.Response(503, json={"error": {"message": "Loading model"}}, headers={"retry-after": "0"})
+            return httpx.Response(200, json=OK_BODY)
+
+        async with AsyncLlamaCppClient(BASE, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+                                       max_retries=2, telemetry=False) as c:
+            assert (await c.chat_completion(messages=HI)).choices[0].message.content == "ok"
+        assert len(calls) == 3
+
+        def loading(request):
+            return httpx.Response(503, json={"error": {"message": "Loading model"}}, headers={"retry-after": "0"})
+
+        async with AsyncLlamaCppClient(BASE, http_client=httpx.AsyncClient(transport=httpx.MockTransport(loading)),
+                                       max_retries=1, telemetry=False) as c:
+            with pytest.raises(errors.ModelLoadingError):
+                await c.chat_completion(messages=HI)
+
+    asyncio.run(main())
