@@ -75,3 +75,17 @@ def test_demo_ctrl_c_stops_everything(llama_server_binary):
         if proc.poll() is None:
             proc.kill()
     assert _servers_running() == before
+
+
+def test_demo_without_toolchain_fails_clearly(tmp_path):
+    """A machine without cmake and a compiler: exit 2 with what to install, before any download."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "LLAMATELEMETRY_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(DEMO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cmake" in proc.stderr and "apt-get install cmake g++" in proc.stderr
+    assert "LLAMATELEMETRY_LLAMA_SERVER" in proc.stderr
+    assert not any((tmp_path / "cache").rglob("*.tar.gz")), "nothing should be downloaded"

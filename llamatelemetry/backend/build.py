@@ -105,9 +105,19 @@ def _source_root(extracted: Path) -> Path:
     raise BuildError("could not find the llama.cpp source tree inside the sdist")
 
 
+def check_toolchain() -> None:
+    """Fail before downloading anything if the build cannot run here."""
+    missing = [tool for tool in ("cmake",) if shutil.which(tool) is None]
+    if not any(shutil.which(cxx) for cxx in (os.environ.get("CXX") or "c++", "g++", "clang++")):
+        missing.append("a C++ compiler")
+    if missing:
+        raise BuildError(
+            f"building llama-server needs {' and '.join(missing)}; install them (e.g. `apt-get install cmake g++`) "
+            f"or point {SERVER_BINARY_ENV} at an existing llama-server binary"
+        )
+
+
 def _run(cmd: list[str], log: Path, progress: Callable[[str], None]) -> None:
-    if shutil.which(cmd[0]) is None:
-        raise BuildError(f"`{cmd[0]}` is not installed; install cmake and a C++ compiler (e.g. apt-get install cmake g++).")
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
@@ -139,6 +149,7 @@ def ensure_llama_server(*, quiet: bool = False) -> Path:
 
 
 def _build(final: Path, install_root: Path, quiet: bool) -> Path:
+    check_toolchain()
     jobs = str(os.cpu_count() or 2)
     started = time.monotonic()
     last_shown = [""]
