@@ -164,8 +164,9 @@ def _print_span(span: Any) -> None:
     a = span.attributes
     duration = (span.end_time - span.start_time) / 1e6
     line = (
-        f"    {span.name:<26} in={_fmt(a.get(sc.USAGE_INPUT_TOKENS)):>4} out={_fmt(a.get(sc.USAGE_OUTPUT_TOKENS)):>4} "
-        f"reasoning={_fmt(a.get(sc.USAGE_REASONING_OUTPUT_TOKENS)):>4} "
+        f"    {span.name:<22} in={_fmt(a.get(sc.USAGE_INPUT_TOKENS)):>3} (cached {_fmt(a.get(sc.USAGE_CACHE_READ_INPUT_TOKENS)):>3}) "
+        f"out={_fmt(a.get(sc.USAGE_OUTPUT_TOKENS)):>3} "
+        f"reasoning={_fmt(a.get(sc.USAGE_REASONING_OUTPUT_TOKENS)):>3} "
         f"ttft={_fmt(a.get(sc.RESPONSE_TIME_TO_FIRST_CHUNK), 'ms', 1000):>8} duration={duration:.1f}ms "
         f"server={_fmt(a.get('llamacpp.timings.predicted_per_second'), ' tok/s', 1, 0)} "
         f"finish={','.join(a.get(sc.RESPONSE_FINISH_REASONS, ())) or '-'}"
