@@ -257,7 +257,7 @@ class LlamaCppClient(_ClientBase):
             "loading model" answers (default 2, exponential backoff). Never after a response started.
         http_client: your own ``httpx.Client`` (not closed by :meth:`close`).
         telemetry: create an OpenTelemetry span and metrics per inference call (default on;
-            costs nothing measurable until the application configures OpenTelemetry).
+            cheap until the application configures an OpenTelemetry SDK; see the README benchmarks).
         tracer_provider / meter_provider: providers to use instead of the global ones.
         capture_content: record prompts and responses on spans (default: off, or
             ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
