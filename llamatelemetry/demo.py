@@ -60,7 +60,7 @@ class _DemoTelemetry:
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "llamatelemetry-demo")})
@@ -72,10 +72,11 @@ class _DemoTelemetry:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            from .telemetry.configure import EXPORT_TIMEOUT_SECONDS
+            from .telemetry.configure import EXPORT_TIMEOUT_SECONDS, _bounded_span_processor
 
             base = otlp_endpoint.rstrip("/")
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=EXPORT_TIMEOUT_SECONDS)))
+            self.tracer_provider.add_span_processor(
+                _bounded_span_processor(OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=EXPORT_TIMEOUT_SECONDS)))
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=EXPORT_TIMEOUT_SECONDS),
                                                          export_interval_millis=5000))
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)

@@ -127,6 +127,10 @@ SCRIPT = textwrap.dedent(
     client = llamatelemetry.LlamaCppClient(sys.argv[1])
     for _ in range(5):
         client.chat_completion(messages=[{"role": "user", "content": "hi"}], max_tokens=64)
+    from opentelemetry import trace
+    tracer = trace.get_tracer("filler")
+    for _ in range(5000):  # a full queue of spans the collector will never take
+        tracer.start_span("filler").end()
     print("done", flush=True)
     """
 )
@@ -192,3 +196,29 @@ def test_otlp_grpc_export(full_server):
 def test_unknown_protocol_is_a_clear_error():
     with pytest.raises(ValueError, match="http/protobuf.*grpc"):
         llamatelemetry.configure(protocol="thrift", set_global=False)  # type: ignore[arg-type]
+
+
+def test_black_holed_collector_does_not_grow_memory(black_hole):
+    """Spans pile up while the collector never answers: the queue is bounded, memory stays flat."""
+    import tracemalloc
+
+    providers = llamatelemetry.configure(endpoint=black_hole, set_global=False)
+    tracer = providers.tracer_provider.get_tracer("memory-test")
+
+    def burst(n: int) -> None:
+        for i in range(n):
+            with tracer.start_as_current_span("chat scripted", attributes={"gen_ai.usage.output_tokens": i, "x": "y" * 200}):
+                pass
+
+    tracemalloc.start()
+    burst(25000)  # fills the 2048-span queue and the exporter's in-flight batch
+    before = tracemalloc.get_traced_memory()[0]
+    burst(20000)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    started = time.monotonic()
+    providers.shutdown()
+    # Kept, 20,000 more spans of ~3.5 KB would be ~70 MB. Bounded, what remains is the queue (2,048 spans)
+    # plus at most one batch in flight to the collector and its encoding (~3 MB): all constant.
+    assert grown < 10_000_000, f"memory grew by {grown} bytes"
+    assert time.monotonic() - started < 10

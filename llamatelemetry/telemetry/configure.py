@@ -8,13 +8,52 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Protocol = Literal["http/protobuf", "grpc"]
 
-#: Bounded export: at most this long per export attempt (also bounds the wait at exit).
+#: Bounded export: at most this long per export attempt.
 EXPORT_TIMEOUT_SECONDS = 3.0
+#: At shutdown (process exit), queued spans are flushed for at most this long, then dropped:
+#: with a collector that never answers, draining a full queue would otherwise take one export
+#: timeout per batch (4 batches x 3 s).
+SHUTDOWN_FLUSH_SECONDS = 2.0
+
+
+def _bounded_span_processor(exporter: Any) -> Any:
+    """A BatchSpanProcessor (bounded queue, short export timeout) whose shutdown is bounded too."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DeadlineExporter(SpanExporter):
+        """Passes spans on until the shutdown deadline, then drops them without waiting."""
+
+        def __init__(self) -> None:
+            self.deadline: float | None = None
+
+        def export(self, spans: Any) -> SpanExportResult:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                return SpanExportResult.FAILURE
+            return exporter.export(spans)
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(exporter.force_flush(timeout_millis))
+
+    class BoundedBatchSpanProcessor(BatchSpanProcessor):
+        def __init__(self) -> None:
+            self.deadline_exporter = DeadlineExporter()
+            super().__init__(self.deadline_exporter, max_queue_size=2048,
+                             export_timeout_millis=int(EXPORT_TIMEOUT_SECONDS * 1000))
+
+        def shutdown(self) -> None:
+            self.deadline_exporter.deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+            super().shutdown()
+
+    return BoundedBatchSpanProcessor()
 
 
 @dataclass
@@ -66,7 +105,7 @@ def configure(
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     attributes = {}
     if not os.environ.get("OTEL_SERVICE_NAME"):
@@ -96,8 +135,7 @@ def configure(
         raise ValueError(f"unknown OTLP protocol {chosen!r}; use 'http/protobuf' or 'grpc'")
 
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048,
-                                                          export_timeout_millis=int(EXPORT_TIMEOUT_SECONDS * 1000)))
+    tracer_provider.add_span_processor(_bounded_span_processor(span_exporter))
     reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
                                            export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
