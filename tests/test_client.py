@@ -274,3 +274,25 @@ def test_lora_list_and_apply(llama_server_factory, tmp_path):
         c.lora.apply([{"id": 0, "scale": 0.0}])
         assert c.lora.list()[0].scale == 0.0
         assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == ANSWER_TEXT
+
+
+def test_rerank_on_a_rerank_server(llama_server_factory):
+    # The scripted model has no attention, so every document scores the same: this checks the
+    # endpoint, the typed result and the span, not the ranking quality.
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    server = llama_server_factory("--rerank")
+    with LlamaCppClient(server.base_url, tracer_provider=provider) as c:
+        resp = c.rerank("hello", ["hello there", "friendly", "stop"], top_n=2)
+    assert isinstance(resp, types.RerankResponse)
+    assert len(resp.results) == 2 and {r.index for r in resp.results} <= {0, 1, 2}
+    assert all(isinstance(r.relevance_score, float) for r in resp.results)
+    assert resp.usage.prompt_tokens > 0
+    (span,) = spans.get_finished_spans()
+    assert span.name == "rerank scripted"
+    assert span.attributes["gen_ai.usage.input_tokens"] == resp.usage.prompt_tokens
