@@ -278,3 +278,22 @@ def test_async_client_matches_sync_results(full_server):
     assert resp.choices[0].message.content == final.choices[0].message.content == msg.text == "Hello there!"
     assert final.usage.completion_tokens == THINKING_COMPLETION_TOKENS
     assert health.ok and len(ids) == len(ANSWER_PIECES) and models.data[0].id == "scripted"
+
+
+def test_async_abandoned_stream_ends_span_on_gc(full_server, tel):
+    async def main():
+        async with AsyncLlamaCppClient(full_server.base_url, **tel.providers) as c:
+            stream = await c.chat.completions.create(messages=HI, max_tokens=64, stream=True)
+            for _ in range(5):  # some reasoning arrives before the stream is dropped
+                await stream.__anext__()
+            assert stream._acc.reasoning
+            del stream
+            gc.collect()
+            assert len(tel.spans()) == 1  # ended by the finalizer, before the client closes
+            # the client keeps working after abandoning a stream
+            assert (await c.chat_completion(messages=HI, max_tokens=64)).choices[0].message.content == "Hello there!"
+
+    asyncio.run(main())
+    abandoned = tel.spans()[0]
+    assert abandoned.attributes[sc.STREAM_CUT_SHORT] is True
+    assert sc.USAGE_REASONING_OUTPUT_TOKENS not in abandoned.attributes  # no network I/O from a finalizer
