@@ -53,6 +53,23 @@ def _accumulator_for(call: Call) -> Accumulator:
     return ChatAccumulator(show_usage_chunk=call.caller_wants_usage)
 
 
+#: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
+TELEMETRY_TIMEOUT = 2.0
+HEALTH_TIMEOUT = 5.0
+
+
+def _token_count_call(text: str) -> Call:
+    # The tokenize request itself, sent directly (no retries, no span): it only serves telemetry.
+    return _calls.tokenize(text, parse_special=False)
+
+
+def _not_ready(base_url: str, timeout: float, health: types.Health) -> errors.APITimeoutError:
+    return errors.APITimeoutError(
+        f"llama-server at {base_url} not ready after {timeout:.0f}s (last status: {health.status}: "
+        f"{health.message}); check that it is running and its model loads", url=base_url + "/health",
+    )
+
+
 def _health_from(status_code: int | None, body: bytes, error: str = "") -> types.Health:
     """Tell ok / loading / unreachable / error apart from one GET /health."""
     if status_code is None:
@@ -158,10 +175,7 @@ class _Health(_Resource):
             if health.ok:
                 return health
             if time.monotonic() >= deadline:
-                raise errors.APITimeoutError(
-                    f"llama-server at {self._client.base_url} not ready after {timeout:.0f}s (last status: "
-                    f"{health.status}: {health.message}); check that it is running and its model loads", url=self._client.base_url + "/health",
-                )
+                raise _not_ready(self._client.base_url, timeout, health)
             time.sleep(interval)
 
 
@@ -347,16 +361,17 @@ class LlamaCppClient(_ClientBase):
 
     def _count_tokens(self, text: str) -> int | None:
         """Exact token count of ``text`` by the server's tokenizer (telemetry; None on any failure)."""
+        call = _token_count_call(text)
         try:
-            response = self._http.post(self._url("/tokenize"), json={"content": text, "parse_special": False},
-                                       headers=self._headers, timeout=2.0)
-            return len(response.json()["tokens"]) if response.status_code == 200 else None
+            response = self._http.post(self._url(call.path), json=call.body, headers=self._request_headers,
+                                       timeout=TELEMETRY_TIMEOUT)
+            return len(call.parse(response.json())) if response.status_code == 200 else None
         except Exception:  # noqa: BLE001 - telemetry must never break the call
             return None
 
     def _probe_health(self) -> types.Health:
         try:
-            response = self._http.get(self._url("/health"), headers=self._headers, timeout=5.0)
+            response = self._http.get(self._url("/health"), headers=self._request_headers, timeout=HEALTH_TIMEOUT)
         except httpx.HTTPError as exc:
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
@@ -388,10 +403,7 @@ class _AsyncHealth(_Resource):
             if health.ok:
                 return health
             if time.monotonic() >= deadline:
-                raise errors.APITimeoutError(
-                    f"llama-server at {self._client.base_url} not ready after {timeout:.0f}s (last status: "
-                    f"{health.status}: {health.message}); check that it is running and its model loads", url=self._client.base_url + "/health",
-                )
+                raise _not_ready(self._client.base_url, timeout, health)
             await asyncio.sleep(interval)
 
 
@@ -480,16 +492,17 @@ class AsyncLlamaCppClient(_ClientBase):
         self._remember_models(models)
 
     async def _count_tokens(self, text: str) -> int | None:
+        call = _token_count_call(text)
         try:
-            response = await self._http.post(self._url("/tokenize"), json={"content": text, "parse_special": False},
-                                             headers=self._headers, timeout=2.0)
-            return len(response.json()["tokens"]) if response.status_code == 200 else None
+            response = await self._http.post(self._url(call.path), json=call.body, headers=self._request_headers,
+                                             timeout=TELEMETRY_TIMEOUT)
+            return len(call.parse(response.json())) if response.status_code == 200 else None
         except Exception:  # noqa: BLE001 - telemetry must never break the call
             return None
 
     async def _probe_health(self) -> types.Health:
         try:
-            response = await self._http.get(self._url("/health"), headers=self._headers, timeout=5.0)
+            response = await self._http.get(self._url("/health"), headers=self._request_headers, timeout=HEALTH_TIMEOUT)
         except httpx.HTTPError as exc:
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
