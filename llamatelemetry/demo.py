@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this llama-server instead of starting the embedded one (start it with --metrics)")
     parser.add_argument("--api-key", default=os.environ.get("LLAMA_API_KEY"), help="API key of --target [LLAMA_API_KEY]")
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"), metavar="URL",
-                        help="also export traces and metrics over OTLP/HTTP here [OTEL_EXPORTER_OTLP_ENDPOINT]")
+                        help="also export traces and metrics over OTLP here (http/protobuf, or grpc per OTEL_EXPORTER_OTLP_PROTOCOL) [OTEL_EXPORTER_OTLP_ENDPOINT]")
     parser.add_argument("--exporter-port", type=int, default=0,
                         help="port for the sidecar exporter (default: a free port)")
     parser.add_argument("--serve", action="store_true",
@@ -55,35 +55,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- telemetry the demo can both print and export -------------------------------------------
 
 class _DemoTelemetry:
+    """Spans kept in memory for the summary, and exported over OTLP too when an endpoint is given."""
+
     def __init__(self, otlp_endpoint: str | None) -> None:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "llamatelemetry-demo")})
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider(resource=resource)
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        readers: list[Any] = [InMemoryMetricReader()]
+        from .telemetry.configure import configure, local_providers
+
         if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            from .telemetry.configure import EXPORT_TIMEOUT_SECONDS, _bounded_span_processor
-
-            base = otlp_endpoint.rstrip("/")
-            self.tracer_provider.add_span_processor(
-                _bounded_span_processor(OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=EXPORT_TIMEOUT_SECONDS)))
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=EXPORT_TIMEOUT_SECONDS),
-                                                         export_interval_millis=5000))
-        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            providers = configure("llamatelemetry-demo", endpoint=otlp_endpoint, export_interval_seconds=5, set_global=False)
+        else:
+            providers = local_providers("llamatelemetry-demo")
+        self.spans = InMemorySpanExporter()
+        providers.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.providers = providers
+        self.tracer_provider = providers.tracer_provider
+        self.meter_provider = providers.meter_provider
 
     def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+        self.providers.shutdown()
 
 
 # --- the backend ----------------------------------------------------------------------------

@@ -72,6 +72,24 @@ class TelemetryProviders:
         self.meter_provider.force_flush(timeout_millis)
 
 
+def _resource(service_name: str | None) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    attributes = {}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service_name or "llamatelemetry-app"
+    return Resource.create(attributes)
+
+
+def local_providers(service_name: str | None = None) -> TelemetryProviders:
+    """SDK providers that export nothing (for callers that add their own span processors)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    resource = _resource(service_name)
+    return TelemetryProviders(TracerProvider(resource=resource), MeterProvider(resource=resource))
+
+
 def configure(
     service_name: str | None = None,
     *,
@@ -103,14 +121,10 @@ def configure(
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-    attributes = {}
-    if not os.environ.get("OTEL_SERVICE_NAME"):
-        attributes["service.name"] = service_name or "llamatelemetry-app"
-    resource = Resource.create(attributes)
+    resource = _resource(service_name)
     chosen = protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     interval_ms = export_interval_seconds * 1000 if export_interval_seconds else None
 
