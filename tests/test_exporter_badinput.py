@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
+from loopback import LoopbackHTTPServer
 from prom_helpers import one, pick, scrape
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
@@ -96,14 +96,11 @@ class FakeLlama:
                 fake.paths.append(self.path)
                 fake.routes.get(self.path.split("?")[0], reply(404, "{}"))(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.server = LoopbackHTTPServer(Handler)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -315,9 +312,13 @@ def test_cli_flags_and_env_vars_build_the_config(monkeypatch: pytest.MonkeyPatch
 def test_fast_text_encoder_matches_prometheus_client() -> None:
     import math
 
-    from prometheus_client import generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prom_helpers import parse_exposition
+    from prometheus_client import generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     from llamatelemetry.exporter.encode import _Registry, encode_text
     from llamatelemetry.exporter.fake_nvml import FakeNVML
