@@ -167,8 +167,8 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         base_url = args.base_url
         if not base_url:
-            from llamatelemetry.backend.model import write_scripted_model
-            from llamatelemetry.backend.server import LlamaServer
+            from llamatelemetry.provision.model import write_scripted_model
+            from llamatelemetry.provision.server import LlamaServer
 
             model = write_scripted_model(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "m.gguf")
             base_url = stack.enter_context(LlamaServer(model, extra_args=["--metrics"])).base_url

@@ -37,9 +37,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llamatelemetry.backend.build import ensure_llama_server  # noqa: E402
-from llamatelemetry.backend.model import write_scripted_model  # noqa: E402
-from llamatelemetry.backend.server import LlamaServer, free_port  # noqa: E402
+from llamatelemetry.provision.build import ensure_llama_server  # noqa: E402
+from llamatelemetry.provision.model import write_scripted_model  # noqa: E402
+from llamatelemetry.provision.server import LlamaServer, free_port  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

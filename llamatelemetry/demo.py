@@ -77,13 +77,13 @@ class _DemoTelemetry:
         self.providers.shutdown()
 
 
-# --- the backend ----------------------------------------------------------------------------
+# --- provisioning: our own llama-server and model ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def _embedded_server():
-    from .backend.build import BuildError, cache_dir, ensure_llama_server
-    from .backend.model import write_scripted_model
-    from .backend.server import LlamaServer, LlamaServerStartError
+    from .provision.build import BuildError, cache_dir, ensure_llama_server
+    from .provision.model import write_scripted_model
+    from .provision.server import LlamaServer, LlamaServerStartError
 
     try:
         binary = ensure_llama_server()

@@ -22,6 +22,6 @@ echo "[test] installing Python dependencies"
 python -m pip install -q -e ".[test]"
 
 echo "[test] making sure llama-server is built (cached after the first run)"
-python -m llamatelemetry.backend.build
+python -m llamatelemetry.provision.build
 
 exec python -m pytest -q "$@"

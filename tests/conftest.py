@@ -7,9 +7,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from llamatelemetry.backend.build import ensure_llama_server
-from llamatelemetry.backend.model import write_scripted_model
-from llamatelemetry.backend.server import LlamaServer
+from llamatelemetry.provision.build import ensure_llama_server
+from llamatelemetry.provision.model import write_scripted_model
+from llamatelemetry.provision.server import LlamaServer
 
 ServerFactory = Callable[..., LlamaServer]
 

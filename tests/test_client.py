@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamatelemetry import LlamaCppClient, errors, types
-from llamatelemetry.backend.model import ANSWER_TEXT, REASONING_PIECES, REASONING_TEXT, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import ANSWER_TEXT, REASONING_PIECES, REASONING_TEXT, THINKING_COMPLETION_TOKENS
 
 HI = [{"role": "user", "content": "hi"}]
 NO_THINKING = {"enable_thinking": False}
@@ -227,7 +227,7 @@ def test_slot_save_needs_slot_save_path(bare_server):
 
 
 def test_connection_refused_names_url_and_says_start_server():
-    from llamatelemetry.backend.server import free_port
+    from llamatelemetry.provision.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with LlamaCppClient(url, max_retries=1, telemetry=False) as c:
@@ -262,7 +262,7 @@ def test_default_base_url_is_the_shared_constant(monkeypatch):
 
 
 def test_lora_list_and_apply(llama_server_factory, tmp_path):
-    from llamatelemetry.backend.model import write_zero_lora
+    from llamatelemetry.provision.model import write_zero_lora
 
     adapter = write_zero_lora(tmp_path / "zero-lora.gguf")
     server = llama_server_factory("--lora", str(adapter))

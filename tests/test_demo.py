@@ -9,7 +9,7 @@ import sys
 import time
 
 
-from llamatelemetry.backend.server import free_port
+from llamatelemetry.provision.server import free_port
 
 from test_otlp import OtlpReceiver
 

@@ -18,7 +18,7 @@ import pytest
 from loopback import LoopbackHTTPServer
 from prom_helpers import one, pick, prometheus_binary, scrape, start_prometheus
 
-from llamatelemetry.backend.server import free_port
+from llamatelemetry.provision.server import free_port
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
 

@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 import llamatelemetry
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.backend.model import REASONING_PIECES
-from llamatelemetry.backend.server import free_port
+from llamatelemetry.provision.model import REASONING_PIECES
+from llamatelemetry.provision.server import free_port
 from llamatelemetry.telemetry import semconv as sc
 
 HI = [{"role": "user", "content": "hi"}]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llamatelemetry.backend.server import free_port
+from llamatelemetry.provision.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.backend.server import free_port
+from llamatelemetry.provision.server import free_port
 from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
 from prom_helpers import RunningPrometheus, start_prometheus

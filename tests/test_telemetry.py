@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, instrument
-from llamatelemetry.backend.model import ANSWER_PIECES, REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import ANSWER_PIECES, REASONING_PIECES, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 
 from telemetry_helpers import RecordingServer, Telemetry
@@ -165,7 +165,7 @@ def test_abandoned_stream_ends_span_on_gc(client, tel):
 
 
 def test_error_span_and_metric(tel):
-    from llamatelemetry.backend.server import free_port
+    from llamatelemetry.provision.server import free_port
 
     with LlamaCppClient(f"http://127.0.0.1:{free_port()}", max_retries=0, **tel.providers) as c:
         with pytest.raises(errors.APIConnectionError):

@@ -7,7 +7,7 @@ at once. The cache lives in ``$LLAMATELEMETRY_CACHE_DIR`` (default
 
 Example::
 
-    from llamatelemetry.backend.build import ensure_llama_server
+    from llamatelemetry.provision.build import ensure_llama_server
     path = ensure_llama_server()          # builds on first use, then instant
 """
 

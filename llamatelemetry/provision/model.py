@@ -19,7 +19,7 @@ The file is about 6 MB, loads in milliseconds and generates in ~0.1 ms per token
 
 Example::
 
-    from llamatelemetry.backend.model import write_scripted_model
+    from llamatelemetry.provision.model import write_scripted_model
     path = write_scripted_model("/tmp/scripted.gguf")
 """
 

@@ -2,7 +2,7 @@
 
 Example::
 
-    from llamatelemetry.backend.server import LlamaServer
+    from llamatelemetry.provision.server import LlamaServer
     with LlamaServer(model_path, extra_args=["--metrics"]) as server:
         print(server.base_url)            # http://127.0.0.1:<free port>
 """
