@@ -379,13 +379,18 @@ class CallRecord:
         except Exception:  # noqa: BLE001
             self._give_up()
 
-    def _end_span(self) -> None:
-        """End the span, exactly once, whatever happens around it."""
+    def _end_span(self, ended: float | None = None) -> None:
+        """End the span, exactly once, whatever happens around it.
+
+        ``ended`` (monotonic) backdates the end to when the call finished, so work done after
+        it (counting tokens) never lengthens the span.
+        """
         if self._span_ended:
             return
         self._span_ended = True
         try:
-            self.span.end()
+            end_time = None if ended is None else time.time_ns() - int((time.monotonic() - ended) * 1e9)
+            self.span.end(end_time=end_time)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: ending a span failed", exc_info=True)
 
@@ -429,7 +434,7 @@ class CallRecord:
                     span.set_status(Status(StatusCode.ERROR, str(error)[:500]))
         finally:
             # The span ends before any metric is recorded: a failing instrument cannot lose it.
-            self._end_span()
+            self._end_span(ended)
         response_label = None
         if out.response_model:
             from .recorder import model_label
