@@ -11,7 +11,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generic, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,9 +40,12 @@ _FLAG_FOR_PATH = (
 )
 
 
+R_co = TypeVar("R_co", covariant=True)
+
+
 @dataclass(slots=True)
-class Call:
-    """One API call, described without I/O.
+class Call(Generic[R_co]):
+    """One API call, described without I/O; ``R_co`` is the type the public method returns.
 
     ``operation`` is the GenAI operation name for telemetry (None: not an inference call).
     ``parse`` turns the decoded JSON into the typed result.
