@@ -50,7 +50,7 @@ def _accumulator_for(call: Call) -> Accumulator:
         return MessagesAccumulator()
     if call.path == "/v1/completions":
         return CompletionAccumulator(show_usage_chunk=call.caller_wants_usage)
-    return ChatAccumulator(show_usage_chunk=call.caller_wants_usage)
+    return ChatAccumulator(show_usage_chunk=call.caller_wants_usage, show_timings=call.caller_wants_timings)
 
 
 #: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
@@ -237,7 +237,10 @@ class _ClientBase:
     def _start_record(self, call: Call) -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
-        return self._telemetry.start(call, self._default_model, self._count_tokens)
+        record = self._telemetry.start(call, self._default_model, self._count_tokens)
+        if record is not None:
+            _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
+        return record
 
     def _needs_default_model(self, call: Call) -> bool:
         return (

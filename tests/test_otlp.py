@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 import llamatelemetry
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.provision.model import REASONING_PIECES
+from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.provision.server import free_port
 from llamatelemetry.telemetry import semconv as sc
 
@@ -82,7 +82,7 @@ def test_otlp_http_export_end_to_end(full_server):
         spans = receiver.spans()
         assert [s.name for s in spans] == ["chat scripted"]
         attrs = _attrs(spans[0])
-        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert attrs[sc.PROVIDER] == "llama.cpp"
         resource = {kv.key: kv.value.string_value for kv in receiver.traces[0].resource_spans[0].resource.attributes}
         assert resource["service.name"] == "otlp-test"
@@ -195,7 +195,7 @@ def test_otlp_grpc_export(full_server):
         providers.shutdown()
         spans = [s for req in received for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
         assert [s.name for s in spans] == ["chat scripted"]
-        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert metric_requests, "metrics were not exported over gRPC"
     finally:
         server.stop(None)
