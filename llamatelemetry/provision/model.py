@@ -414,7 +414,7 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
 def cached_thinking_model(script: ThinkingScript) -> Path:
     """Return a cached :func:`write_thinking_model` file for ``script``, writing it on first use.
 
-    Reading a real vocabulary with ``gguf`` takes 10-20 s, so the file is kept in the cache dir
+    Reading a real vocabulary with ``gguf`` takes 10-25 s, so the file is kept in the cache dir
     under a name that changes whenever the script or the writer's format does.
 
     Example::

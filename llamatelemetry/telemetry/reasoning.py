@@ -23,15 +23,15 @@ and ``/v1/messages``, on every family.
     Streamed chat: telemetry asks for ``"timings_per_token": true``, so every chunk carries
     ``timings.predicted_n`` (tokens generated so far). The first chunk with visible content
     (text or a tool call) is sent when the answer's first token is generated, so reasoning =
-    its ``predicted_n`` − 1. Exact whenever the server streams that first answer token in its
-    own chunk — it does so token by token; it holds text back only while it might still be
-    the start of a marker or an incomplete UTF-8 character, in which case the count includes
-    those held-back answer tokens (at most a few).
+    its ``predicted_n`` − 1. Exact when the server sends the answer's first token in its own
+    chunk (as it does for Gemma 4 and Qwen3.5); if it holds that token back (text that could
+    still start a marker, an incomplete UTF-8 character), the count includes the held-back
+    answer tokens.
 ``output_minus_answer``
     Single responses and ``/v1/messages`` streams (which carry no per-chunk timings): output
     tokens − the visible answer's tokens (the server's own ``/tokenize``) − 1 for the
     end-of-turn token when the model stopped by itself. Exact when the model's answer tokens
-    are the canonical tokenization of the answer text (greedy BPE output almost always is).
+    are the canonical tokenization of the answer text.
     It can be off when (a) the model generated the answer in a non-canonical split (the count
     is off by the difference), (b) a stop *sequence* ended the answer (its tokens were
     generated but are not in the text: counted as reasoning), (c) the server trimmed
