@@ -142,6 +142,23 @@ def test_messages_full_answer(family: tuple[Any, ThinkingScript], tel: Telemetry
     assert _reasoning(tel.only_span()) == (script.reasoning_tokens, "output_minus_answer", script.output_tokens)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_full_answer_async(family: tuple[Any, ThinkingScript], tel: Telemetry, stream: bool) -> None:
+    server, script = family
+
+    async def run() -> tuple[str, str]:
+        async with AsyncLlamaCppClient(server.base_url, **tel.providers) as client:
+            result = await client.messages.create(messages=HI, max_tokens=64, thinking={"type": "enabled", "budget_tokens": 64}, stream=stream)
+            if stream:
+                async for _ in result:
+                    pass
+                result = await result.get_final_completion()
+            return result.thinking, result.text
+
+    assert asyncio.run(run()) == (REASONING_CONTENT[script.family], script.answer_text)
+    assert _reasoning(tel.only_span()) == (script.reasoning_tokens, "output_minus_answer", script.output_tokens)
+
+
 # -- exhausted: max_tokens reached inside the thinking ------------------------------------------
 
 @pytest.mark.parametrize("stream", [False, True])
