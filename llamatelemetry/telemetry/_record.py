@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -179,6 +180,29 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
     return out
 
 
+#: model id -> label, bounded (ids come from responses, so a misbehaving server could send many).
+_LABELS: dict[str, str] = {}
+
+
+def model_label(model: str) -> str:
+    """The name spans and metric labels use for a model: the alias, or the GGUF file's basename.
+
+    llama-server reports the full file path as the model id when it runs without ``--alias``;
+    that path is high-cardinality noise in a span name or a label (it stays in ``gen_ai.response.model``).
+
+    Example::
+
+        model_label("/models/Qwen3-4B-Q4_K_M.gguf")  # "Qwen3-4B-Q4_K_M.gguf"
+    """
+    found = _LABELS.get(model)
+    if found is None:
+        found = os.path.basename(model.replace("\\", "/")) if ("/" in model or "\\" in model) else model
+        found = found or model
+        if len(_LABELS) < 1024:
+            _LABELS[model] = found
+    return found
+
+
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "...[truncated]"
 
@@ -206,8 +230,6 @@ class CallRecord:
         metric_attributes: "Mapping[str, AttributeValue] | None" = None,
         on_end: "Callable[[EndedCall], None] | None" = None,
     ) -> None:
-        from .recorder import model_label
-
         self.started = time.monotonic()  # before the request is sent
         self.telemetry = recorder
         self.path = path
@@ -447,8 +469,6 @@ class CallRecord:
             self._end_span(ended)
         response_label = None
         if out.response_model:
-            from .recorder import model_label
-
             response_label = model_label(out.response_model)
         attrs = telemetry.metric_attributes(self.operation, self.model, response_label, error_type, self.extra_metric_attributes)
         try:
