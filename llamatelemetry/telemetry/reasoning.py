@@ -22,14 +22,15 @@ and ``/v1/messages``, on every family.
 ``stream_position``
     Streamed chat: telemetry asks for ``"timings_per_token": true``, so every chunk carries
     ``timings.predicted_n`` (tokens generated so far). The first chunk with visible content
-    (text or a tool call) is sent when the answer's first token is generated, so reasoning =
+    (non-whitespace text or a tool call) is sent when the answer's first token is generated, so reasoning =
     its ``predicted_n`` − 1. Exact when the server sends the answer's first token in its own
     chunk (as it does for Gemma 4 and Qwen3.5); if it holds that token back (text that could
     still start a marker, an incomplete UTF-8 character), the count includes the held-back
     answer tokens.
 ``output_minus_answer``
     Single responses and ``/v1/messages`` streams (which carry no per-chunk timings): output
-    tokens − the visible answer's tokens (the server's own ``/tokenize``) − 1 for the
+    tokens − the visible answer's tokens (the server's own ``/tokenize``; leading whitespace
+    is the separator after the thinking, as some parsers leave it in ``content``) − 1 for the
     end-of-turn token when the model stopped by itself. Exact when the model's answer tokens
     are the canonical tokenization of the answer text.
     It can be off when (a) the model generated the answer in a non-canonical split (the count
@@ -127,7 +128,8 @@ def needed_lookup(
         return None
     if has_tool_calls:
         return CountRequest(reasoning, of_reasoning=True)
-    return CountRequest(content) if content else None
+    answer = content.lstrip()  # leading whitespace is the separator after the thinking, not the answer
+    return CountRequest(answer) if answer else None
 
 
 def count_reasoning(
@@ -156,7 +158,7 @@ def count_reasoning(
         if looked_up_tokens is None:
             return None
         return ReasoningCount(_clamp(looked_up_tokens, output_tokens), METHOD_REASONING_TEXT)
-    answer_tokens = looked_up_tokens if content else 0
+    answer_tokens = looked_up_tokens if content.strip() else 0
     if answer_tokens is None:
         return None
     end_of_turn = 1 if finish_reason in END_OF_TURN_REASONS else 0
