@@ -96,10 +96,10 @@ class _OpenAIStreamAccumulator(Accumulator):
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 finishing = True
-        if has_content and not self.answer_started and self._starts_answer(choices[0]):
-            self.answer_started = True
-            if timings is not None:
-                self.first_content_predicted_n = timings.get("predicted_n")
+            if has_content and not self.answer_started and self._starts_answer(choice):
+                self.answer_started = True
+                if timings is not None:
+                    self.first_content_predicted_n = timings.get("predicted_n")
         self._mark(has_content)
         if timings is not None and not self.show_timings and not finishing and data.get("usage") is None:
             # Per-chunk timings were requested by telemetry; without it only the final chunk has them.

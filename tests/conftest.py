@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import pytest
 
 from llamatelemetry.provision.build import ensure_llama_server
-from llamatelemetry.provision.model import THINKING_SCRIPTS, ThinkingScript, cached_thinking_model, write_scripted_model
+from llamatelemetry.provision.model import THINKING_SCRIPTS, ThinkingScript, cached_thinking_models, write_scripted_model
 from llamatelemetry.provision.sdist import sdist_asset
 from llamatelemetry.provision.server import LlamaServer
 
@@ -65,10 +65,11 @@ def thinking_servers(llama_server_binary: Path) -> Iterator[dict[str, tuple[Llam
     Started together (they load in parallel) and stopped at the end of the session.
     """
     started: dict[str, tuple[LlamaServer, ThinkingScript]] = {}
+    models = cached_thinking_models()  # written once into the cache (about a minute on 2 cores), then instant
     try:
         for family, script in THINKING_SCRIPTS.items():
             template = sdist_asset(script.template)
-            server = LlamaServer(cached_thinking_model(script), binary=llama_server_binary, ctx_size=512, alias=family,
+            server = LlamaServer(models[family], binary=llama_server_binary, ctx_size=512, alias=family,
                                  extra_args=["--chat-template-file", str(template)])
             started[family] = (server, script)
             server.start(wait=False)

@@ -106,6 +106,15 @@ def test_caller_who_asks_for_per_chunk_timings_gets_them(thinking_servers: dict[
     assert _reasoning(tel.only_span())[:2] == (script.reasoning_tokens, "stream_position")
 
 
+def test_caller_who_declines_per_chunk_timings_still_gets_an_exact_count(thinking_servers: dict[str, Any], tel: Telemetry) -> None:
+    server, script = thinking_servers["gemma4"]
+    with LlamaCppClient(server.base_url, **tel.providers) as client:
+        chunks = list(client.chat.completions.create(messages=HI, max_tokens=64, stream=True, extra_body={"timings_per_token": False},
+                                                      **_chat_kwargs(script)))
+    assert all(c.timings is None for c in chunks[:-1])
+    assert _reasoning(tel.only_span()) == (script.reasoning_tokens, "output_minus_answer", script.output_tokens)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_full_answer_async(family: tuple[Any, ThinkingScript], tel: Telemetry, stream: bool) -> None:
     server, script = family

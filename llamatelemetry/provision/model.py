@@ -448,6 +448,27 @@ def cached_thinking_model(script: ThinkingScript) -> Path:
     return path
 
 
+
+def cached_thinking_models(scripts: "list[ThinkingScript] | None" = None) -> dict[str, Path]:
+    """:func:`cached_thinking_model` for several scripts (default: all), missing ones written in parallel.
+
+    Example::
+
+        paths = cached_thinking_models()      # {"gemma4": Path(...), "qwen35": ..., "deepseek-r1": ...}
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .sdist import ensure_sdist_assets
+
+    chosen = list(THINKING_SCRIPTS.values()) if scripts is None else scripts
+    ensure_sdist_assets()  # once, before the workers (a download must not happen in each of them)
+    workers = max(1, min(len(chosen), os.cpu_count() or 1))
+    if workers == 1:
+        return {s.family: cached_thinking_model(s) for s in chosen}
+    with ProcessPoolExecutor(max_workers=workers) as pool:  # reading a vocabulary is pure-Python work
+        return dict(zip((s.family for s in chosen), pool.map(cached_thinking_model, chosen)))
+
+
 if __name__ == "__main__":
     import sys
 
