@@ -286,3 +286,20 @@ def test_client_survives_a_bad_retry_after(tel, value):
     with pytest.raises(errors.ModelLoadingError):
         c.chat_completion(messages=HI, model="m")
     assert len(calls) == 2 and time.monotonic() - began < 2
+
+
+def test_span_is_current_while_the_async_request_runs(full_server, tel):
+    seen = []
+
+    async def hook(request: httpx.Request) -> None:
+        if request.url.path == "/v1/chat/completions":
+            seen.append(trace.get_current_span().get_span_context())
+
+    async def main():
+        http = httpx.AsyncClient(event_hooks={"request": [hook]})
+        async with AsyncLlamaCppClient(full_server.base_url, http_client=http, **tel.providers) as c:
+            await c.chat_completion(messages=HI, max_tokens=64)
+        await http.aclose()
+
+    asyncio.run(main())
+    assert seen[0].span_id == tel.only_span().context.span_id
