@@ -60,6 +60,8 @@ class Call(Generic[R_co]):
     stream: bool = False
     #: The caller asked for usage in the stream; if not, the usage-only final chunk is hidden.
     caller_wants_usage: bool = True
+    #: The caller asked for per-chunk timings; if telemetry asked, they are hidden from the caller's chunks.
+    caller_wants_timings: bool = True
     raw_text: bool = False
     #: Applied to the result after telemetry saw it (e.g. ``embed`` returns just the vector).
     unwrap: Callable[[Any], Any] | None = None

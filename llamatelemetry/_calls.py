@@ -34,6 +34,23 @@ def _with_usage(stream: bool, stream_options: Mapping[str, Any] | None) -> tuple
     return options, False
 
 
+def request_token_positions(call: Call) -> None:
+    """Ask llama-server for the running token count in every chunk of a streamed chat (telemetry only).
+
+    ``"timings_per_token": true`` adds ``timings.predicted_n`` (tokens generated so far) to each
+    chunk: the exact reasoning-token count is the position of the first visible-content chunk.
+    Like the injected usage chunk, the per-chunk timings are hidden unless the caller asked for
+    them. ``/v1/messages`` streams carry no per-chunk timings (llama-server b11434), so only chat.
+    """
+    if not call.stream or call.path != "/v1/chat/completions" or not isinstance(call.body, dict):
+        return
+    if "timings_per_token" in call.body:
+        call.caller_wants_timings = bool(call.body["timings_per_token"])
+        return
+    call.body["timings_per_token"] = True
+    call.caller_wants_timings = False
+
+
 def chat_completion(
     *,
     messages: Messages,

@@ -49,7 +49,7 @@ TimeoutTypes = float | httpx.Timeout | None
 
 
 def _accumulator_for(call: Call) -> Accumulator:
-    return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage)
+    return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage, show_timings=call.caller_wants_timings)
 
 
 #: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
@@ -149,8 +149,11 @@ class _ClientBase:
     def _start_record(self, call: Call) -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
-        return self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                     default_model=self._default_model, count_tokens=self._count_tokens)
+        record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
+                                       default_model=self._default_model, count_tokens=self._count_tokens)
+        if record is not None:
+            _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
+        return record
 
     def _needs_default_model(self, call: Call) -> bool:
         return (
