@@ -96,7 +96,7 @@ class _OpenAIStreamAccumulator(Accumulator):
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 finishing = True
-        if has_content and not self.answer_started and self._starts_answer(choices[0]):
+        if has_content and choices and not self.answer_started and self._starts_answer(choices[0]):
             self.answer_started = True
             if timings is not None:
                 self.first_content_predicted_n = timings.get("predicted_n")
