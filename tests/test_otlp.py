@@ -260,3 +260,16 @@ def test_black_holed_collector_does_not_grow_memory(black_hole):
     # plus at most one batch in flight to the collector and its encoding (~3 MB): all constant.
     assert grown < 10_000_000, f"memory grew by {grown} bytes"
     assert time.monotonic() - started < 10
+
+
+def test_prometheus_port_from_the_standard_variable_and_a_clear_error_when_taken(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+    providers = llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    try:
+        assert providers.prometheus_url == f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(providers.prometheus_url, timeout=5).status_code == 200
+        with pytest.raises(OSError, match="pick another prometheus_port"):
+            llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    finally:
+        providers.shutdown()

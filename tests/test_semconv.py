@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.provision.model import REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 
 from telemetry_helpers import Telemetry
@@ -51,9 +51,9 @@ def test_latest_experimental_emits_the_newer_token_metrics(full_server, monkeypa
     text = {sc.TOKEN_MODALITY: sc.TOKEN_MODALITY_TEXT}
     assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_INPUT_TOKENS, **text) == resp.usage.prompt_tokens
     assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_OUTPUT_TOKENS, **text) == THINKING_COMPLETION_TOKENS
-    assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_REASONING_OUTPUT_TOKENS, **text) == len(REASONING_PIECES)
+    assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_REASONING_OUTPUT_TOKENS, **text) == REASONING_TOKENS
     assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_CACHE_READ_INPUT_TOKENS) == resp.usage.prompt_tokens_details.cached_tokens
     assert tel.histogram_sum(sc.METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS) == THINKING_COMPLETION_TOKENS
     assert tel.histogram_sum(sc.METRIC_INFERENCE_OPERATION_INPUT_TOKENS) == resp.usage.prompt_tokens
     # the span keeps its attribute names
-    assert tel.only_span().attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+    assert tel.only_span().attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
