@@ -57,3 +57,19 @@ def test_latest_experimental_emits_the_newer_token_metrics(full_server, monkeypa
     assert tel.histogram_sum(sc.METRIC_INFERENCE_OPERATION_INPUT_TOKENS) == resp.usage.prompt_tokens
     # the span keeps its attribute names
     assert tel.only_span().attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
+
+
+def test_latest_experimental_records_failed_operations_with_zero_unknown_usage(full_server, monkeypatch):
+    from llamatelemetry import errors
+
+    monkeypatch.setenv(sc.STABILITY_OPT_IN_ENV, "gen_ai_latest_experimental")
+    tel = Telemetry()
+    with LlamaCppClient(full_server.base_url, **tel.providers) as c:
+        with pytest.raises(errors.BadRequestError):
+            c.chat_completion(messages=HI, max_tokens=-5, extra_body={"n_probs": "x"})
+    unknown = {sc.TOKEN_MODALITY: sc.TOKEN_MODALITY_UNKNOWN}
+    (point,) = [p for p in tel.points(sc.METRIC_INFERENCE_USAGE_INPUT_TOKENS) if p.attributes.get(sc.TOKEN_MODALITY) == "unknown"]
+    assert point.value == 0 and sc.ERROR_TYPE not in point.attributes
+    assert _counter_sum(tel, sc.METRIC_INFERENCE_USAGE_OUTPUT_TOKENS, **unknown) == 0
+    assert tel.histogram_count(sc.METRIC_INFERENCE_OPERATION_INPUT_TOKENS, **{sc.ERROR_TYPE: "400"}) == 1
+    assert not tel.points(sc.METRIC_INFERENCE_USAGE_REASONING_OUTPUT_TOKENS), "an unknown reasoning count is not a 0"

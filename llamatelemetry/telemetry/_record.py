@@ -325,6 +325,8 @@ class CallRecord:
             self.telemetry.duration.record(duration, attrs.base, context=self.context)
             if self.telemetry.server_request_duration is not None:
                 self.telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
+            if self.telemetry.usage_counters:
+                self._record_latest_usage(Outcome(), attrs, None)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric failed while recording an error", exc_info=True)
         self._notify(EndedCall(self.operation, self.model, Outcome(), duration, None, None, None, False, error_type,
@@ -512,12 +514,17 @@ class CallRecord:
         """The newer conventions: usage counters (with modality) plus per-operation token histograms."""
         counters = self.telemetry.usage_counters
         histograms = self.telemetry.operation_tokens
-        if out.input_tokens is not None:
-            counters["input"].add(out.input_tokens, attrs.usage)
-            histograms["input"].record(out.input_tokens, attrs.base)
-        if out.output_tokens is not None:
-            counters["output"].add(out.output_tokens, attrs.usage)
-            histograms["output"].record(out.output_tokens, attrs.base)
+        # Those conventions record every operation, failed ones included: 0 (modality "unknown") when
+        # no usage arrived. Reasoning and cached counts that are unknown stay out: 0 would be a guess.
+        unknown = None
+        for key, value in (("input", out.input_tokens), ("output", out.output_tokens)):
+            if value is None:
+                unknown = unknown or {**attrs.usage, sc.TOKEN_MODALITY: sc.TOKEN_MODALITY_UNKNOWN}
+                counters[key].add(0, unknown)
+                histograms[key].record(0, attrs.base)
+            else:
+                counters[key].add(value, attrs.usage)
+                histograms[key].record(value, attrs.base)
         if out.cached_tokens is not None:
             counters["cached"].add(out.cached_tokens, attrs.usage)
         if reasoning_tokens is not None:

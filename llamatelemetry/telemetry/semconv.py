@@ -108,6 +108,8 @@ METRIC_INFERENCE_OPERATION_INPUT_TOKENS = "gen_ai.client.inference.operation.inp
 METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS = "gen_ai.client.inference.operation.output_tokens"
 TOKEN_MODALITY = "gen_ai.token.modality"
 TOKEN_MODALITY_TEXT = "text"
+#: Recorded with a 0 when an operation got no usage (failed, or cut short before usage arrived).
+TOKEN_MODALITY_UNKNOWN = "unknown"
 
 
 def latest_experimental(env: "dict[str, str] | None" = None) -> bool:
