@@ -137,6 +137,18 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     return out
 
 
+def dashboard_queries_for(**values: str) -> list[tuple[str, str, str]]:
+    """Like :func:`dashboard_queries`, with some variables set to ``values`` instead of "All"."""
+    out: list[tuple[str, str, str]] = []
+    for path in DASHBOARD_FILES:
+        board = load_dashboard(path)
+        chosen = {v["name"]: v.get("allValue") or ".*" for v in board["templating"]["list"]}
+        chosen.update(values)
+        for panel, target in prometheus_targets(board):
+            out.append((path.name, panel["title"], substitute(target["expr"], chosen)))
+    return out
+
+
 def variable_queries() -> list[tuple[str, str, str, str]]:
     """(dashboard file, variable name, metric selector, label) for every ``label_values`` variable."""
     out = []
