@@ -61,7 +61,8 @@ def agent_config(scrape_targets: dict[str, list[str]], central_url: str) -> dict
 
 def central_config() -> dict[str, Any]:
     config = load_yaml(DEPLOY / "prometheus-central.yml")
-    assert set(config["rule_files"]) >= {"alerts.yml", "recording_rules.yml"}
+    rule_files = {(DEPLOY / f).resolve() for f in config["rule_files"]}
+    assert (COLLECTOR / "alerts.yml").resolve() in rule_files and (COLLECTOR / "recording_rules*.yml").resolve() in rule_files
     config["global"]["evaluation_interval"] = "1s"
     config["scrape_configs"] = []  # only itself in production; its port is not known before it starts
     return config
@@ -102,6 +103,30 @@ def fleet(llama_server_factory: Any) -> Iterator[Fleet]:
         for host in hosts:
             host.monitored.check()
         yield Fleet(central, hosts)
+
+
+def test_shipped_configs_pass_promtool() -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    for name in ("prometheus-agent.yml", "prometheus-central.yml"):
+        proc = subprocess.run([promtool, "check", "config", str(DEPLOY / name)], capture_output=True, text=True, timeout=60,
+                              env={"LLAMATELEMETRY_HOST": "h", "LLAMATELEMETRY_CLUSTER": "c", "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_commands_are_the_ones_tested() -> None:
+    """README's "Scaling out" starts the agents and the central Prometheus with exactly the flags used here."""
+    from prom_helpers import agent_mode_flags, prometheus_binary
+
+    readme = (ROOT / "README.md").read_text()
+    binary = prometheus_binary()
+    assert binary
+    agent = f"prometheus {' '.join(agent_mode_flags(binary))} --config.file=deploy/prometheus-agent.yml"
+    assert agent in readme, agent
+    assert "prometheus --config.file=deploy/prometheus-central.yml --web.enable-remote-write-receiver" in readme
+    assert "export LLAMATELEMETRY_HOST=" in readme and " LLAMATELEMETRY_CLUSTER=" in readme
 
 
 def test_agents_run_in_agent_mode(fleet: Fleet) -> None:

@@ -43,6 +43,18 @@ COVERED_ELSEWHERE = {
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
+    "docker build -t llamatelemetry-exporter .": "tests/test_stack_config.py checks the Dockerfile (no Docker engine here)",
+    "docker run --rm -p 127.0.0.1:9183:9183 --add-host=host.docker.internal:host-gateway llamatelemetry-exporter --target http://host.docker.internal:8080":
+        "tests/test_stack_config.py::test_exporter_image_listens_on_all_interfaces_with_only_a_target parses these arguments with the image's environment",
+    "prometheus --config.file=deploy/prometheus-central.yml --web.enable-remote-write-receiver":
+        "tests/test_fleet.py starts the central Prometheus with this config and flag",
+    "prometheus --enable-feature=agent,expand-external-labels --config.file=deploy/prometheus-agent.yml":
+        "tests/test_fleet.py starts two agents with this config and these flags (test_readme_commands_are_the_ones_tested)",
+    "OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
+        "tests/test_deploy_collector.py (no otelcol binary here: checked against otelcol-contrib 0.115.0's components and keys)",
+    "TEMPO_OTLP_ENDPOINT=tempo.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
+        "tests/test_deploy_collector.py (no otelcol binary here)",
+    "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py validates every manifest (no cluster here)",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
