@@ -107,6 +107,12 @@ class GpuCollector:
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
 
+    def add_target(self, target: Target) -> None:
+        """Also attribute GPU memory and energy to ``target`` (one that /probe scraped), when it is local."""
+        with self._lock:
+            if target.local_addresses is not None and all(t.name != target.name for t in self.targets):
+                self.targets.append(target)
+
     # -- lifecycle --------------------------------------------------------------------------
     def _ensure_init(self) -> str | None:
         if self._initialized:

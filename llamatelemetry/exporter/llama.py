@@ -109,6 +109,8 @@ class TargetView:
         self._last_state: str | None = None
         self._props_labels: list[str] | None = None  # cached llamatelemetry_server_info labels
         self._props_at = 0.0
+        self._slot_tasks: dict[str, Any] = {}  # slot id -> the id_task seen at the previous scrape
+        self.requests_seen = 0  # tasks seen starting on a slot (see _count_requests)
 
     def props_due(self) -> bool:
         """Whether this scrape should read ``/props`` (see :data:`PROPS_TTL_SECONDS`)."""
@@ -255,10 +257,15 @@ class TargetView:
         size = GaugeMetricFamily("llamatelemetry_slot_context_size_tokens", "Context size of the slot, in tokens.", labels=labels)
         used = GaugeMetricFamily("llamatelemetry_slot_context_tokens", "Tokens currently held in the slot's context (prompt plus generated).", labels=labels)
         ratio = GaugeMetricFamily("llamatelemetry_slot_context_utilization_ratio", "Tokens in context divided by the slot's context size (0-1).", labels=labels)
+        generated = GaugeMetricFamily("llamatelemetry_slot_generated_tokens", "Tokens generated so far by the slot's current (or last) request.", labels=labels)
         for index, slot in enumerate(slots):
             slot_id = str(slot.get("id", index))
             lv = [self.target.name, slot_id]
             processing.add_metric(lv, 1.0 if slot.get("is_processing") else 0.0)
+            decoded = _n_decoded(slot.get("next_token"))
+            if decoded is not None:
+                generated.add_metric(lv, decoded)
+            self._count_request(slot_id, slot.get("id_task"))
             n_ctx = _number(slot.get("n_ctx"))
             tokens = _number(slot.get("n_prompt_tokens")) or 0.0  # absent before the slot's first task
             if n_ctx is not None:
@@ -266,7 +273,25 @@ class TargetView:
             used.add_metric(lv, tokens)
             if n_ctx:
                 ratio.add_metric(lv, min(tokens / n_ctx, 1.0))
-        return [processing, size, used, ratio], None
+        requests = CounterMetricFamily(
+            "llamatelemetry_target_requests",
+            "Requests seen starting on the target's slots (a slot's task id changed since the previous scrape). "
+            "At most one per slot per scrape: a lower bound when requests are shorter than the scrape interval.",
+            labels=["target"])
+        requests.add_metric([self.target.name], float(self.requests_seen))
+        return [processing, size, used, ratio, generated, requests], None
+
+    def _count_request(self, slot_id: str, task: Any) -> None:
+        """Count a request when the slot's task id changed since the last scrape.
+
+        llama-server has no request counter; /slots shows each slot's current or last task id. The
+        first sight of a slot only sets the baseline (the task ran before the exporter looked).
+        """
+        seen = slot_id in self._slot_tasks
+        before = self._slot_tasks.get(slot_id)
+        self._slot_tasks[slot_id] = task
+        if seen and task is not None and task != before:
+            self.requests_seen += 1
 
 
 def _reexport(fam: MetricFamily, target: str) -> Metric:
@@ -296,6 +321,12 @@ def _exported_family(fam: MetricFamily) -> tuple[Metric, str | None]:
     if mtype == "gauge":
         return GaugeMetricFamily(base, doc, labels=None), ""
     return Metric(base, doc, "unknown" if mtype == "untyped" else mtype), None
+
+
+def _n_decoded(next_token: Any) -> float | None:
+    # A list of one object in recent builds, the object itself in older ones.
+    first = next_token[0] if isinstance(next_token, list) and next_token else next_token
+    return _number(first.get("n_decoded")) if isinstance(first, dict) else None
 
 
 def _number(value: Any) -> float | None:

@@ -167,7 +167,11 @@ class ExporterApp:
 
     def _probe_view(self, target: Target) -> TargetView:
         with self._probe_lock:
-            view = self._probe_views.pop(target.base_url + "?" + target.query, None) or TargetView(target)
+            view = self._probe_views.pop(target.base_url + "?" + target.query, None)
+            if view is None:
+                view = TargetView(target)
+                if self.gpu is not None:  # a llama-server on this node: its GPU share shows on /metrics
+                    self.gpu.add_target(target)
             self._probe_views[target.base_url + "?" + target.query] = view
             while len(self._probe_views) > PROBE_MEMORY:
                 self._probe_views.popitem(last=False)
