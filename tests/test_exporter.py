@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -324,3 +326,43 @@ def test_real_prometheus_scrapes_series_and_rate(app: ExporterApp, full_server) 
         # rate() extrapolates the sampled increase towards the window edges, never beyond it:
         assert delta / window - 1e-9 <= rate <= delta / (float(t_last) - float(t_first)) + 1e-9
         assert prom.value(f"rate(llamatelemetry_scrape_errors_total{{target=\"down\"}}[{window}s])", at) > 0
+
+
+METRICS_MD = Path(__file__).resolve().parent.parent / "llamatelemetry" / "exporter" / "METRICS.md"
+#: Documented names a scrape here cannot produce, and why.
+CONDITIONAL = {
+    "llamacpp_spec_decode_num_accepted_tokens_per_pos_total": "only after speculative decoding ran (needs a draft model)",
+}
+
+
+def _documented() -> dict[str, str]:
+    """``{metric name: type}`` from the first two columns of METRICS.md's tables."""
+    out: dict[str, str] = {}
+    for line in METRICS_MD.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        mtype = cells[1].strip("*")
+        for name in re.findall(r"`((?:llamatelemetry|llamacpp)_[a-z0-9_]+)`", cells[0]):
+            out[name] = mtype
+    return out
+
+
+def test_metrics_md_lists_exactly_what_the_exporter_emits(full_server) -> None:  # noqa: ANN001
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nvml = FakeNVML()
+    nvml.gpus[0].processes.append(FakeProcess(full_server.pid, FULL_GPU_BYTES))
+    config = ExporterConfig(targets=[f"full={full_server.base_url}"], port=0, gpu_pcie=True)
+    with ExporterApp(config, nvml=nvml) as exporter:
+        chat(full_server.base_url)  # so every slot series exists
+        text = httpx.get(exporter.url + "/metrics", timeout=30).text
+    emitted: dict[str, str] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            emitted[sample.name] = fam.type
+    documented = _documented()
+    assert set(emitted) - set(documented) == set(), "emitted but not in METRICS.md"
+    assert set(documented) - set(emitted) - set(CONDITIONAL) == set(), "in METRICS.md but not emitted"
+    wrong = {n: (documented[n], t) for n, t in emitted.items() if documented[n] != t}
+    assert not wrong, f"type in METRICS.md vs emitted: {wrong}"
