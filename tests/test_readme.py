@@ -43,6 +43,7 @@ COVERED_ELSEWHERE = {
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
+    "pip install -e '.[exporter]'": "installation step (the test environment has the exporter extra installed)",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
@@ -104,7 +105,7 @@ RUN_HERE = {
     "scripts/demo.sh": _run_demo_script,
     "llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:7109": _run_exporter_command,
     "python benchmarks/bench_client.py": lambda: _run_bench("benchmarks/bench_client.py", "--calls", "3", "--rounds", "1"),
-    "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--rounds", "3"),
+    "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--requests", "2", "--scrapes", "3"),
 }
 
 
