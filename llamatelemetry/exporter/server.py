@@ -123,7 +123,7 @@ class ExporterApp:
         self.collector = ExporterCollector(self.targets, self.fetcher, self.runner, self.gpu)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._metrics_app = make_wsgi_app(self.registry)
+        self._metrics_app: WsgiApp = make_wsgi_app(self.registry)
         self._probe_views: OrderedDict[str, TargetView] = OrderedDict()
         self._probe_lock = threading.Lock()
         self._httpd: ThreadingWSGIServer | None = None
@@ -140,7 +140,8 @@ class ExporterApp:
             return [b"only GET\n"]
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return self._metrics_app(environ, start_response)
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
         if path == "/probe":
             return self._probe(environ, start_response)
         if path == "/health":
@@ -163,7 +164,8 @@ class ExporterApp:
                          f"{target.name} is not allowed by --probe-allow {' '.join(self.config.probe_allow)}\n")
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: self._probe_view(target)}))
-        return make_wsgi_app(registry)(environ, start_response)
+        body: Iterable[bytes] = make_wsgi_app(registry)(environ, start_response)
+        return body
 
     def _probe_view(self, target: Target) -> TargetView:
         with self._probe_lock:
@@ -199,8 +201,9 @@ class ExporterApp:
     def url(self) -> str:
         """Base URL the exporter serves on, e.g. ``http://127.0.0.1:9183``."""
         assert self._httpd is not None, "not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
+        address = self._httpd.server_address
+        host, port = str(address[0]), int(address[1])
+        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
     def start(self) -> "ExporterApp":
         """Bind the listen address and serve from a background thread."""
