@@ -193,4 +193,4 @@ def source_missing(source: str) -> str | None:
 
 def recording_rule_files() -> list[Path]:
     """The recording rule files Prometheus loads next to alerts.yml (collector/prometheus.yml's glob)."""
-    return sorted(COLLECTOR.glob("recording_rules*.yml"))
+    return [path for path in sorted(COLLECTOR.glob("recording_rules*.yml")) if not path.name.endswith("_test.yml")]

@@ -62,7 +62,7 @@ def agent_config(scrape_targets: dict[str, list[str]], central_url: str) -> dict
 def central_config() -> dict[str, Any]:
     config = load_yaml(DEPLOY / "prometheus-central.yml")
     rule_files = {(DEPLOY / f).resolve() for f in config["rule_files"]}
-    assert (COLLECTOR / "alerts.yml").resolve() in rule_files and (COLLECTOR / "recording_rules*.yml").resolve() in rule_files
+    assert (COLLECTOR / "alerts.yml").resolve() in rule_files and (COLLECTOR / "recording_rules.yml").resolve() in rule_files
     config["global"]["evaluation_interval"] = "1s"
     config["scrape_configs"] = []  # only itself in production; its port is not known before it starts
     return config
