@@ -119,3 +119,19 @@ def test_model_label_is_alias_or_basename():
     assert model_label("/home/me/models/Qwen3-4B-Q4_K_M.gguf") == "Qwen3-4B-Q4_K_M.gguf"
     assert model_label("C:\\models\\gemma.gguf") == "gemma.gguf"
     assert model_label("scripted") == "scripted"
+
+
+def test_server_without_alias_spans_and_labels_use_the_file_basename(llama_server_factory, scripted_model, tel):
+    from llamatelemetry import LlamaCppClient
+
+    server = llama_server_factory(alias=None)
+    with LlamaCppClient(server.base_url, **tel.providers) as c:
+        model_id = c.models.list().data[0].id
+        assert "/" in model_id, "llama-server names the model by its path when there is no --alias"
+        c.chat_completion(messages=HI, max_tokens=64)
+    span = tel.only_span()
+    assert span.name == f"chat {scripted_model.name}"
+    assert span.attributes[sc.REQUEST_MODEL] == scripted_model.name
+    assert span.attributes[sc.RESPONSE_MODEL] == model_id, "the full id stays on the span"
+    (point,) = tel.points(sc.METRIC_OPERATION_DURATION)
+    assert point.attributes[sc.REQUEST_MODEL] == point.attributes[sc.RESPONSE_MODEL] == scripted_model.name
