@@ -99,7 +99,8 @@ class ProxyTraffic:
 
     CLIENTS = ("aider", "claude-code", "curl")
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, pause: float = 0.1) -> None:
+        self.pause = pause
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"127.0.0.1:{self.admin_port}"
@@ -125,17 +126,31 @@ class ProxyTraffic:
             time.sleep(0.2)
 
     def one_round(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
             for name in self.CLIENTS:
                 headers = {"X-Client-Name": name}
                 body = {"model": MODEL, "messages": HI, "max_tokens": 64}
-                http.post("/v1/chat/completions", json=body, headers=headers).raise_for_status()
-                with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as resp:
-                    for _ in resp.iter_lines():
-                        pass
-                http.post("/v1/chat/completions", json={**body, "max_tokens": 5}, headers=headers)  # empty answer
-                http.post("/v1/chat/completions", json={"model": MODEL, "messages": "not a list"}, headers=headers)  # rejected
-                http.get("/v1/models", headers=headers)
+                steps = [
+                    ("chat", lambda: http.post("/v1/chat/completions", json=body, headers=headers).raise_for_status()),
+                    ("stream", lambda: self._stream(http, {**body, "stream": True}, headers)),
+                    ("empty answer", lambda: http.post("/v1/chat/completions", json={**body, "max_tokens": 5}, headers=headers)),
+                    # the common rejection with agent prompts: context overflow, a 400 from llama-server
+                    ("rejected", lambda: http.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "hi " * 3000}]},
+                                                   headers=headers)),
+                    ("models", lambda: http.get("/v1/models", headers=headers)),
+                ]
+                for what, step in steps:
+                    try:
+                        step()
+                    except httpx.HTTPError as exc:
+                        raise RuntimeError(f"proxy traffic: {what} as {name} failed: {exc!r}") from exc
+
+    @staticmethod
+    def _stream(http: httpx.Client, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+            resp.raise_for_status()
+            for _ in resp.iter_lines():
+                pass
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
@@ -144,7 +159,7 @@ class ProxyTraffic:
             except BaseException as exc:  # noqa: BLE001 - surfaced by the fixture
                 self.errors.append(exc)
                 return
-            time.sleep(0.1)
+            time.sleep(self.pause)
 
     def start(self) -> None:
         self.wait_ready()
@@ -198,7 +213,7 @@ def monitored_host(server: LlamaServer, *, service_name: str = "stack-test", wor
     broken = LlamaCppClient(f"http://127.0.0.1:{free_port()}", meter_provider=meter_provider, tracer_provider=tracer_provider,
                             max_retries=0)
     traffic = Traffic(client, broken, workers=workers, pause=pause)
-    proxy = ProxyTraffic(server.base_url) if source_missing("proxy") is None else None
+    proxy = ProxyTraffic(server.base_url, pause=pause * 5) if source_missing("proxy") is None else None
     exporter_addr = exporter.url.split("://", 1)[1].rstrip("/")
     targets = {EXPORTER_JOB: [exporter_addr], COLLECTOR_JOB: [f"127.0.0.1:{metrics_port}"]}
     if proxy is not None:
