@@ -19,7 +19,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY llamatelemetry ./llamatelemetry
-RUN pip install ".[exporter]" && cd / && rm -rf /src
+# One image, two commands: the exporter (ENTRYPOINT) and `llamatelemetry proxy` (deploy/kubernetes runs it as a sidecar).
+RUN pip install ".[exporter,proxy]" && cd / && rm -rf /src
 
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin llamatelemetry
 USER 10001:10001

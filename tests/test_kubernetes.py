@@ -213,6 +213,9 @@ def test_proxy_sidecar_arguments_parse_with_the_real_cli() -> None:
     cli = importlib.import_module("llamatelemetry.proxy.cli")
     args = _parses(cli.add_arguments, proxy["args"][1:])
     assert args.port == 8089
+    # the sidecar runs the same image as the exporter: the Dockerfile installs the proxy extra too
+    assert proxy["image"] == next(c["image"] for c in by_kind("DaemonSet")[0]["spec"]["template"]["spec"]["containers"])
+    assert '".[exporter,proxy]"' in (ROOT / "Dockerfile").read_text()
 
 
 def test_exporter_daemonset_arguments_parse_with_the_real_cli() -> None:

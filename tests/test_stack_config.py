@@ -311,7 +311,7 @@ def test_dockerfile_builds_a_non_root_exporter_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert re.match(r"FROM python:3\.11[.\d]*-slim", lines[0])
-    assert any(re.search(r"pip install \"?\.\[exporter\]\"?", line) for line in lines)
+    assert any(re.search(r"pip install \"?\.\[exporter(,proxy)?\]\"?", line) for line in lines)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     assert 'ENTRYPOINT ["llamatelemetry-exporter"]' in lines
