@@ -58,6 +58,20 @@ def pod_specs() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
             yield doc, doc["spec"]["template"]
 
 
+def test_prometheusrule_is_generated_from_the_rule_files() -> None:
+    """The PrometheusRule carries exactly collector/alerts.yml + recording_rules.yml (one source of truth)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k8s_build_rules", K8S / "build_rules.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (K8S / "prometheusrule.yaml").read_text() == module.render(), "stale: run python deploy/kubernetes/build_rules.py"
+    [rule] = by_kind("PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts == {r["alert"] for g in load_yaml(ROOT / "collector" / "alerts.yml")["groups"] for r in g["rules"]}
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = load_yaml(K8S / "kustomization.yaml")
     assert kustomization["kind"] == "Kustomization" and kustomization["namespace"] == NAMESPACE
@@ -108,7 +122,7 @@ def operator_validator() -> Any:
 
 def test_operator_kinds_validate(operator_validator: Any) -> None:
     docs = [(n, d) for n, d in MANIFESTS if d["kind"] in OPERATOR_KINDS]
-    assert {d["kind"] for _, d in docs} >= {"ServiceMonitor", "PodMonitor", "Probe"}
+    assert {d["kind"] for _, d in docs} >= {"ServiceMonitor", "PodMonitor", "Probe", "PrometheusRule"}
     errors = operator_validator([d for _, d in docs])
     for (name, doc), error in zip(docs, errors):
         assert error is None, f"{name} {doc['kind']}: {error}"
