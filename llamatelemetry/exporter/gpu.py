@@ -103,6 +103,7 @@ class GpuCollector:
         self._logged_down = False
         self._static: dict[str, str] = {}
         self.energy = EnergyLedger()
+        self._listening: dict[str, set[int]] = {}  # per target: its port's listening socket inodes, read once per scrape
         self._util_seen: dict[str, int] = {}  # per GPU uuid: newest process-utilisation sample read (NVML µs)
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
@@ -220,6 +221,9 @@ class GpuCollector:
             "shared by SM utilisation with other targets on the same GPU), in joules since the exporter started.",
             labels=["target"])
 
+        # /proc/net/tcp{,6} is read once per target and scrape, not once per target and GPU: on a busy host
+        # (many connections, TIME_WAIT included) each read is a noticeable part of the GPU collection.
+        self._listening = {t.name: procnet.listening_inodes(t.port or 0, t.local_addresses) for t in self.targets}
         for index in range(n.nvmlDeviceGetCount()):
             h = n.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(n.nvmlDeviceGetUUID(h))
@@ -316,7 +320,7 @@ class GpuCollector:
         on_gpu: dict[str, int] = {}
         for target in self.targets:
             assert target.port is not None
-            listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
+            listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses, inodes=self._listening.get(target.name))
             if listener is None:
                 continue
             on_gpu[target.name] = listener
