@@ -107,6 +107,7 @@ class GpuCollector:
         self._util_seen: dict[str, int] = {}  # per GPU uuid: newest process-utilisation sample read (NVML µs)
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
+        self._init_error = "NVML not initialised"
 
     def add_target(self, target: Target) -> None:
         """Also attribute GPU memory and energy to ``target`` (one that /probe scraped), when it is local."""
@@ -120,7 +121,7 @@ class GpuCollector:
             return None
         now = time.monotonic()
         if now < self._next_init:
-            return "NVML not initialised (waiting to retry)"
+            return f"{self._init_error} (retried every {self.retry_interval:g}s)"
         try:
             self.nvml.nvmlInit()
             self._static = {
@@ -138,7 +139,8 @@ class GpuCollector:
                 self._logged_down = True
             else:
                 log.debug("NVML init retry failed: %s", exc)
-            return f"nvmlInit failed: {exc}"
+            self._init_error = f"nvmlInit failed: {exc}"
+            return self._init_error
         if self._logged_down:
             log.info("GPU collection is up again: NVML initialised")
         self._logged_down = False
