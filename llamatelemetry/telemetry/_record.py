@@ -177,7 +177,7 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
         stream_position=acc.first_content_predicted_n - 1 if acc.first_content_predicted_n is not None else None,
     )
     _usage_into(out, acc.usage)
-    if out.output_tokens is None and acc.timings:
+    if out.output_tokens is None and acc.timings and acc.finished:  # the last chunk's timings are the totals
         _usage_from_timings(out, acc.timings)
     return out
 
