@@ -211,11 +211,12 @@ def _through_proxy(base_url: str, api_key: str | None, telemetry: _DemoTelemetry
         url = gateway.urls[0]
         print(f"\nllamatelemetry proxy {url} -> {base_url}; the official SDKs, pointed at the gateway:\n")
         key = api_key or "none"
+        hi: Any = HI  # the SDKs' message TypedDicts; HI is the same plain dict
         calls = [
             ("openai SDK (OPENAI_BASE_URL=<proxy>/v1)", lambda: openai.OpenAI(base_url=url + "/v1", api_key=key).chat.completions.create(
-                model="scripted", messages=HI, max_tokens=256)),
+                model="scripted", messages=hi, max_tokens=256)),
             ("anthropic SDK (ANTHROPIC_BASE_URL=<proxy>)", lambda: anthropic.Anthropic(base_url=url, api_key=key).messages.create(
-                model="scripted", max_tokens=256, messages=HI)),
+                model="scripted", max_tokens=256, messages=hi)),
         ]
         for title, call in calls:
             before = len(telemetry.spans.get_finished_spans())
@@ -230,7 +231,8 @@ def _through_proxy(base_url: str, api_key: str | None, telemetry: _DemoTelemetry
                 time.sleep(0.01)
             for span in telemetry.spans.get_finished_spans()[before:]:
                 _print_span(span)
-                print(f"      client={span.attributes.get('llamatelemetry.client.name')} kind=SERVER (the gateway's span)")
+                client = (span.attributes or {}).get("llamatelemetry.client.name")
+                print(f"      client={client} kind=SERVER (the gateway's span)")
 
 
 def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) -> None:

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 import llamatelemetry
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.provision.model import REASONING_PIECES
+from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.provision.server import free_port
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.configure import SHUTDOWN_FLUSH_SECONDS
@@ -85,7 +85,7 @@ def test_otlp_http_export_end_to_end(full_server):
         spans = receiver.spans()
         assert [s.name for s in spans] == ["chat scripted"]
         attrs = _attrs(spans[0])
-        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert attrs[sc.PROVIDER] == "llama.cpp"
         resource = {kv.key: kv.value.string_value for kv in receiver.traces[0].resource_spans[0].resource.attributes}
         assert resource["service.name"] == "otlp-test"
@@ -174,11 +174,11 @@ def test_prometheus_endpoint_serves_client_metrics(full_server):
             c.chat_completion(messages=HI, max_tokens=64)
         series = scrape(providers.prometheus_url)
         assert one(series, "gen_ai_client_operation_duration_seconds_count", gen_ai_operation_name="chat") == 1
-        assert one(series, "gen_ai_client_token_usage_sum", gen_ai_token_type="reasoning") == len(REASONING_PIECES)
+        assert one(series, "gen_ai_client_token_usage_sum", gen_ai_token_type="reasoning") == REASONING_TOKENS
         # and a real Prometheus scrapes it
         with start_prometheus({"client": [providers.prometheus_url.split("/")[2]]}) as prom:
             result = prom.wait_for('gen_ai_client_token_usage_sum{gen_ai_token_type="reasoning"}')
-            assert float(result[0]["value"][1]) == len(REASONING_PIECES)
+            assert float(result[0]["value"][1]) == REASONING_TOKENS
             assert result[0]["metric"]["gen_ai_request_model"] == "scripted"
     finally:
         providers.shutdown()
@@ -225,7 +225,7 @@ def test_otlp_grpc_export(full_server):
         providers.shutdown()
         spans = [s for req in received for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
         assert [s.name for s in spans] == ["chat scripted"]
-        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert metric_requests, "metrics were not exported over gRPC"
     finally:
         server.stop(None)
@@ -260,3 +260,16 @@ def test_black_holed_collector_does_not_grow_memory(black_hole):
     # plus at most one batch in flight to the collector and its encoding (~3 MB): all constant.
     assert grown < 10_000_000, f"memory grew by {grown} bytes"
     assert time.monotonic() - started < 10
+
+
+def test_prometheus_port_from_the_standard_variable_and_a_clear_error_when_taken(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+    providers = llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    try:
+        assert providers.prometheus_url == f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(providers.prometheus_url, timeout=5).status_code == 200
+        with pytest.raises(OSError, match="pick another prometheus_port"):
+            llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    finally:
+        providers.shutdown()

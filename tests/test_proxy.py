@@ -14,12 +14,12 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind
 
-from llamatelemetry.provision.model import ANSWER_TEXT, REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import ANSWER_TEXT, REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import TcpTap, running_gateway
 
 HI = [{"role": "user", "content": "Say hello."}]
-REASONING = len(REASONING_PIECES)
+REASONING = REASONING_TOKENS  # reasoning text plus its <think> markers
 
 
 @pytest.fixture(scope="module")

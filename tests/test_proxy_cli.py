@@ -72,3 +72,28 @@ def test_port_in_use_fails_clearly(full_server):
 def test_bad_route_is_rejected():
     proc = subprocess.run([*PROXY, "--route", "http://127.0.0.1:8080"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "PORT=URL" in proc.stderr
+
+
+def test_exports_over_otlp_with_the_standard_variables(full_server):
+    """OTEL_EXPORTER_OTLP_ENDPOINT set: spans and metrics also go to the collector (flushed at exit)."""
+    from test_otlp import OtlpReceiver
+
+    receiver = OtlpReceiver()
+    port, admin = free_port(), free_port()
+    proc = _start("--upstream", full_server.base_url, "--port", str(port), "--admin-port", str(admin),
+                  env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "gateway-under-test"})
+    try:
+        _wait_up(f"http://127.0.0.1:{admin}/health", proc)
+        httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"user-agent": "curl/8.5.0"},
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64})
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        spans = receiver.spans()
+        assert [s.name for s in spans] == ["chat"]  # the request named no model
+        assert spans[0].kind == 2  # SPAN_KIND_SERVER in OTLP
+        assert {"gen_ai.server.request.duration", "llamatelemetry.proxy.requests"} <= receiver.metric_names()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        receiver.close()

@@ -66,7 +66,9 @@ SETUP_PREFIXES = ("export ", "mkdir -p models")
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(index, full_server, tmp_path):
     code = PYTHON_BLOCKS[index]
-    env = {**os.environ, "LLAMA_SERVER_URL": full_server.base_url, "OTEL_METRIC_EXPORT_INTERVAL": "100000"}
+    env = {**os.environ, "LLAMA_SERVER_URL": full_server.base_url, "OTEL_METRIC_EXPORT_INTERVAL": "100000",
+           # the Prometheus example's port (9464 by default) may be taken on a shared machine
+           "OTEL_EXPORTER_PROMETHEUS_PORT": str(free_port())}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"README python block {index} failed:\n{code}\n{proc.stderr}"
 

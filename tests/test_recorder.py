@@ -8,7 +8,7 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind
 
-from llamatelemetry.provision.model import REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.recorder import (
     EndedCall, Recorder, accumulator_for, context_from_headers, model_label, operation_for,
@@ -63,13 +63,13 @@ def test_non_streamed_json_gives_a_server_span_in_the_incoming_trace(full_server
     a = span.attributes
     assert a[sc.USER_AGENT_ORIGINAL] == "aider/0.80" and a[sc.CLIENT_NAME] == "aider"
     assert a[sc.USAGE_OUTPUT_TOKENS] == THINKING_COMPLETION_TOKENS == data["usage"]["completion_tokens"]
-    assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+    assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
     for name in (sc.METRIC_OPERATION_DURATION, sc.METRIC_SERVER_REQUEST_DURATION, sc.METRIC_SERVER_TIME_PER_OUTPUT_TOKEN):
         assert tel.histogram_count(name, **CLIENT) == 1, name
-    assert tel.histogram_sum(sc.METRIC_TOKEN_USAGE, **{**CLIENT, sc.TOKEN_TYPE: "reasoning"}) == len(REASONING_PIECES)
+    assert tel.histogram_sum(sc.METRIC_TOKEN_USAGE, **{**CLIENT, sc.TOKEN_TYPE: "reasoning"}) == REASONING_TOKENS
     assert not tel.points(sc.METRIC_SERVER_TIME_TO_FIRST_TOKEN), "not observable without a stream"
     (call,) = ended
-    assert call.outcome.output_tokens == THINKING_COMPLETION_TOKENS and call.reasoning_tokens == len(REASONING_PIECES)
+    assert call.outcome.output_tokens == THINKING_COMPLETION_TOKENS and call.reasoning_tokens == REASONING_TOKENS
     assert call.error_type is None and call.duration > 0 and call.metric_attributes[sc.CLIENT_NAME] == "aider"
 
 

@@ -105,6 +105,8 @@ def _quietly(action: Any) -> None:
 
 def _prometheus_reader(host: str, port: int) -> tuple[Any, Any, str]:
     """A metric reader whose metrics are served for scraping on ``host:port`` (its own registry)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"prometheus_port must be 0..65535, got {port}")
     try:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry, start_http_server
@@ -114,7 +116,13 @@ def _prometheus_reader(host: str, port: int) -> tuple[Any, Any, str]:
         ) from exc
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve Prometheus metrics on {host}:{port} ({exc}); pick another prometheus_port= "
+            "or set $OTEL_EXPORTER_PROMETHEUS_PORT"
+        ) from exc
     bound_port = server.server_address[1]
     return reader, server, f"http://{host}:{bound_port}/metrics"
 
@@ -149,8 +157,9 @@ def configure(
     export_interval_seconds: float | None = None,
     set_global: bool = True,
     otlp: bool = True,
+    prometheus: bool = False,
     prometheus_port: int | None = None,
-    prometheus_host: str = "127.0.0.1",
+    prometheus_host: str | None = None,
     metric_readers: Sequence[Any] = (),
 ) -> TelemetryProviders:
     """Create tracer and meter providers exporting over OTLP, honouring the ``OTEL_*`` variables.
@@ -164,10 +173,11 @@ def configure(
         export_interval_seconds: metric export interval (``$OTEL_METRIC_EXPORT_INTERVAL``, default 60 s).
         set_global: install the providers as the global ones (what most applications want).
         otlp: export over OTLP (default). ``otlp=False`` with ``prometheus_port`` serves metrics only.
-        prometheus_port: also serve the metrics for Prometheus to scrape at
-            ``http://{prometheus_host}:{prometheus_port}/metrics`` (needs ``llamatelemetry[prometheus]``;
-            0 picks a free port, see ``providers.prometheus_url``).
-        prometheus_host: address to bind that endpoint to (default loopback only).
+        prometheus: also serve the metrics for Prometheus to scrape (needs ``llamatelemetry[prometheus]``)
+            at ``http://{prometheus_host}:{prometheus_port}/metrics``, see ``providers.prometheus_url``.
+        prometheus_port: that endpoint's port (implies ``prometheus=True``; 0 picks a free one); default
+            ``$OTEL_EXPORTER_PROMETHEUS_PORT`` or 9464, the OpenTelemetry Prometheus exporter's port.
+        prometheus_host: address to bind it to; default ``$OTEL_EXPORTER_PROMETHEUS_HOST`` or 127.0.0.1.
         metric_readers: more metric readers of the caller's own, e.g. a Prometheus reader on a
             registry it serves itself (the gateway's admin ``/metrics``).
 
@@ -219,8 +229,10 @@ def configure(
                                                      export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000))
     readers.extend(metric_readers)
     prometheus_server = prometheus_url = None
-    if prometheus_port is not None:
-        reader, prometheus_server, prometheus_url = _prometheus_reader(prometheus_host, prometheus_port)
+    if prometheus or prometheus_port is not None:
+        port = prometheus_port if prometheus_port is not None else int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 9464)
+        host = prometheus_host or os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "127.0.0.1"
+        reader, prometheus_server, prometheus_url = _prometheus_reader(host, port)
         readers.append(reader)
     # Our own exit hook replaces the SDK's: its shutdown waits on each exporter's timeout in turn
     # (up to ~6 s with a black-holed collector); ours flushes both side by side within 2 s.
