@@ -78,8 +78,10 @@ def dashboards_link() -> Json:
 class Board:
     """Collects panels with a simple left-to-right flow layout on Grafana's 24-column grid."""
 
-    def __init__(self, uid: str, title: str, description: str, variables: list[Json], links: list[Json]) -> None:
+    def __init__(self, uid: str, title: str, description: str, variables: list[Json], links: list[Json],
+                 min_interval: str | None = None) -> None:
         self.uid, self.title, self.description = uid, title, description
+        self.min_interval = min_interval or EXPORTER_MIN_INTERVAL
         self.variables, self.links = variables, links
         self.panels: list[Json] = []
         self._x = self._y = self._row_h = 0
@@ -131,6 +133,8 @@ class Board:
         }
         if transformations:
             panel["transformations"] = transformations
+        if any("rate(" in t.get("expr", "") and not t.get("instant") for t in targets):
+            panel["interval"] = self.min_interval
         self.panels.append(panel)
         return panel
 
@@ -161,6 +165,8 @@ class Board:
 
 
 def q(expr: str, legend: str = "", *, instant: bool = False, table: bool = False, exemplar: bool = False) -> Json:
+    if "by (cluster, host" in expr and legend and "{{host}}" not in legend:
+        legend += " {{host}}"  # same target names on several hosts stay apart (empty on a single box)
     target: Json = {"expr": expr, "legendFormat": legend or "__auto", "range": not instant, "instant": instant,
                     "editorMode": "code"}
     if table:
@@ -192,16 +198,33 @@ TABLE = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "redu
 UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "DOWN", "color": RED, "index": 0},
                                              "1": {"text": "UP", "color": GREEN, "index": 1}}}]
 
-T = 'target=~"$target"'
-G = 'gpu=~"$gpu"'
+#: Fleet selectors on every query: `cluster` and `host` are the external labels each host's Prometheus agent
+#: adds (deploy/prometheus-agent.yml). On a single box the labels are absent and "All" (.*) matches that.
+H = 'cluster=~"$cluster", host=~"$host"'
+T = f'target=~"$target", {H}'
+G = f'gpu=~"$gpu", {H}'
 RI = "$__rate_interval"
+#: Minimum interval of rate panels: $__rate_interval is then at least this plus one scrape interval, so a
+#: rate window always holds several samples even when a client exports every 15 s (OTEL_METRIC_EXPORT_INTERVAL).
+EXPORTER_MIN_INTERVAL = "30s"
+CLIENT_MIN_INTERVAL = "1m"
+
+
+#: llamacpp:n_busy_slots_per_decode is typed `counter` by some llama.cpp builds and `gauge` by others; the
+#: exporter follows the build, so the series may carry the counter suffix. Match both.
+BUSY_PER_DECODE = "llamacpp_n_busy_slots_per_decode(_total)?"
+
+
+def fleet_vars() -> list[Json]:
+    """The `cluster` and `host` variables every dashboard starts with (values from `up`, written for every job)."""
+    return [query_var("cluster", "cluster", "up"), query_var("host", "host", "up")]
 
 
 # --------------------------------------------------------------------------------------------- llama-server
 def llama_server() -> Board:
     b = Board("llamatelemetry-llama-server", "llama-server",
               "llama-server metrics re-exported by the llamatelemetry sidecar exporter: throughput, queueing, slots, prompt cache.",
-              [query_var("target", "target", "llamatelemetry_target_up")],
+              [*fleet_vars(), query_var("target", "target", "llamatelemetry_target_up")],
               [dashboards_link()])
     b.row("Health")
     b.panel("stat", "Healthy", [q(f"llamatelemetry_target_up{{{T}}}", "{{target}}")], w=4, h=5, unit="none",
@@ -220,29 +243,29 @@ def llama_server() -> Board:
                 "renameByName": {"n_ctx": "context (tokens)", "total_slots": "slots"}}}])
     b.row("Throughput")
     b.panel("timeseries", "Prompt processing (tokens/s)",
-            [q(f"sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}]))", "{{target}} evaluated"),
-             q(f"sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}]))", "{{target}} from cache")],
+            [q(f"sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}]))", "{{target}} evaluated"),
+             q(f"sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}]))", "{{target}} from cache")],
             w=8, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
             description="Prompt tokens per second, from rate() of the counters (never from the resetting *_tokens_seconds gauges).")
     b.panel("timeseries", "Generation (tokens/s)",
-            [q(f"sum by (target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}]))", "{{target}}")],
+            [q(f"sum by (cluster, host, target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}]))", "{{target}}")],
             w=8, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
             description="Generated tokens per second across all slots.")
     b.panel("timeseries", "Speed while busy (tokens/s)",
-            [q(f"sum by (target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}])) / sum by (target) (rate(llamacpp_tokens_predicted_seconds_total{{{T}}}[{RI}]))", "{{target}} generation"),
-             q(f"sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])) / sum by (target) (rate(llamacpp_prompt_seconds_total{{{T}}}[{RI}]))", "{{target}} prompt")],
+            [q(f"sum by (cluster, host, target) (rate(llamacpp_tokens_predicted_total{{{T}}}[{RI}])) / sum by (cluster, host, target) (rate(llamacpp_tokens_predicted_seconds_total{{{T}}}[{RI}]))", "{{target}} generation"),
+             q(f"sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])) / sum by (cluster, host, target) (rate(llamacpp_prompt_seconds_total{{{T}}}[{RI}]))", "{{target}} prompt")],
             w=8, unit="suffix: tok/s", min=0, custom=ts(fill=0), options=LEGEND,
             description="Tokens per second of processing time: what one request sees. Empty while idle.")
     b.row("Queue and slots")
     b.panel("timeseries", "Requests processing / deferred",
-            [q(f"sum by (target) (llamacpp_requests_processing{{{T}}})", "{{target}} processing"),
-             q(f"sum by (target) (llamacpp_requests_deferred{{{T}}})", "{{target}} deferred")],
+            [q(f"sum by (cluster, host, target) (llamacpp_requests_processing{{{T}}})", "{{target}} processing"),
+             q(f"sum by (cluster, host, target) (llamacpp_requests_deferred{{{T}}})", "{{target}} deferred")],
             w=8, unit="short", min=0, custom=ts(), options=LEGEND,
             description="Deferred requests wait for a free slot: sustained deferral means too few slots (-np) for the load.",
             overrides=[{"matcher": {"id": "byRegexp", "options": ".*deferred"},
                         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": RED}}]}])
     b.panel("gauge", "Slot occupancy",
-            [q(f"sum by (target) (llamatelemetry_slot_processing{{{T}}}) / count by (target) (llamatelemetry_slot_processing{{{T}}})", "{{target}}")],
+            [q(f"sum by (cluster, host, target) (llamatelemetry_slot_processing{{{T}}}) / count by (cluster, host, target) (llamatelemetry_slot_processing{{{T}}})", "{{target}}")],
             w=5, unit="percentunit", min=0, max=1, steps=((GREEN, None), (ORANGE, 0.75), (RED, 1)), options=GAUGE,
             description="Share of slots processing a request right now (from /slots).")
     b.panel("bargauge", "Context used per slot",
@@ -251,24 +274,40 @@ def llama_server() -> Board:
             description="Tokens in each slot's context over the slot's context size. Above 90% the conversation is about to hit n_ctx.")
     b.panel("timeseries", "Context tokens per slot",
             [q(f"llamatelemetry_slot_context_tokens{{{T}}}", "{{target}} slot {{slot}}"),
-             q(f"max by (target) (llamatelemetry_slot_context_size_tokens{{{T}}})", "{{target}} slot size")],
+             q(f"max by (cluster, host, target) (llamatelemetry_slot_context_size_tokens{{{T}}})", "{{target}} slot size")],
             w=8, unit="short", min=0, custom=ts(fill=0), options=LEGEND,
             description="Tokens held in each slot's context, against the per-slot context size.",
             overrides=[{"matcher": {"id": "byRegexp", "options": ".*slot size"},
                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
                                        {"id": "color", "value": {"mode": "fixed", "fixedColor": RED}}]}])
     b.panel("timeseries", "Slots busy",
-            [q(f"sum by (target) (llamatelemetry_slot_processing{{{T}}})", "{{target}} busy now"),
-             q(f"max by (target) (llamacpp_n_busy_slots_per_decode{{{T}}})", "{{target}} avg busy per decode (since start)")],
+            [q(f"sum by (cluster, host, target) (llamatelemetry_slot_processing{{{T}}})", "{{target}} busy now"),
+             q(f'max by (cluster, host, target) ({{__name__=~"{BUSY_PER_DECODE}", {T}}})', "{{target}} avg busy per decode (since start)")],
             w=8, unit="short", min=0, custom=ts(fill=0), options=LEGEND,
-            description="Slots processing now (from /slots) and llama-server's average busy slots per decode since start.")
+            description="Slots processing now (from /slots) and llama-server's average busy slots per decode since start "
+                        "(typed counter in some llama.cpp builds, gauge in others: the query matches both names).")
     b.panel("stat", "Prompt-cache reuse",
-            [q(f"sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) / (sum by (target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) + sum by (target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])))", "{{target}}")],
+            [q(f"sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) / (sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_cached_total{{{T}}}[{RI}])) + sum by (cluster, host, target) (rate(llamacpp_prompt_tokens_total{{{T}}}[{RI}])))", "{{target}}")],
             w=8, unit="percentunit", min=0, max=1, steps=((ORANGE, None), (YELLOW, 0.3), (GREEN, 0.6)), options=STAT,
-            description="Share of prompt tokens served from the slot's KV cache instead of being evaluated again (prompt_tokens_total excludes cached tokens).")
+            description="Share of prompt tokens served from the slot's KV cache instead of being evaluated again (prompt_tokens_total excludes cached tokens). "
+                        "llama.cpp builds older than prompt_tokens_cached_total show no data here.")
+    b.row("Energy")
+    b.panel("timeseries", "Energy per generated token",
+            [q(f"target:llamatelemetry_joules_per_token:rate5m{{{T}}}", "{{target}} {{host}}")],
+            w=8, unit="joule", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Joules the target's GPU share used per generated token over 5 minutes (recording rule "
+                        "target:llamatelemetry_joules_per_token:rate5m; attribution explained in the README). Empty without an NVIDIA GPU.")
+    b.panel("timeseries", "Energy per request",
+            [q(f"target:llamatelemetry_joules_per_request:rate5m{{{T}}}", "{{target}} {{host}}")],
+            w=8, unit="joule", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Joules per finished request over 5 minutes (recording rule target:llamatelemetry_joules_per_request:rate5m).")
+    b.panel("stat", "Energy in range",
+            [q(f"sum by (cluster, host, target) (increase(llamatelemetry_target_energy_joules_total{{{T}}}[$__range]))", "{{target}}", instant=True)],
+            w=8, unit="joule", min=0, options={**STAT, "colorMode": "none"},
+            description="Energy attributed to each llama-server over the dashboard's time range (llamatelemetry_target_energy_joules_total).")
     b.row("Internals")
     b.panel("timeseries", "Decode calls/s",
-            [q(f"sum by (target) (rate(llamacpp_n_decode_total{{{T}}}[{RI}]))", "{{target}}")],
+            [q(f"sum by (cluster, host, target) (rate(llamacpp_n_decode_total{{{T}}}[{RI}]))", "{{target}}")],
             w=8, unit="ops", min=0, custom=ts(), options=LEGEND,
             description="llama_decode() calls per second (one batch each).")
     b.panel("table", "Endpoints",
@@ -282,8 +321,8 @@ def llama_server() -> Board:
                         "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}}]}],
             steps=((RED, None), (GREEN, 1)))
     b.panel("timeseries", "Exporter scrape duration",
-            [q("max by (collector, target) (llamatelemetry_scrape_duration_seconds)", "{{collector}} {{target}}"),
-             q(f"sum by (collector, target) (rate(llamatelemetry_scrape_errors_total[{RI}]))", "{{collector}} {{target}} errors/s")],
+            [q(f"max by (cluster, host, collector, target) (llamatelemetry_scrape_duration_seconds{{{H}}})", "{{collector}} {{target}}"),
+             q(f"sum by (cluster, host, collector, target) (rate(llamatelemetry_scrape_errors_total{{{H}}}[{RI}]))", "{{collector}} {{target}} errors/s")],
             w=8, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
             description="How long the exporter's collectors take per scrape, and their error rate.",
             overrides=[{"matcher": {"id": "byRegexp", "options": ".*errors/s"},
@@ -295,14 +334,14 @@ def llama_server() -> Board:
 def gpu() -> Board:
     b = Board("llamatelemetry-gpu", "GPU",
               "NVIDIA GPU metrics (NVML) from the llamatelemetry sidecar exporter, with GPU memory per llama-server and per process.",
-              [query_var("gpu", "gpu", "llamatelemetry_gpu_info")],
+              [*fleet_vars(), query_var("gpu", "gpu", "llamatelemetry_gpu_info")],
               [dashboards_link()])
     b.row("Overview")
     b.panel("table", "GPUs", [q(f"llamatelemetry_gpu_info{{{G}}}", instant=True, table=True)], w=12, h=5, unit="none",
             options=TABLE, description="Name, driver and CUDA version of each GPU.",
             transformations=[{"id": "organize", "options": {
                 "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True}}}])
-    b.panel("stat", "GPU collection", [q('llamatelemetry_collector_up{collector="gpu"}', "{{instance}}")], w=4, h=5,
+    b.panel("stat", "GPU collection", [q(f'llamatelemetry_collector_up{{collector="gpu", {H}}}', "{{host}} {{instance}}")], w=4, h=5,
             unit="none", steps=((RED, None), (GREEN, 1)), mappings=UP_MAPPINGS, options={**STAT, "graphMode": "none"},
             description="0 when NVML cannot be initialised (no driver, no device access in the container).")
     b.panel("gauge", "Memory used", [q(f"llamatelemetry_gpu_memory_used_bytes{{{G}}} / llamatelemetry_gpu_memory_total_bytes{{{G}}}", "GPU {{gpu}}")],
@@ -331,7 +370,7 @@ def gpu() -> Board:
                         "properties": [{"id": "custom.fillOpacity", "value": 0},
                                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
     b.panel("stat", "Energy in range",
-            [q(f"increase(llamatelemetry_gpu_energy_joules_total{{{G}}}[$__range])", "GPU {{gpu}}")],
+            [q(f"increase(llamatelemetry_gpu_energy_joules_total{{{G}}}[$__range])", "GPU {{gpu}}", instant=True)],
             w=4, unit="joule", min=0, options={**STAT, "colorMode": "none"},
             description="Energy used over the dashboard's time range (NVML total energy counter).")
     b.panel("timeseries", "Temperature",
@@ -348,7 +387,7 @@ def gpu() -> Board:
              q(f"llamatelemetry_gpu_memory_clock_hertz{{{G}}}", "GPU {{gpu}} memory")],
             w=12, unit="hertz", min=0, custom=ts(fill=0), options=LEGEND, description="Current SM and memory clocks.")
     b.panel("state-timeline", "Throttle reasons",
-            [q(f"max by (gpu, reason) (llamatelemetry_gpu_throttle_reason{{{G}}})", "GPU {{gpu}} {{reason}}")],
+            [q(f"max by (cluster, host, gpu, reason) (llamatelemetry_gpu_throttle_reason{{{G}}})", "GPU {{gpu}} {{reason}}")],
             w=12, unit="none", steps=((GREEN, None), (RED, 1)),
             mappings=[{"type": "value", "options": {"0": {"text": "off", "color": "transparent", "index": 0},
                                                     "1": {"text": "active", "color": RED, "index": 1}}}],
@@ -357,7 +396,7 @@ def gpu() -> Board:
             description="Why clocks are reduced. Power cap under full load is normal; thermal and hardware slowdown are not.")
     b.row("Who uses the GPU")
     b.panel("bargauge", "GPU memory per llama-server",
-            [q(f"sum by (gpu, target) (llamatelemetry_gpu_target_memory_used_bytes{{{G}}})", "GPU {{gpu}} {{target}}")],
+            [q(f"sum by (cluster, host, gpu, target) (llamatelemetry_gpu_target_memory_used_bytes{{{G}}})", "GPU {{gpu}} {{target}}")],
             w=12, unit="bytes", min=0, options=BARGAUGE,
             description="Device memory held by each llama-server target (its process, matched by PID).")
     b.panel("table", "GPU memory per process",
@@ -370,7 +409,7 @@ def gpu() -> Board:
             overrides=[{"matcher": {"id": "byName", "options": "memory"},
                         "properties": [{"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]}])
     b.panel("stat", "ECC errors in range",
-            [q(f"sum by (gpu, type) (increase(llamatelemetry_gpu_ecc_errors_total{{{G}}}[$__range]))", "GPU {{gpu}} {{type}}")],
+            [q(f"sum by (cluster, host, gpu, type) (increase(llamatelemetry_gpu_ecc_errors_total{{{G}}}[$__range]))", "GPU {{gpu}} {{type}}", instant=True)],
             w=24, h=4, unit="short", min=0, steps=((GREEN, None), (RED, 1)), options={**STAT, "graphMode": "none"},
             description="Corrected and uncorrected ECC errors over the time range (absent on GPUs without ECC).")
     return b
@@ -378,15 +417,15 @@ def gpu() -> Board:
 
 # ----------------------------------------------------------------------------------------------- Requests
 def requests() -> Board:
-    sel = 'gen_ai_request_model=~"$model", gen_ai_operation_name=~"$operation"'
+    sel = f'gen_ai_request_model=~"$model", gen_ai_operation_name=~"$operation", {H}'
     count = "gen_ai_client_operation_duration_seconds_count"
-    variables = [query_var("model", "gen_ai_request_model", "gen_ai_client_operation_duration_seconds_count"),
+    variables = [*fleet_vars(), query_var("model", "gen_ai_request_model", "gen_ai_client_operation_duration_seconds_count"),
                  query_var("operation", "gen_ai_operation_name", "gen_ai_client_operation_duration_seconds_count")]
     b = Board("llamatelemetry-requests", "Requests (client telemetry)",
               "OpenTelemetry GenAI client metrics from applications using the llamatelemetry client, via the OTel collector.",
               variables,
               [dashboards_link(), explore_link("Traces in Tempo", TRACEQL_LLAMA),
-               explore_link("Failed calls in Tempo", TRACEQL_ERRORS)])
+               explore_link("Failed calls in Tempo", TRACEQL_ERRORS)], min_interval=CLIENT_MIN_INTERVAL)
     trace_link = [{"title": "Traces of this period in Tempo", "targetBlank": False,
                    "url": "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps({"t": {
                        "datasource": TEMPO_UID,
@@ -404,7 +443,7 @@ def requests() -> Board:
             w=6, h=5, unit="s", min=0, steps=((GREEN, None), (ORANGE, 10), (RED, 30)), options=STAT,
             description="95th percentile of the whole operation's duration.")
     b.panel("stat", "Reasoning-budget exhaustions",
-            [q(f'sum(increase(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model"}}[$__range]))', "exhausted")],
+            [q(f'sum(increase(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model", {H}}}[$__range]))', "exhausted", instant=True)],
             w=6, h=5, unit="short", min=0, steps=((GREEN, None), (ORANGE, 1)), options=STAT,
             description="Calls over the time range whose max_tokens ran out while the model was still reasoning (no answer).")
     b.row("Latency")
@@ -449,7 +488,7 @@ def requests() -> Board:
             w=12, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
             description="Tokens per second across all calls, by token type.")
     b.panel("timeseries", "Reasoning-budget exhaustions/s",
-            [q(f'sum by (gen_ai_request_model) (rate(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model"}}[{RI}]))',
+            [q(f'sum by (gen_ai_request_model) (rate(llamatelemetry_reasoning_budget_exhausted_total{{gen_ai_request_model=~"$model", {H}}}[{RI}]))',
                "{{gen_ai_request_model}}")],
             w=12, unit="reqps", min=0, custom=ts(draw="bars", fill=60), options=LEGEND,
             description="Calls whose max_tokens ran out during reasoning. Alert: ReasoningBudgetExhaustionRateHigh (over 10% of calls).")
@@ -467,7 +506,63 @@ def requests() -> Board:
     return b
 
 
-BOARDS = {"llama-server.json": llama_server, "gpu.json": gpu, "requests.json": requests}
+# ------------------------------------------------------------------------------------------ Proxy (clients)
+def proxy() -> Board:
+    """Every agent tool behind `llamatelemetry proxy`, from the proxy's admin /metrics (job llamatelemetry-proxy)."""
+    c = f'llamatelemetry_client_name=~"$client", llamatelemetry_client_name!="", {H}'
+    variables = [*fleet_vars(), query_var("client", "llamatelemetry_client_name", "llamatelemetry_proxy_requests_total")]
+    b = Board("llamatelemetry-proxy", "Clients (proxy)",
+              "Per-client latency, tokens, empty answers and errors of the traffic through llamatelemetry proxy "
+              "(Claude Code, aider, Continue, SDKs, curl), from the proxy's admin /metrics.",
+              variables, [dashboards_link(), explore_link("Traces in Tempo", TRACEQL_LLAMA)], min_interval=CLIENT_MIN_INTERVAL)
+    b.row("Traffic")
+    b.panel("timeseries", "Requests/s per endpoint",
+            [q(f"sum by (http_route) (rate(llamatelemetry_proxy_requests_total{{{c}}}[{RI}]))", "{{http_route}}")],
+            w=12, unit="reqps", min=0, custom=ts(stack=True), options=LEGEND,
+            description="Every request the proxy forwarded, inference or not, by endpoint path.")
+    b.panel("timeseries", "Requests/s per client and status",
+            [q(f"sum by (llamatelemetry_client_name, http_response_status_code) (rate(llamatelemetry_proxy_requests_total{{{c}}}[{RI}]))",
+               "{{llamatelemetry_client_name}} {{http_response_status_code}}")],
+            w=12, unit="reqps", min=0, custom=ts(stack=True), options=LEGEND,
+            description="Forwarded requests per client tool and HTTP status.")
+    b.row("Latency per client")
+    b.panel("timeseries", "Time to first token (p50 / p95)",
+            [q(f"histogram_quantile({p}, sum by (le, llamatelemetry_client_name) (rate(gen_ai_server_time_to_first_token_seconds_bucket{{{c}}}[{RI}])))",
+               f"{{{{llamatelemetry_client_name}}}} p{round(p * 100)}") for p in (0.5, 0.95)],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="gen_ai.server.time_to_first_token per client: queueing plus prompt processing, measured at the proxy.")
+    b.panel("timeseries", "Request duration (p95)",
+            [q(f"histogram_quantile(0.95, sum by (le, llamatelemetry_client_name) (rate(gen_ai_server_request_duration_seconds_bucket{{{c}}}[{RI}])))",
+               "{{llamatelemetry_client_name}}")],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="gen_ai.server.request.duration per client, whole request including streaming.")
+    b.row("Tokens and empty answers per client")
+    b.panel("timeseries", "Tokens/s per client",
+            [q(f"sum by (llamatelemetry_client_name, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{{{c}}}[{RI}]))",
+               "{{llamatelemetry_client_name}} {{gen_ai_token_type}}")],
+            w=12, unit="suffix: tok/s", min=0, custom=ts(), options=LEGEND,
+            description="Input, output and reasoning tokens per second of each client (exact counts from llama-server's usage/timings).")
+    b.panel("stat", "Empty answers in range",
+            [q(f"sum by (llamatelemetry_client_name) (increase(llamatelemetry_reasoning_budget_exhausted_total{{{c}}}[$__range]))",
+               "{{llamatelemetry_client_name}}", instant=True)],
+            w=6, unit="short", min=0, steps=((GREEN, None), (ORANGE, 1)), options={**STAT, "graphMode": "none"},
+            description="Requests per client whose max_tokens ran out during reasoning (no answer) over the time range.")
+    b.panel("stat", "Empty-answer share",
+            [q(f"sum by (llamatelemetry_client_name) (rate(llamatelemetry_reasoning_budget_exhausted_total{{{c}}}[{RI}])) "
+               f"/ sum by (llamatelemetry_client_name) (rate(gen_ai_server_request_duration_seconds_count{{{c}}}[{RI}]))",
+               "{{llamatelemetry_client_name}}")],
+            w=6, unit="percentunit", min=0, steps=((GREEN, None), (ORANGE, 0.05), (RED, 0.1)), options=STAT,
+            description="Share of each client's inference requests that ended with an empty answer.")
+    b.row("Errors per client")
+    b.panel("timeseries", "Failed requests/s by error.type",
+            [q(f'sum by (llamatelemetry_client_name, error_type) (rate(gen_ai_server_request_duration_seconds_count{{{c}, error_type!=""}}[{RI}]))',
+               "{{llamatelemetry_client_name}} {{error_type}}")],
+            w=24, unit="reqps", min=0, custom=ts(stack=True, draw="bars", fill=80), options=LEGEND,
+            description="Requests llama-server rejected (e.g. context overflow 400) or that failed upstream, per client.")
+    return b
+
+
+BOARDS = {"llama-server.json": llama_server, "gpu.json": gpu, "requests.json": requests, "proxy.json": proxy}
 
 
 def render() -> dict[str, str]:

@@ -21,6 +21,12 @@ fi
 echo "[test] installing Python dependencies"
 python -m pip install -q -e ".[test]"
 
+# Prometheus Operator schemas for tests/test_kubernetes.py (ServiceMonitor, PodMonitor, Probe), from npm.
+echo "[test] installing the Prometheus Operator schemas (npm)"
+command -v npm >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO apt-get update -qq;
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+npm install --silent --no-save --no-audit --no-fund --prefix tests/.npm "@kubernetes-models/prometheus-operator@6.0.0"
+
 echo "[test] making sure llama-server is built (cached after the first run)"
 python -m llamatelemetry.provision.build
 

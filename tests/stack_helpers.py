@@ -79,6 +79,45 @@ def alert_rules() -> list[dict[str, Any]]:
     return rules
 
 
+#: Alert rules whose data needs a process CI cannot run (no otelcol-contrib or Tempo binary here). Their
+#: firing and quiet cases are promtool tests; their otelcol_* metric names are checked against the
+#: collector's sources by tests/test_deploy_collector.py.
+OFFLINE_ONLY_RULES = {
+    "OtelCollectorDown": "up{job=\"otel-collector-self\"} needs a running OTel collector",
+    "OtelCollectorDroppingData": "otelcol_* counters need a running OTel collector",
+    "TempoDown": "up{job=\"tempo\"} needs a running Tempo",
+}
+
+
+def split_top_level(expr: str) -> list[str]:
+    """Split a PromQL expression at top-level ``and`` / ``or`` / ``unless`` (outside parentheses/braces)."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            m = re.match(r"(?<![A-Za-z0-9_])(and|or|unless)(?![A-Za-z0-9_])(\s+on\s*\([^)]*\))?", expr[i:])
+            if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] == "_")):
+                parts.append(expr[start:i])
+                i += m.end()
+                start = i
+                continue
+        i += 1
+    parts.append(expr[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def alert_query_parts(expr: str) -> list[str]:
+    """Each top-level part of an alert expression with its trailing ``<comparison> <number>`` removed."""
+    return [strip_threshold(part) for part in split_top_level(expr)]
+
+
 def strip_threshold(expr: str) -> str:
     """``<query> <op> <number>`` -> ``<query>``; raises ValueError when the rule does not follow the convention."""
     m = _THRESHOLD_RE.match(expr.strip())
@@ -98,6 +137,18 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     return out
 
 
+def dashboard_queries_for(**values: str) -> list[tuple[str, str, str]]:
+    """Like :func:`dashboard_queries`, with some variables set to ``values`` instead of "All"."""
+    out: list[tuple[str, str, str]] = []
+    for path in DASHBOARD_FILES:
+        board = load_dashboard(path)
+        chosen = {v["name"]: v.get("allValue") or ".*" for v in board["templating"]["list"]}
+        chosen.update(values)
+        for panel, target in prometheus_targets(board):
+            out.append((path.name, panel["title"], substitute(target["expr"], chosen)))
+    return out
+
+
 def variable_queries() -> list[tuple[str, str, str, str]]:
     """(dashboard file, variable name, metric selector, label) for every ``label_values`` variable."""
     out = []
@@ -110,3 +161,36 @@ def variable_queries() -> list[tuple[str, str, str, str]]:
             assert m, f"{path.name} ${var['name']}: unsupported variable query {query!r}"
             out.append((path.name, var["name"], m.group("metric"), m.group("label")))
     return out
+
+
+#: Where the data of a query comes from, for the live tests: metric-name markers -> source.
+#: "proxy": the tracing gateway's admin /metrics (branch proxy); "energy": the exporter's per-target energy
+#: counter and its recording rules in collector/recording_rules.yml (branch exporter).
+_SOURCE_MARKERS = {
+    "proxy": ("llamatelemetry_proxy_", "gen_ai_server_", "llamatelemetry_client_name"),
+    "energy": ("llamatelemetry_joules_per_", "llamatelemetry_target_energy_joules_total"),
+}
+
+
+def query_source(expr: str) -> str:
+    """``"proxy"``, ``"energy"`` or ``"core"`` (exporter + client telemetry, always available)."""
+    for source, markers in _SOURCE_MARKERS.items():
+        if any(marker in expr for marker in markers):
+            return source
+    return "core"
+
+
+def source_missing(source: str) -> str | None:
+    """Why a data source cannot be fed in this tree (a branch not merged yet), or ``None`` when it can."""
+    import importlib.util
+
+    if source == "proxy" and importlib.util.find_spec("llamatelemetry.proxy") is None:
+        return "llamatelemetry.proxy is not in this tree yet (branch proxy)"
+    if source == "energy" and not (COLLECTOR / "recording_rules.yml").exists():
+        return "collector/recording_rules.yml is not in this tree yet (branch exporter)"
+    return None
+
+
+def recording_rule_files() -> list[Path]:
+    """The recording rule files Prometheus loads next to alerts.yml (collector/prometheus.yml's glob)."""
+    return [path for path in sorted(COLLECTOR.glob("recording_rules*.yml")) if not path.name.endswith("_test.yml")]

@@ -33,6 +33,7 @@ def test_demo_runs_everything_and_cleans_up(llama_server_binary):
     assert out.count("chat scripted") >= 8
     assert "llamacpp_tokens_predicted_total" in out and 'llamatelemetry_target_up{target="demo"} 1' in out
     assert "everything the demo started is stopped" in out
+    assert "client=openai-python kind=SERVER" in out and "client=anthropic-python kind=SERVER" in out
     assert _servers_running() == before
 
 

@@ -43,6 +43,22 @@ COVERED_ELSEWHERE = {
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
+    "docker build -t llamatelemetry-exporter .": "tests/test_stack_config.py checks the Dockerfile (no Docker engine here)",
+    "docker run --rm -p 127.0.0.1:9183:9183 --add-host=host.docker.internal:host-gateway llamatelemetry-exporter --target http://host.docker.internal:8080":
+        "tests/test_stack_config.py::test_exporter_image_listens_on_all_interfaces_with_only_a_target parses these arguments with the image's environment",
+    "prometheus --config.file=deploy/prometheus-central.yml --web.enable-remote-write-receiver":
+        "tests/test_fleet.py starts the central Prometheus with this config and flag",
+    "prometheus --enable-feature=agent,expand-external-labels --config.file=deploy/prometheus-agent.yml":
+        "tests/test_fleet.py starts two agents with this config and these flags (test_readme_commands_are_the_ones_tested)",
+    "OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
+        "tests/test_deploy_collector.py (no otelcol binary here: checked against otelcol-contrib 0.115.0's components and keys)",
+    "TEMPO_OTLP_ENDPOINT=tempo.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
+        "tests/test_deploy_collector.py (no otelcol binary here)",
+    "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py validates every manifest (no cluster here)",
+    "pip install -e '.[exporter]'": "installation step (the test environment has the exporter extra installed)",
+    'claude -p "hello"': "tests/test_proxy.py drives the gateway with the anthropic SDK, the /v1/messages protocol Claude Code "
+                         "speaks (Claude Code itself needs npm and a long-context model: not run in CI)",
+    "aider --model openai/my-model": "tests/test_proxy.py drives the gateway with the openai SDK, which aider uses through LiteLLM",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
@@ -96,6 +112,30 @@ def _run_exporter_command() -> None:
         proc.wait(timeout=10)
 
 
+def _run_proxy_command() -> None:
+    """The README's command as written; ports from the environment. Whatever runs on :8080 (usually
+    nothing here), the gateway must start, answer its admin /health and either forward or say 502."""
+    port, admin = free_port(), free_port()
+    argv = "llamatelemetry proxy --upstream http://127.0.0.1:8080".split()
+    env = {**os.environ, "LLAMATELEMETRY_PROXY_PORT": str(port), "LLAMATELEMETRY_PROXY_ADMIN_PORT": str(admin)}
+    proc = subprocess.Popen([sys.executable, "-m", "llamatelemetry.cli", *argv[1:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{admin}/health", timeout=5).text == "ok"
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "proxy did not start"
+                time.sleep(0.2)
+        resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert resp.status_code == 200 or (resp.status_code == 502 and "http://127.0.0.1:8080" in resp.text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def _run_bench(script: str, *args: str) -> None:
     proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,7 +146,9 @@ RUN_HERE = {
     "scripts/demo.sh": _run_demo_script,
     "llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:7109": _run_exporter_command,
     "python benchmarks/bench_client.py": lambda: _run_bench("benchmarks/bench_client.py", "--calls", "3", "--rounds", "1"),
-    "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--rounds", "3"),
+    "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--requests", "2", "--scrapes", "3"),
+    "llamatelemetry proxy --upstream http://127.0.0.1:8080": _run_proxy_command,
+    "python benchmarks/bench_proxy.py": lambda: _run_bench("benchmarks/bench_proxy.py", "--short", "5", "--long", "1"),
 }
 
 

