@@ -8,6 +8,7 @@ Example::
 
     llamatelemetry exporter --target http://127.0.0.1:8080
     llamatelemetry-exporter --target http://127.0.0.1:8080      # alias, handy in containers
+    llamatelemetry top                                          # live view of exporter + gateway
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "exporter": "llamatelemetry.exporter.cli",
     "demo": "llamatelemetry.demo",
+    "top": "llamatelemetry.top.cli",
 }
 
 

@@ -1,0 +1,321 @@
+"""``llamatelemetry top`` against real components: real llama-servers (scripted model), the real exporter
+(fake NVML at the pynvml boundary, as no GPU is here), traffic from the official openai SDK, driven
+through Textual's own test harness (``App.run_test`` + pilot key presses).
+
+Refreshes are triggered with the ``r`` key (interval set to an hour), so each test knows exactly which
+two snapshots a rate was computed from and can assert the exact number in the exact row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Awaitable, Callable, Iterator
+
+import httpx
+import openai
+import pytest
+from textual.pilot import Pilot
+
+from llamatelemetry.exporter import ExporterApp, ExporterConfig
+from llamatelemetry.provision.server import LlamaServer, free_port
+from llamatelemetry.top.app import PANELS, TopApp
+from llamatelemetry.top.model import Model
+from llamatelemetry.top.render import fmt_rate
+from llamatelemetry.top.sources import Sources
+
+try:  # the fake NVML moves from the package to tests/ (branch exporter); work with either place
+    from fake_nvml import FakeNVML, FakeProcess  # type: ignore[import-not-found]
+except ImportError:
+    from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
+
+GPU_BYTES = 3 * 1024**3
+HI = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def servers(llama_server_factory) -> dict[str, LlamaServer]:  # noqa: ANN001
+    """Two llama-servers of our own: 'main' (2 slots) and 'victim' (killed by a test)."""
+    return {"main": llama_server_factory("--metrics", parallel=2), "victim": llama_server_factory("--metrics")}
+
+
+@pytest.fixture(scope="module")
+def nvml(servers: dict[str, LlamaServer]) -> FakeNVML:
+    fake = FakeNVML()
+    fake.gpus[0].processes.append(FakeProcess(servers["main"].pid, GPU_BYTES))
+    return fake
+
+
+@pytest.fixture
+def exporter(servers: dict[str, LlamaServer], nvml: FakeNVML) -> Iterator[ExporterApp]:
+    config = ExporterConfig(targets=[f"{name}={s.base_url}" for name, s in servers.items()], port=0, timeout=1.0)
+    with ExporterApp(config, nvml=nvml) as running:
+        yield running
+
+
+def no_gateway() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: the gateway is "down"
+
+
+def chat(server: LlamaServer, **kw: Any) -> Any:
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=2)
+    try:
+        return client.chat.completions.create(model="scripted", messages=HI, **kw)  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> None:
+    """Press 'r' and wait until the view has read both sources and redrawn."""
+    before = app.refreshes
+    await pilot.press("r")
+    deadline = time.monotonic() + timeout
+    while app.refreshes == before:
+        assert time.monotonic() < deadline, "the view did not refresh"
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+def row(app: TopApp, panel: str, key: str) -> list[str]:
+    return [str(cell) for cell in app.panels[panel].table.get_row(key)]
+
+
+def keys(app: TopApp, panel: str) -> list[str]:
+    return [str(k.value) for k in app.panels[panel].table.rows]
+
+
+def run_app(app: TopApp, scenario: Callable[[Pilot[None]], Awaitable[None]], size: tuple[int, int] = (80, 24)) -> None:
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await scenario(pilot)
+
+    asyncio.run(main())
+
+
+def test_servers_slots_and_gpu_rows_show_the_exact_numbers(exporter: ExporterApp, servers: dict[str, LlamaServer], nvml: FakeNVML) -> None:
+    app = TopApp(Sources(exporter.url, no_gateway()), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await refresh(pilot, app)
+        first = app.last_snapshot
+        assert first is not None
+        usages = [(await asyncio.to_thread(chat, servers["main"], max_tokens=40)).usage for _ in range(3)]
+        nvml.gpus[0].energy_mj += 6_000  # 6 J spent by GPU 0 while those requests ran
+        await refresh(pilot, app)
+        second = app.last_snapshot
+        assert second is not None
+        seconds = second.time - first.time
+        generated = sum(u.completion_tokens for u in usages)
+
+        props = httpx.get(servers["main"].base_url + "/props").json()
+        cells = row(app, "servers", "main")
+        assert cells[0] == "main" and cells[1] == "ok" and cells[2] == props["model_alias"][:16]
+        assert cells[3].split()[0] == fmt_rate(generated / seconds)  # gen tok/s from the counter, this interval
+        assert cells[5] == "0" and cells[6] == "0"  # nothing running or waiting now
+        view = app.last_view
+        assert view is not None
+        main = next(s for s in view.servers if s.target == "main")
+        assert main.generated_tokens_per_second == pytest.approx(generated / seconds)
+        assert main.generated_history[-1] == pytest.approx(generated / seconds)
+
+        # One bar per slot, with the slot's real context numbers.
+        slots = httpx.get(servers["main"].base_url + "/slots").json()
+        assert keys(app, "slots")[:2] == ["main#0", "main#1"]
+        for slot in slots:
+            cells = row(app, "slots", f"main#{slot['id']}")
+            assert cells[1] == "· idle"
+            assert cells[3].startswith(f"{slot['n_prompt_tokens'] if 'n_prompt_tokens' in slot else 0}/{slot['n_ctx']}")
+
+        # GPU: the fake's values, the llama-server's own memory, joules per generated token in the window.
+        gpu0 = row(app, "gpu", "gpu0")
+        assert gpu0[:5] == ["0 NVIDIA Fake A100", "37%", "10.0G/80.0G", "123W", "54°C"]
+        assert gpu0[5] == f"{6.0 / generated:.2f}"
+        assert row(app, "gpu", "target:main")[2] == "3.0G"
+        assert row(app, "gpu", "gpu1")[5] == "–"  # that GPU has no energy counter: unknown, not 0
+
+    run_app(app, scenario)
+
+
+def test_busy_slot_and_running_request_while_a_stream_is_generating(exporter: ExporterApp, servers: dict[str, LlamaServer]) -> None:
+    app = TopApp(Sources(exporter.url, no_gateway()), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        client = openai.AsyncOpenAI(base_url=servers["main"].base_url + "/v1", api_key="unused")
+        stream = await client.chat.completions.create(model="scripted", messages=HI, max_tokens=100_000, stream=True,  # type: ignore[arg-type]
+                                                      extra_body={"ignore_eos": True})
+        try:
+            chunks = 0
+            async for _ in stream:  # make sure generation is under way
+                chunks += 1
+                if chunks >= 5:
+                    break
+            await refresh(pilot, app)
+            busy = [k for k in keys(app, "slots") if k.startswith("main#") and row(app, "slots", k)[1] == "▶ busy"]
+            assert len(busy) == 1
+            assert row(app, "servers", "main")[5] == "1"  # requests processing
+        finally:
+            await stream.close()
+            await client.close()
+        for _ in range(50):
+            await refresh(pilot, app)
+            if row(app, "servers", "main")[5] == "0":
+                break
+        assert all(row(app, "slots", k)[1] == "· idle" for k in keys(app, "slots"))
+
+    run_app(app, scenario)
+
+
+def test_a_server_killed_mid_run_shows_down_and_the_view_goes_on(exporter: ExporterApp, servers: dict[str, LlamaServer]) -> None:
+    app = TopApp(Sources(exporter.url, no_gateway()), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await refresh(pilot, app)
+        assert row(app, "servers", "victim")[1] == "ok"
+        assert "victim#0" in keys(app, "slots")
+        servers["victim"].stop()
+        await refresh(pilot, app)
+        assert row(app, "servers", "victim")[1] == "DOWN"
+        assert row(app, "servers", "victim")[3].split()[0] == "–"  # no rate for a server that is gone
+        assert "victim#0" not in keys(app, "slots")
+        assert row(app, "servers", "main")[1] == "ok"  # the other server is unaffected
+        await asyncio.to_thread(chat, servers["main"], max_tokens=8)
+        await refresh(pilot, app)
+        assert float(row(app, "servers", "main")[3].split()[0]) > 0
+        assert app.is_running
+
+    run_app(app, scenario)
+
+
+def test_exporter_down_then_back(servers: dict[str, LlamaServer], nvml: FakeNVML) -> None:
+    port = free_port()
+    config = ExporterConfig(targets=[f"main={servers['main'].base_url}"], port=port, timeout=1.0)
+    exporter = ExporterApp(config, nvml=nvml).start()
+    app = TopApp(Sources(exporter.url, no_gateway()), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        nonlocal exporter
+        await refresh(pilot, app)
+        assert row(app, "servers", "main")[1] == "ok"
+        exporter.stop()
+        await refresh(pilot, app)
+        status = str(app.query_one("#status").render())
+        assert "exporter DOWN (connection refused)" in status and "gateway DOWN" in status
+        assert keys(app, "servers") == [] and keys(app, "gpu") == []
+        assert "is down" in str(app.panels["servers"].message.render())
+        exporter = ExporterApp(config, nvml=nvml).start()
+        await refresh(pilot, app)
+        assert row(app, "servers", "main")[1] == "ok"
+        assert not app.panels["servers"].message.display
+
+    try:
+        run_app(app, scenario)
+    finally:
+        exporter.stop()
+
+
+def test_keys_quit_tab_pause_zoom_and_80x24_layout(exporter: ExporterApp, servers: dict[str, LlamaServer]) -> None:
+    app = TopApp(Sources(exporter.url, no_gateway()), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await refresh(pilot, app)
+        # Every panel is on screen at 80x24, in order, without overlapping.
+        bottoms = 1
+        for panel_id in PANELS:
+            region = app.panels[panel_id].region
+            assert region.height >= 1 and region.y >= bottoms and region.bottom <= 23, (panel_id, region)
+            bottoms = region.bottom
+        # tab cycles the panels.
+        assert app.focused is app.panels["servers"].table
+        for panel_id in PANELS[1:] + PANELS[:1]:
+            await pilot.press("tab")
+            assert app.focused is app.panels[panel_id].table
+        # p pauses the display (reading goes on), p again resumes.
+        await pilot.press("p")
+        assert "PAUSED" in str(app.query_one("#status").render())
+        frozen = row(app, "slots", "main#0")
+        await asyncio.to_thread(chat, servers["main"], max_tokens=30, extra_body={"id_slot": 0, "cache_prompt": False})
+        await refresh(pilot, app)
+        assert row(app, "slots", "main#0") == frozen
+        await pilot.press("p")
+        await pilot.pause()
+        assert "PAUSED" not in str(app.query_one("#status").render())
+        assert row(app, "slots", "main#0") != frozen
+        # z zooms the focused panel and back.
+        await pilot.press("tab")
+        await pilot.press("z")
+        assert app.screen.maximized is app.panels["slots"]
+        await pilot.press("z")
+        assert app.screen.maximized is None
+        # A resize re-lays out without losing rows.
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert app.panels["recent"].region.bottom <= 39 and app.panels["recent"].region.height > 10
+        await pilot.resize_terminal(60, 15)
+        await refresh(pilot, app)
+        assert row(app, "servers", "main")[1] == "ok"
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+    run_app(app, scenario)
+
+
+def test_no_color_keeps_alerts_readable(exporter: ExporterApp, servers: dict[str, LlamaServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    servers_down = ExporterConfig(targets=[f"gone=http://127.0.0.1:{free_port()}"], port=0, timeout=0.5)
+    with ExporterApp(servers_down, nvml=FakeNVML()) as exp:
+        app = TopApp(Sources(exp.url, no_gateway()), interval=3600)
+        assert app.no_color  # Textual turns NO_COLOR into its monochrome filter
+
+        async def scenario(pilot: Pilot[None]) -> None:
+            await refresh(pilot, app)
+            cell = app.panels["servers"].table.get_row("gone")[1]
+            assert str(cell) == "DOWN" and "reverse" in str(cell.style)  # a word and reverse video, not only red
+
+        run_app(app, scenario)
+
+
+def _top(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llamatelemetry.cli", "top", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_json_and_once_print_one_snapshot(exporter: ExporterApp, servers: dict[str, LlamaServer]) -> None:
+    proc = _top("--exporter", exporter.url, "--gateway", no_gateway(), "--json", "--interval", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    view = json.loads(proc.stdout)
+    assert view["exporter"]["up"] is True and view["gateway"]["up"] is False
+    main = next(s for s in view["servers"] if s["target"] == "main")
+    assert main["state"] == "ok" and main["total_slots"] == 2 and main["generated_tokens_per_second"] is not None
+    assert {(s["target"], s["slot"]) for s in view["slots"]} >= {("main", "0"), ("main", "1")}
+    assert [g["name"] for g in view["gpus"]] == ["NVIDIA Fake A100", "NVIDIA Fake T4"]
+
+    proc = _top("--exporter", exporter.url, "--gateway", no_gateway(), "--once", "--interval", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:2] == ["main", "ok"] for line in lines)
+    assert any(line.split()[:3] == ["0", "NVIDIA", "Fake"] for line in lines)
+    assert "gateway" in proc.stdout and "is down" in proc.stdout
+
+    nothing = _top("--exporter", no_gateway(), "--gateway", no_gateway(), "--once", "--interval", "0.1")
+    assert nothing.returncode == 1 and "exporter DOWN (connection refused)" in nothing.stdout
+
+
+def test_model_window_and_counter_reset() -> None:
+    """Pure model: a counter that goes down (process restarted) counts from 0, like PromQL's increase()."""
+    from llamatelemetry.top.sources import Metrics, Reading, Snapshot
+
+    def snap(t: float, text: str) -> Snapshot:
+        return Snapshot(t, t, Reading("e", metrics=Metrics.parse(text)), Reading("g", error="down"))
+
+    model = Model(window_seconds=60)
+    page = 'llamatelemetry_server_state{{target="a",state="ok"}} 1\nllamacpp_tokens_predicted_total{{target="a"}} {}\n'
+    model.update(snap(0, page.format(100)))
+    assert model.update(snap(2, page.format(140))).servers[0].generated_tokens_per_second == 20
+    assert model.update(snap(4, page.format(10))).servers[0].generated_tokens_per_second == 5  # restarted: 10 new tokens
+    assert model.update(snap(6, page.format(10))).servers[0].generated_history == (20, 5, 0)
