@@ -301,8 +301,8 @@ class Model:
         else:
             view.gpu_state = "up" if gpu_up[0].value == 1 else "down"
         before = start.exporter.metrics if start is not None else None
-        if before is not None and now.time > start.time:  # type: ignore[union-attr]
-            view.window_seconds = now.time - start.time  # type: ignore[union-attr]
+        if start is not None and now.time > start.time:
+            view.window_seconds = now.time - start.time
         tokens = increase(m, before, "llamacpp_tokens_predicted_total", "target") if before is not None else {}
         all_tokens = math.fsum(tokens.values())
         gpus = m.label_values("llamatelemetry_gpu_info", "gpu")

@@ -224,15 +224,23 @@ def panel_messages(view: View) -> dict[str, str | None]:
     }
 
 
-def rows_for(view: View) -> dict[str, list[tuple[str, Sequence[Text]]]]:
+Rows = list[tuple[str, Sequence[Text]]]
+
+
+def rows_for(view: View) -> dict[str, Rows]:
     """Per panel id, ``(row key, cells)`` in display order — what the UI puts in its tables."""
     return {
         "servers": [(s.target, server_cells(s)) for s in view.servers],
         "slots": [(f"{s.target}#{s.slot}", slot_cells(s)) for s in view.slots],
         "clients": [(c.client, client_cells(c)) for c in view.clients],
-        "gpu": [(f"gpu{g.gpu}", gpu_cells(g)) for g in view.gpus] + [(f"target:{t.target}", gpu_target_cells(t)) for t in view.gpu_targets],
+        "gpu": _gpu_rows(view),
         "recent": [(f"{r.time:.6f}:{i}", recent_cells(r)) for i, r in enumerate(view.recent)],
     }
+
+
+def _gpu_rows(view: View) -> Rows:
+    rows: Rows = [(f"gpu{g.gpu}", gpu_cells(g)) for g in view.gpus]
+    return rows + [(f"target:{t.target}", gpu_target_cells(t)) for t in view.gpu_targets]
 
 
 COLUMNS: dict[str, tuple[str, ...]] = {
