@@ -220,3 +220,22 @@ class MessagesAccumulator(Accumulator):
             "id": self.id, "model": self.model, "content": self.blocks, "stop_reason": self.stop_reason,
             "usage": usage, "timings": self.timings,
         })
+
+
+def accumulator_for(path: str, show_usage_chunk: bool = True) -> Accumulator:
+    """The accumulator for a streamed answer from ``path`` (query string ignored).
+
+    ``show_usage_chunk=False`` hides the usage-only final chunk the caller did not ask for.
+
+    Example::
+
+        acc = accumulator_for("/v1/messages")
+        for event in events:  # dicts, one per SSE ``data:`` line
+            acc.add(event)
+    """
+    bare = path.split("?", 1)[0].rstrip("/")
+    if bare.endswith("/messages"):
+        return MessagesAccumulator()
+    if bare.endswith("/completions") and not bare.endswith("/chat/completions"):
+        return CompletionAccumulator(show_usage_chunk=show_usage_chunk)
+    return ChatAccumulator(show_usage_chunk=show_usage_chunk)

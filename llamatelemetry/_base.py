@@ -7,6 +7,7 @@ Nothing here does I/O, so both clients run exactly the same code for everything 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -117,13 +118,25 @@ RETRYABLE_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+#: The longest Retry-After we honour: a server asking for more gets this (a retry loop must not hang).
+MAX_RETRY_AFTER_SECONDS = 30.0
+
+
 def retry_delay(attempt: int, retry_after: str | None = None) -> float:
-    """Exponential backoff with jitter (0.25 s, 0.5 s, 1 s ... capped at 8 s); honours Retry-After."""
+    """Exponential backoff with jitter (0.25 s, 0.5 s, 1 s ... capped at 8 s); honours Retry-After.
+
+    A Retry-After in seconds is clamped to [0, 30]; one that is not a finite number
+    (``nan``, ``-inf``, an HTTP date) falls back to the backoff, ``inf`` means the maximum.
+    """
     if retry_after:
         try:
-            return min(float(retry_after), 30.0)
+            seconds = float(retry_after)
         except ValueError:
-            pass
+            seconds = math.nan
+        if seconds == math.inf:
+            return MAX_RETRY_AFTER_SECONDS
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
     return min(0.25 * (2**attempt), 8.0) * (0.75 + random.random() * 0.5)
 
 

@@ -9,3 +9,8 @@ API_KEY_ENV = "LLAMA_API_KEY"
 #: The sidecar exporter's default listen address and port.
 EXPORTER_DEFAULT_HOST = "127.0.0.1"
 EXPORTER_DEFAULT_PORT = 9183
+#: The tracing gateway (``llamatelemetry proxy``): where agent tools point, and its admin port
+#: (Prometheus /metrics, /api/recent, /health). 8089, not 8080: llama-server's own default.
+PROXY_DEFAULT_HOST = "127.0.0.1"
+PROXY_DEFAULT_PORT = 8089
+PROXY_ADMIN_DEFAULT_PORT = 9184

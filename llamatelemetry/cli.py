@@ -8,6 +8,7 @@ Example::
 
     llamatelemetry exporter --target http://127.0.0.1:8080
     llamatelemetry-exporter --target http://127.0.0.1:8080      # alias, handy in containers
+    llamatelemetry proxy --upstream http://127.0.0.1:8080        # tracing gateway on :8089
     llamatelemetry top                                          # live view of exporter + gateway
 """
 
@@ -22,6 +23,7 @@ from typing import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "exporter": "llamatelemetry.exporter.cli",
     "demo": "llamatelemetry.demo",
+    "proxy": "llamatelemetry.proxy.cli",
     "top": "llamatelemetry.top.cli",
 }
 

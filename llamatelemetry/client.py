@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, TypeVar
 import httpx
 
 from . import _calls, errors, types
-from ._accumulate import Accumulator, ChatAccumulator, CompletionAccumulator, MessagesAccumulator
+from ._accumulate import Accumulator, accumulator_for
 from ._base import (
     DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
     transport_error,
@@ -46,15 +46,13 @@ TimeoutTypes = float | httpx.Timeout | None
 
 
 def _accumulator_for(call: Call) -> Accumulator:
-    if call.path == "/v1/messages":
-        return MessagesAccumulator()
-    if call.path == "/v1/completions":
-        return CompletionAccumulator(show_usage_chunk=call.caller_wants_usage)
-    return ChatAccumulator(show_usage_chunk=call.caller_wants_usage)
+    return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage)
 
 
 #: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
 TELEMETRY_TIMEOUT = 2.0
+#: After a failed default-model lookup, wait this long before trying again.
+MODEL_LOOKUP_RETRY_SECONDS = 30.0
 HEALTH_TIMEOUT = 5.0
 
 
@@ -195,7 +193,7 @@ class _ClientBase:
         self._settings: Settings = resolve_settings(base_url, api_key, max_retries)
         self._headers = default_headers(self._settings)
         self._default_model: str | None = None
-        self._default_model_looked_up = False
+        self._next_model_lookup = 0.0  # monotonic time of the next allowed lookup (after a failed one)
         self._telemetry: "Telemetry | None" = None
         # Resources shared by both clients (see _endpoint); health differs, each client adds its own.
         self.chat = _Chat(self)
@@ -237,18 +235,22 @@ class _ClientBase:
     def _start_record(self, call: Call) -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
-        return self._telemetry.start(call, self._default_model, self._count_tokens)
+        return self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
+                                     default_model=self._default_model, count_tokens=self._count_tokens)
 
     def _needs_default_model(self, call: Call) -> bool:
         return (
-            call.operation is not None and self._telemetry is not None and not self._default_model_looked_up
+            call.operation is not None and self._telemetry is not None and self._default_model is None
             and isinstance(call.body, dict) and "model" not in call.body
+            and time.monotonic() >= self._next_model_lookup
         )
 
     def _remember_models(self, models: types.ModelList | None) -> None:
-        self._default_model_looked_up = True
         if models is not None and models.data:
             self._default_model = models.data[0].id
+        else:
+            # Server down or still loading: look again later, not on every call and not never.
+            self._next_model_lookup = time.monotonic() + MODEL_LOOKUP_RETRY_SECONDS
 
     def _url(self, path: str) -> str:
         return self._settings.base_url + path
@@ -339,6 +341,8 @@ class LlamaCppClient(_ClientBase):
         if self._needs_default_model(call):
             self._lookup_default_model()
         record = self._start_record(call)
+        # The span is current while the request runs: httpx-level spans and log records nest under it.
+        token = record.attach() if record is not None else None
         try:
             response = self._send(call, record.trace_headers if record is not None else None)
             if call.stream:
@@ -348,14 +352,19 @@ class LlamaCppClient(_ClientBase):
             if record is not None:
                 record.fail(exc)
             raise
+        finally:
+            if record is not None:
+                record.detach(token)
         if record is not None:
             record.end(result)
         return call.unwrap(result) if call.unwrap is not None else result
 
     def _lookup_default_model(self) -> None:
+        call = _calls.list_models()
         try:
-            models = self._execute(_calls.list_models())
-        except errors.LlamaCppError:
+            response = self._http.get(self._url(call.path), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
+            models = call.parse(response.json()) if response.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - telemetry must never break the call
             models = None
         self._remember_models(models)
 
@@ -471,6 +480,7 @@ class AsyncLlamaCppClient(_ClientBase):
         if self._needs_default_model(call):
             await self._lookup_default_model()
         record = self._start_record(call)
+        token = record.attach() if record is not None else None
         try:
             response = await self._send(call, record.trace_headers if record is not None else None)
             if call.stream:
@@ -480,14 +490,19 @@ class AsyncLlamaCppClient(_ClientBase):
             if record is not None:
                 record.fail(exc)
             raise
+        finally:
+            if record is not None:
+                record.detach(token)
         if record is not None:
             await record.aend(result)
         return call.unwrap(result) if call.unwrap is not None else result
 
     async def _lookup_default_model(self) -> None:
+        call = _calls.list_models()
         try:
-            models = await self._execute(_calls.list_models())
-        except errors.LlamaCppError:
+            response = await self._http.get(self._url(call.path), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
+            models = call.parse(response.json()) if response.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - telemetry must never break the call
             models = None
         self._remember_models(models)
 

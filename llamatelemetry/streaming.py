@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any, AsyncIterator, Generic, Iterator, TypeVar
 
@@ -162,12 +163,27 @@ class Stream(_StreamBase[T]):
             self.close()
 
 
+#: Closes of abandoned async responses still running (kept referenced so they are not collected mid-way).
+_pending_closes: set["asyncio.Task[None]"] = set()
+
+
+def _close_abandoned(response: httpx.Response) -> None:
+    """Runs on the stream's event loop: close an abandoned response so its pooled connection is released."""
+    task = asyncio.get_running_loop().create_task(response.aclose())
+    _pending_closes.add(task)
+    task.add_done_callback(_pending_closes.discard)
+
+
 class AsyncStream(_StreamBase[T]):
     """An asynchronous stream of chunks (``async for``; ``async with``)."""
 
     def __init__(self, response: httpx.Response, accumulator: Accumulator, path: str, record: "CallRecord | None") -> None:
         super().__init__(response, accumulator, path, record)
         self._lines: AsyncIterator[str] | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (e.g. trio): an abandoned stream's connection is left to httpx
+            self._loop = None
 
     def __aiter__(self) -> "AsyncStream[T]":
         return self
@@ -229,10 +245,17 @@ class AsyncStream(_StreamBase[T]):
         await self.aclose()
 
     def __del__(self) -> None:
-        # No event loop work in a finalizer: end the span without network calls; the
-        # connection is reclaimed by httpx's pool when the response object goes away.
+        # A finalizer cannot await: end the span without network calls, and hand the close of
+        # the response to the stream's event loop. Without that close, httpx's pool keeps the
+        # connection checked out forever (a stream dropped before its first read never frees it).
         if not getattr(self, "_closed", True):
             self._closed = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(_close_abandoned, self.response)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
             if self._record is not None:
                 self._record.in_finalizer = True
                 self._record.end_stream(self._acc, self._error)

@@ -2,7 +2,10 @@
 
 A record ends exactly once (``_ended``), whichever comes first: the result, an error, the
 end of a stream, ``close()`` of a stream, or the garbage collection of an abandoned stream.
+The span is ended before any metric is recorded, so a failing instrument cannot lose it, and
+the duration is taken before any extra request (a token count) is made.
 Every public method swallows its own exceptions: telemetry must never break the caller.
+The public entry point is :mod:`llamatelemetry.telemetry.recorder`.
 """
 
 from __future__ import annotations
@@ -11,18 +14,21 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .. import types
+from .. import errors, types
 from . import semconv as sc
 
 if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
     from .._accumulate import Accumulator
-    from .._base import Call
-    from .instrumentation import Telemetry
+    from .recorder import Recorder, TokenCounter
 
 logger = logging.getLogger("llamatelemetry.telemetry")
 warn_logger = logging.getLogger("llamatelemetry")
@@ -105,6 +111,50 @@ def outcome_of_result(result: Any) -> Outcome:
     return out
 
 
+#: Typed result for each inference endpoint's non-streamed answer (for raw JSON from a gateway).
+_RESULT_TYPES: dict[str, type[types.Record]] = {
+    "/v1/chat/completions": types.ChatCompletion, "/chat/completions": types.ChatCompletion,
+    "/v1/completions": types.Completion, "/completions": types.Completion,
+    "/v1/messages": types.Message,
+    "/v1/embeddings": types.CreateEmbeddingResponse, "/embeddings": types.CreateEmbeddingResponse,
+    "/v1/rerank": types.RerankResponse, "/rerank": types.RerankResponse,
+    "/v1/reranking": types.RerankResponse, "/reranking": types.RerankResponse,
+}
+
+
+def outcome_of_json(path: str, data: Any) -> Outcome:
+    """Summarise a non-streamed answer given as raw JSON (a dict), by the endpoint it came from."""
+    result_type = _RESULT_TYPES.get(path.split("?", 1)[0].rstrip("/"))
+    if result_type is None or not isinstance(data, dict):
+        return Outcome()
+    return outcome_of_result(result_type.from_dict(data))
+
+
+def error_type_of(exc: BaseException) -> str:
+    """``error.type`` for an exception: the HTTP status for an error answer (semconv), else the class name."""
+    if isinstance(exc, errors.APIStatusError) and exc.status_code:
+        return str(exc.status_code)
+    return type(exc).__name__
+
+
+@dataclass(slots=True, frozen=True)
+class EndedCall:
+    """What a finished call measured, handed to ``on_end`` (e.g. a gateway's recent-requests list)."""
+
+    operation: str
+    #: The model's label (alias or file basename), as on the span name and metrics.
+    model: str | None
+    outcome: Outcome
+    duration: float
+    time_to_first_chunk: float | None
+    time_per_output_token: float | None
+    reasoning_tokens: int | None
+    budget_exhausted: bool
+    error_type: str | None
+    #: The base metric attributes this call recorded with (extra attributes and error.type included).
+    metric_attributes: Mapping[str, Any]
+
+
 def outcome_of_stream(acc: "Accumulator") -> Outcome:
     out = Outcome(
         response_id=acc.id or None, response_model=acc.model or None,
@@ -121,34 +171,73 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "...[truncated]"
 
 
-class CallRecord:
-    """Telemetry for one call (see module docs)."""
+def _no_count(text: str) -> None:
+    return None
 
-    def __init__(self, telemetry: "Telemetry", call: "Call", default_model: str | None, count_tokens: Callable[[str], Any]) -> None:
+
+class CallRecord:
+    """Telemetry for one call (see module docs); made by :meth:`Recorder.start`."""
+
+    def __init__(
+        self,
+        recorder: "Recorder",
+        path: str,
+        body: Mapping[str, Any] | None,
+        *,
+        stream: bool,
+        operation: str,
+        default_model: str | None,
+        count_tokens: "TokenCounter | None",
+        kind: SpanKind = SpanKind.CLIENT,
+        parent: Context | None = None,
+        span_attributes: "Mapping[str, AttributeValue] | None" = None,
+        metric_attributes: "Mapping[str, AttributeValue] | None" = None,
+        on_end: "Callable[[EndedCall], None] | None" = None,
+    ) -> None:
+        from .recorder import model_label
+
         self.started = time.monotonic()  # before the request is sent
-        self.telemetry = telemetry
-        self.call = call
-        self.count_tokens = count_tokens
+        self.telemetry = recorder
+        self.path = path
+        self.stream = stream
+        self.count_tokens: Any = count_tokens
+        self.on_end = on_end
         self.in_finalizer = False
         self._ended = False
-        body = call.body if isinstance(call.body, dict) else {}
-        self.body = body
-        model = body.get("model") or default_model
-        operation = call.operation or "unknown"
-        attributes: dict[str, Any] = {sc.OPERATION_NAME: operation, **telemetry.base_attributes}
-        if model:
-            attributes[sc.REQUEST_MODEL] = model
-        self.model = model
+        self._span_ended = False
+        self.body: Mapping[str, Any] = body if body is not None else {}
+        model = self.body.get("model") or default_model
+        self.model = model_label(model) if isinstance(model, str) and model else None
         self.operation = operation
+        self.extra_metric_attributes = tuple(sorted(metric_attributes.items())) if metric_attributes else ()
+        attributes: dict[str, Any] = {sc.OPERATION_NAME: operation, **recorder.base_attributes}
+        if self.model:
+            attributes[sc.REQUEST_MODEL] = self.model
         # All start attributes in one dict: the SDK validates them in one pass at span start.
-        self._add_request_attributes(attributes, body)
-        self.span = telemetry.tracer.start_span(f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attributes)
+        self._add_request_attributes(attributes, self.body)
+        if span_attributes:
+            attributes.update(span_attributes)
+        self.span = recorder.tracer.start_span(
+            f"{operation} {self.model}" if self.model else operation, context=parent, kind=kind, attributes=attributes,
+        )
         self.recording = self.span.is_recording()
         self.trace_headers: dict[str, str] = {}
-        self.context = trace.set_span_in_context(self.span)
+        #: The span's context: attach it (:meth:`attach`) while the request runs so inner spans and logs nest under it.
+        self.context = trace.set_span_in_context(self.span, parent)
         propagate.inject(self.trace_headers, context=self.context)
 
-    def _add_request_attributes(self, attributes: dict[str, Any], body: dict[str, Any]) -> None:
+    def attach(self) -> object:
+        """Make the span current (returns the token for :meth:`detach`)."""
+        return otel_context.attach(self.context)
+
+    @staticmethod
+    def detach(token: object) -> None:
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - a token from another context: nothing to restore
+            pass
+
+    def _add_request_attributes(self, attributes: dict[str, Any], body: Mapping[str, Any]) -> None:
         for key, name in _REQUEST_PARAMS:
             value = body.get(key)
             if value is not None:
@@ -156,7 +245,7 @@ class CallRecord:
         stop = body.get("stop", body.get("stop_sequences"))
         if stop:
             attributes[sc.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
-        if self.call.stream:
+        if self.stream:
             attributes[sc.REQUEST_STREAM] = True
         if self.telemetry.capture_content:
             limit = self.telemetry.content_limit
@@ -173,76 +262,155 @@ class CallRecord:
 
     def fail(self, exc: BaseException) -> None:
         """End the span for a call that raised before producing a result."""
+        self._fail(error_type_of(exc), str(exc))
+
+    def fail_status(self, status_code: int, message: str | None = None) -> None:
+        """End the span for an HTTP error answer (``error.type`` is the status code, as semconv says).
+
+        Example::
+
+            record.fail_status(400, "the request exceeds the available context size")
+        """
+        self._fail(str(status_code), message or f"HTTP {status_code}")
+
+    def _fail(self, error_type: str, message: str) -> None:
         if self._ended:
             return
         self._ended = True
+        duration = time.monotonic() - self.started
+        attrs = None
         try:
-            self._record_error(exc)
-            self._record_duration(time.monotonic() - self.started, error_type=type(exc).__name__)
-            self.span.end()
+            if self.recording:
+                self.span.set_attribute(sc.ERROR_TYPE, error_type)
+                self.span.set_status(Status(StatusCode.ERROR, message[:500]))
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: telemetry failed while recording an error", exc_info=True)
+        self._end_span()
+        try:
+            attrs = self.telemetry.metric_attributes(self.operation, self.model, None, error_type, self.extra_metric_attributes)
+            self.telemetry.duration.record(duration, attrs.base, context=self.context)
+            if self.telemetry.server_request_duration is not None:
+                self.telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: a metric failed while recording an error", exc_info=True)
+        self._notify(EndedCall(self.operation, self.model, Outcome(), duration, None, None, None, False, error_type,
+                               attrs.base if attrs is not None else {}))
+
+    def _count_now(self, text: str) -> int | None:
+        """Count synchronously; None if there is no counter, or it is an async one."""
+        if not text or self.count_tokens is None:
+            return None
+        counted = self.count_tokens(text)
+        if hasattr(counted, "__await__"):  # an async counter where we cannot await: don't guess
+            counted.close()
+            return None
+        return counted  # type: ignore[no-any-return]
+
+    async def _count_async(self, text: str) -> int | None:
+        if not text or self.count_tokens is None:
+            return None
+        counted = self.count_tokens(text)
+        if hasattr(counted, "__await__"):
+            return await counted  # type: ignore[no-any-return]
+        return counted  # type: ignore[no-any-return]
 
     def end(self, result: Any) -> None:
-        """End the span of a non-streamed call (sync client)."""
+        """End the span of a non-streamed call (sync): ``result`` is the typed result or its raw JSON dict."""
         if self._ended:
             return
+        ended = time.monotonic()  # before the token count: the count is not part of the call's duration
         try:
-            outcome = outcome_of_result(result)
-            reasoning_tokens = self.count_tokens(outcome.reasoning) if outcome.reasoning else None
-            self._finish(outcome, reasoning_tokens, None)
+            outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
+            reasoning_tokens = self._count_now(outcome.reasoning)
+            self._finish(outcome, reasoning_tokens, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
     async def aend(self, result: Any) -> None:
-        """End the span of a non-streamed call (async client)."""
+        """End the span of a non-streamed call (async): ``result`` is the typed result or its raw JSON dict."""
         if self._ended:
             return
+        ended = time.monotonic()
         try:
-            outcome = outcome_of_result(result)
-            reasoning_tokens = await self.count_tokens(outcome.reasoning) if outcome.reasoning else None
-            self._finish(outcome, reasoning_tokens, None)
+            outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
+            reasoning_tokens = await self._count_async(outcome.reasoning)
+            self._finish(outcome, reasoning_tokens, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
+        except BaseException:  # cancelled while counting: end with what we have, then let it propagate
+            self._finish_quietly(outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result),
+                                 None, None, ended)
+            raise
 
     def end_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
         """End the span of a stream (sync stream, or any stream being garbage-collected)."""
         if self._ended:
             return
+        ended = time.monotonic()
         try:
             outcome = outcome_of_stream(acc)
             reasoning_tokens = None
             # No network I/O from a finalizer, and an async counter cannot be awaited here.
-            if outcome.reasoning and not self.in_finalizer:
-                reasoning_tokens = self.count_tokens(outcome.reasoning)
-            self._finish(outcome, reasoning_tokens, error)
+            if not self.in_finalizer:
+                reasoning_tokens = self._count_now(outcome.reasoning)
+            self._finish(outcome, reasoning_tokens, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
     async def aend_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
+        """End the span of a stream (async); safe to call from a cancelled task (ends, then re-raises)."""
         if self._ended:
             return
+        ended = time.monotonic()
+        outcome = None
         try:
             outcome = outcome_of_stream(acc)
-            reasoning_tokens = await self.count_tokens(outcome.reasoning) if outcome.reasoning else None
-            self._finish(outcome, reasoning_tokens, error)
+            reasoning_tokens = await self._count_async(outcome.reasoning)
+            self._finish(outcome, reasoning_tokens, error, ended)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+        except BaseException as exc:  # cancelled (anyio/asyncio) while counting: end with what we saw
+            self._finish_quietly(outcome if outcome is not None else Outcome(), None, error or exc, ended)
+            raise
+
+    def _finish_quietly(self, outcome: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float) -> None:
+        try:
+            self._finish(outcome, reasoning_tokens, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
+    def _end_span(self, ended: float | None = None) -> None:
+        """End the span, exactly once, whatever happens around it.
+
+        ``ended`` (monotonic) backdates the end to when the call finished, so work done after
+        it (counting tokens) never lengthens the span.
+        """
+        if self._span_ended:
+            return
+        self._span_ended = True
+        try:
+            end_time = None if ended is None else time.time_ns() - int((time.monotonic() - ended) * 1e9)
+            self.span.end(end_time=end_time)
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: ending a span failed", exc_info=True)
+
     def _give_up(self) -> None:
         logger.debug("llamatelemetry: telemetry failed while ending a span", exc_info=True)
-        if not self._ended:
-            self._ended = True
-            try:
-                self.span.end()
-            except Exception:  # noqa: BLE001
-                pass
+        self._ended = True
+        self._end_span()
 
-    def _finish(self, out: Outcome, reasoning_tokens: int | None, error: BaseException | None) -> None:
+    def _notify(self, ended: EndedCall) -> None:
+        if self.on_end is None:
+            return
+        try:
+            self.on_end(ended)
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: on_end hook failed", exc_info=True)
+
+    def _finish(self, out: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float) -> None:
         if self._ended:
             return
         self._ended = True
-        ended = time.monotonic()
         duration = ended - self.started
         telemetry = self.telemetry
         span = self.span
@@ -251,34 +419,79 @@ class CallRecord:
         )
         ttft = out.first_chunk_at - self.started if out.first_chunk_at is not None else None
         per_token = self._time_per_output_token(out, ended)
-        if self.recording:
-            self._set_response_attributes(out, reasoning_tokens, ttft, per_token)
-            if exhausted:
-                span.set_attribute(sc.REASONING_BUDGET_EXHAUSTED, True)
-                span.add_event(sc.EVENT_REASONING_BUDGET_EXHAUSTED, {
-                    sc.REQUEST_MAX_TOKENS: self.body.get("max_tokens", -1),
-                    sc.USAGE_REASONING_OUTPUT_TOKENS: reasoning_tokens if reasoning_tokens is not None else -1,
-                })
-        error_type = type(error).__name__ if error is not None else None
-        if error is not None:
-            self._record_error(error)
-        attrs = telemetry.metric_attributes(self.operation, self.model, out.response_model, error_type)
+        error_type = error_type_of(error) if error is not None else None
+        try:
+            if self.recording:
+                self._set_response_attributes(out, reasoning_tokens, ttft, per_token)
+                if exhausted:
+                    span.set_attribute(sc.REASONING_BUDGET_EXHAUSTED, True)
+                    span.add_event(sc.EVENT_REASONING_BUDGET_EXHAUSTED, {
+                        sc.REQUEST_MAX_TOKENS: self.body.get("max_tokens", -1),
+                        sc.USAGE_REASONING_OUTPUT_TOKENS: reasoning_tokens if reasoning_tokens is not None else -1,
+                    })
+                if error is not None:
+                    span.set_attribute(sc.ERROR_TYPE, error_type or "")
+                    span.set_status(Status(StatusCode.ERROR, str(error)[:500]))
+        finally:
+            # The span ends before any metric is recorded: a failing instrument cannot lose it.
+            self._end_span(ended)
+        response_label = None
+        if out.response_model:
+            from .recorder import model_label
+
+            response_label = model_label(out.response_model)
+        attrs = telemetry.metric_attributes(self.operation, self.model, response_label, error_type, self.extra_metric_attributes)
+        try:
+            self._record_metrics(out, attrs, duration, ttft, per_token, reasoning_tokens, exhausted, error is None)
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: a metric instrument failed; the span was already ended", exc_info=True)
+        if exhausted:
+            self._warn_exhausted(reasoning_tokens)
+        self._notify(EndedCall(self.operation, self.model, out, duration, ttft, per_token, reasoning_tokens, exhausted,
+                               error_type, attrs.base))
+
+    def _record_metrics(self, out: Outcome, attrs: Any, duration: float, ttft: float | None, per_token: float | None,
+                        reasoning_tokens: int | None, exhausted: bool, succeeded: bool) -> None:
+        telemetry = self.telemetry
         if exhausted:
             telemetry.budget_exhausted.add(1, attrs.base)
-            self._warn_exhausted(reasoning_tokens)
         # The span's context makes the duration an exemplar: dashboards jump from latency to the trace.
         telemetry.duration.record(duration, attrs.base, context=self.context)
-        if out.input_tokens is not None:
-            telemetry.token_usage.record(out.input_tokens, attrs.input)
-        if out.output_tokens is not None:
-            telemetry.token_usage.record(out.output_tokens, attrs.output)
-        if reasoning_tokens is not None:
-            telemetry.token_usage.record(reasoning_tokens, attrs.reasoning)
+        if telemetry.token_usage is not None:
+            usage = telemetry.token_usage
+            if out.input_tokens is not None:
+                usage.record(out.input_tokens, attrs.input)
+            if out.output_tokens is not None:
+                usage.record(out.output_tokens, attrs.output)
+            if reasoning_tokens is not None:
+                usage.record(reasoning_tokens, attrs.reasoning)
+        else:
+            self._record_latest_usage(out, attrs, reasoning_tokens)
         if ttft is not None:
             telemetry.time_to_first_chunk.record(ttft, attrs.base)
             for gap in out.chunk_gaps:  # recorded at the end, not while the caller reads the stream
                 telemetry.time_per_output_chunk.record(gap, attrs.base)
-        span.end()
+        if telemetry.server_request_duration is not None:
+            telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
+            if succeeded and ttft is not None:
+                telemetry.server_time_to_first_token.record(ttft, attrs.base)
+            if succeeded and per_token is not None:
+                telemetry.server_time_per_output_token.record(per_token, attrs.base)
+
+    def _record_latest_usage(self, out: Outcome, attrs: Any, reasoning_tokens: int | None) -> None:
+        """The newer conventions: usage counters (with modality) plus per-operation token histograms."""
+        counters = self.telemetry.usage_counters
+        histograms = self.telemetry.operation_tokens
+        if out.input_tokens is not None:
+            counters["input"].add(out.input_tokens, attrs.usage)
+            histograms["input"].record(out.input_tokens, attrs.base)
+        if out.output_tokens is not None:
+            counters["output"].add(out.output_tokens, attrs.usage)
+            histograms["output"].record(out.output_tokens, attrs.base)
+        if out.cached_tokens is not None:
+            counters["cached"].add(out.cached_tokens, attrs.usage)
+        if reasoning_tokens is not None:
+            counters["reasoning"].add(reasoning_tokens, attrs.usage)
 
     def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:
         if out.first_chunk_at is not None and out.output_tokens and out.output_tokens > 1:
@@ -326,15 +539,6 @@ class CallRecord:
             message = {"role": "assistant", "parts": parts, "finish_reason": out.finish_reasons[0] if out.finish_reasons else None}
             attrs[sc.OUTPUT_MESSAGES] = _truncate(json.dumps([message], ensure_ascii=False), self.telemetry.content_limit)
         span.set_attributes(attrs)
-
-    def _record_error(self, exc: BaseException) -> None:
-        if self.recording:
-            self.span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
-            self.span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
-
-    def _record_duration(self, duration: float, error_type: str) -> None:
-        attrs = self.telemetry.metric_attributes(self.operation, self.model, None, error_type)
-        self.telemetry.duration.record(duration, attrs.base, context=self.context)
 
     def _warn_exhausted(self, reasoning_tokens: int | None) -> None:
         max_tokens = self.body.get("max_tokens")

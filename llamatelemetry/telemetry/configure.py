@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 Protocol = Literal["http/protobuf", "grpc"]
 
@@ -81,13 +81,16 @@ def _resource(service_name: str | None) -> Any:
     return Resource.create(attributes)
 
 
-def local_providers(service_name: str | None = None) -> TelemetryProviders:
-    """SDK providers that export nothing (for callers that add their own span processors)."""
+def local_providers(service_name: str | None = None, *, metric_readers: Sequence[Any] = ()) -> TelemetryProviders:
+    """SDK providers that export nothing (for callers that add their own span processors).
+
+    ``metric_readers``: readers of the caller's own (e.g. a Prometheus reader serving ``/metrics``).
+    """
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
     resource = _resource(service_name)
-    return TelemetryProviders(TracerProvider(resource=resource), MeterProvider(resource=resource))
+    return TelemetryProviders(TracerProvider(resource=resource), MeterProvider(resource=resource, metric_readers=list(metric_readers)))
 
 
 def configure(
@@ -98,6 +101,7 @@ def configure(
     console: bool = False,
     export_interval_seconds: float | None = None,
     set_global: bool = True,
+    metric_readers: Sequence[Any] = (),
 ) -> TelemetryProviders:
     """Create tracer and meter providers exporting over OTLP, honouring the ``OTEL_*`` variables.
 
@@ -109,6 +113,8 @@ def configure(
         console: print spans and metrics to stdout instead of exporting (local debugging).
         export_interval_seconds: metric export interval (``$OTEL_METRIC_EXPORT_INTERVAL``, default 60 s).
         set_global: install the providers as the global ones (what most applications want).
+        metric_readers: more metric readers beside the OTLP one, e.g. a Prometheus reader
+            (the gateway serves its admin ``/metrics`` this way).
 
     Export never blocks the application: spans go through a bounded batch queue (dropped,
     never buffered without bound, when the collector is down) with a short export timeout.
@@ -152,7 +158,7 @@ def configure(
     tracer_provider.add_span_processor(_bounded_span_processor(span_exporter))
     reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
                                            export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader, *metric_readers])
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)

@@ -78,5 +78,47 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 #: Advised bucket boundaries (semconv): tokens, powers of 4.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
+# -- server-side metrics (a gateway in front of llama-server records these; semconv v1.41 names) --
+METRIC_SERVER_REQUEST_DURATION = "gen_ai.server.request.duration"
+METRIC_SERVER_TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
+METRIC_SERVER_TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"
+#: Advised bucket boundaries (semconv) for gen_ai.server.time_to_first_token, seconds.
+SERVER_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: Advised bucket boundaries (semconv) for gen_ai.server.time_per_output_token, seconds.
+SERVER_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+# -- who is calling (set by a gateway) --
+USER_AGENT_ORIGINAL = "user_agent.original"
+CLIENT_NAME = "llamatelemetry.client.name"
+
+# -- the newer GenAI conventions (open-telemetry/semantic-conventions-genai, model/gen-ai/token-metrics.yaml) --
+#: Opt-in switch defined by the conventions: a comma-separated list in this variable.
+STABILITY_OPT_IN_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
+LATEST_EXPERIMENTAL = "gen_ai_latest_experimental"
+#: Counters (the "proxy for cost"), each with gen_ai.token.modality; replace gen_ai.client.token.usage.
+METRIC_INFERENCE_USAGE_INPUT_TOKENS = "gen_ai.client.inference.usage.input_tokens"
+METRIC_INFERENCE_USAGE_OUTPUT_TOKENS = "gen_ai.client.inference.usage.output_tokens"
+METRIC_INFERENCE_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.client.inference.usage.cache_read.input_tokens"
+METRIC_INFERENCE_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.client.inference.usage.reasoning.output_tokens"
+#: Per-operation histograms (percentiles only), with error.type on failures.
+METRIC_INFERENCE_OPERATION_INPUT_TOKENS = "gen_ai.client.inference.operation.input_tokens"
+METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS = "gen_ai.client.inference.operation.output_tokens"
+TOKEN_MODALITY = "gen_ai.token.modality"
+TOKEN_MODALITY_TEXT = "text"
+
+
+def latest_experimental(env: "dict[str, str] | None" = None) -> bool:
+    """True when ``$OTEL_SEMCONV_STABILITY_OPT_IN`` lists ``gen_ai_latest_experimental``.
+
+    Example::
+
+        latest_experimental({"OTEL_SEMCONV_STABILITY_OPT_IN": "http,gen_ai_latest_experimental"})  # True
+    """
+    import os
+
+    value = (env if env is not None else os.environ).get(STABILITY_OPT_IN_ENV, "")
+    return LATEST_EXPERIMENTAL in (part.strip() for part in value.split(","))
+
+
 #: Attributes allowed on metrics (low cardinality only).
-METRIC_ATTRIBUTES = (OPERATION_NAME, PROVIDER, REQUEST_MODEL, RESPONSE_MODEL, SERVER_ADDRESS, SERVER_PORT, ERROR_TYPE)
+METRIC_ATTRIBUTES = (OPERATION_NAME, PROVIDER, REQUEST_MODEL, RESPONSE_MODEL, SERVER_ADDRESS, SERVER_PORT, ERROR_TYPE, CLIENT_NAME)

@@ -1,0 +1,166 @@
+"""``llamatelemetry proxy``: command-line flags and the run loop of the tracing gateway.
+
+Follows the subcommand protocol of :mod:`llamatelemetry.cli` (``HELP``, ``add_arguments``, ``run``).
+
+Example::
+
+    llamatelemetry proxy --upstream http://127.0.0.1:8080
+    llamatelemetry proxy --route 8089=http://127.0.0.1:8080 --route 8090=http://127.0.0.1:8081
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+from .._defaults import (
+    BASE_URL_ENV, DEFAULT_BASE_URL, PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST, PROXY_DEFAULT_PORT,
+)
+
+HELP = "tracing gateway: put it between agent tools and llama-server to trace every request"
+DESCRIPTION = f"""\
+Tracing gateway for llama.cpp's llama-server.
+
+Point Claude Code (ANTHROPIC_BASE_URL), aider (OPENAI_API_BASE), Continue (apiBase) or any
+OpenAI/Anthropic SDK at http://LISTEN:PORT (default {PROXY_DEFAULT_HOST}:{PROXY_DEFAULT_PORT}) instead
+of llama-server. Every request is forwarded unchanged; inference calls get an OpenTelemetry
+span and GenAI metrics per client. The admin port ({PROXY_ADMIN_DEFAULT_PORT}) serves Prometheus
+/metrics, /api/recent (JSON) and /health. With OTEL_EXPORTER_OTLP_ENDPOINT (or --otlp-endpoint)
+spans and metrics are also exported over OTLP. Prompts and answers are recorded only with
+OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true.
+"""
+EPILOG = """\
+examples:
+  llamatelemetry proxy --upstream http://127.0.0.1:8080
+  llamatelemetry proxy --route 8089=http://127.0.0.1:8080 --route 8090=http://127.0.0.1:8081
+  llamatelemetry proxy --upstream http://127.0.0.1:8080 --min-max-tokens 1500
+"""
+
+log = logging.getLogger("llamatelemetry.proxy")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a TCP port (0-65535)")
+    return value
+
+
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must be an http(s) URL like http://127.0.0.1:8080, got {text!r}")
+    return text
+
+
+def _route(text: str) -> tuple[int, str]:
+    port, sep, url = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"must be PORT=URL, e.g. 8090=http://127.0.0.1:8081, got {text!r}")
+    try:
+        return _port(port), _url(url)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be PORT=URL with a numeric port, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--upstream", type=_url, metavar="URL",
+                        help=f"the llama-server to forward to, served on --port [${BASE_URL_ENV} or {DEFAULT_BASE_URL}]")
+    parser.add_argument("--listen", default=PROXY_DEFAULT_HOST, metavar="HOST",
+                        help=f"address to listen on, for every port (default {PROXY_DEFAULT_HOST}; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=_port, default=PROXY_DEFAULT_PORT,
+                        help=f"port forwarding to --upstream (default {PROXY_DEFAULT_PORT})")
+    parser.add_argument("--admin-port", type=_port, default=PROXY_ADMIN_DEFAULT_PORT,
+                        help=f"port of /metrics, /api/recent, /health (default {PROXY_ADMIN_DEFAULT_PORT})")
+    parser.add_argument("--route", type=_route, action="append", default=[], metavar="PORT=URL",
+                        help="one more port forwarding to another llama-server (repeatable)")
+    parser.add_argument("--min-max-tokens", type=_positive, metavar="N",
+                        help="raise a max_tokens below N on chat/messages requests to N (off by default; recorded on the span)")
+    parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"), metavar="URL",
+                        help="export spans and metrics over OTLP here too [OTEL_EXPORTER_OTLP_ENDPOINT]")
+    parser.add_argument("--recent", type=_positive, default=200, metavar="N",
+                        help="how many requests /api/recent remembers (default 200)")
+
+
+def routes_from_args(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """The (port, upstream) pairs to serve: --upstream on --port, then each --route."""
+    routes: list[tuple[int, str]] = []
+    if args.upstream or not args.route:
+        routes.append((args.port, args.upstream or _url(os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)))
+    routes.extend(args.route)
+    ports = [p for p, _ in routes if p != 0]
+    if len(ports) != len(set(ports)) or args.admin_port in ports:
+        raise SystemExit("llamatelemetry proxy: every route and the admin port need their own port")
+    return routes
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # optional: a faster event loop when installed
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        from ..telemetry.configure import configure, local_providers
+        from .gateway import Gateway, GatewayConfig, Route
+    except ImportError as exc:
+        print(f"llamatelemetry proxy: missing a dependency ({exc}); install with: pip install 'llamatelemetry[proxy]'",
+              file=sys.stderr)
+        return 2
+    routes = [Route(port, url) for port, url in routes_from_args(args)]
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    if args.otlp_endpoint:
+        providers: Any = configure("llamatelemetry-proxy", endpoint=args.otlp_endpoint, set_global=False,
+                                   metric_readers=[reader])
+    else:
+        providers = local_providers("llamatelemetry-proxy", metric_readers=[reader])
+    config = GatewayConfig(routes=routes, listen=args.listen, admin_port=args.admin_port,
+                           min_max_tokens=args.min_max_tokens, recent_limit=args.recent)
+    try:
+        gateway = Gateway(config, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider,
+                          registry=registry)
+    except OSError as exc:
+        print(f"llamatelemetry proxy: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, gateway.shutdown)
+        for url, route in zip(gateway.urls, routes):
+            print(f"llamatelemetry proxy: {url} -> {route.upstream}", flush=True)
+        print(f"llamatelemetry proxy: admin {gateway.admin_url}/metrics /api/recent /health", flush=True)
+        await gateway.serve()
+
+    try:
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(main())
+        else:  # pragma: no cover - Python 3.10 has no Runner; the default loop is fine
+            asyncio.run(main())
+    finally:
+        providers.shutdown()
+    return 0

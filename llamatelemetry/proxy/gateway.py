@@ -1,0 +1,182 @@
+"""Run the gateway: one uvicorn server per route plus the admin server, in one event loop.
+
+Example (in a background thread, as the demo and the tests use it)::
+
+    config = GatewayConfig(routes=[Route(8089, "http://127.0.0.1:8080")])
+    with Gateway(config) as gateway:
+        print(gateway.urls[0], gateway.admin_url)     # http://127.0.0.1:8089 http://127.0.0.1:9184
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import uvicorn
+from opentelemetry import metrics, trace
+from prometheus_client import CollectorRegistry
+
+from .._defaults import PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST
+from .admin import admin_app
+from .forward import ProxyApp, upstream_client
+from .observe import Observer
+from .recent import DEFAULT_RECENT_LIMIT, RecentRequests
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One listening port forwarding to one llama-server."""
+
+    port: int
+    upstream: str
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    routes: list[Route]
+    listen: str = PROXY_DEFAULT_HOST
+    admin_port: int = PROXY_ADMIN_DEFAULT_PORT
+    min_max_tokens: int | None = None
+    recent_limit: int = DEFAULT_RECENT_LIMIT
+    capture_content: bool | None = None
+
+
+class _Server(uvicorn.Server):
+    # The gateway handles signals once for all its servers (see cli.run); uvicorn's own
+    # per-server handlers would stop only the last server started.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}); pick another port "
+                                 f"(--port / --admin-port / --route PORT=URL) or stop what uses it") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _uvicorn_config(app: Any) -> uvicorn.Config:
+    # No Server/Date headers of our own: llama-server's are forwarded. No lifespan: nothing to set up.
+    return uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                          server_header=False, date_header=False)
+
+
+class Gateway:
+    """The proxy ports and the admin port (see module docs). Sockets are bound in ``__init__``."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not config.routes:
+            raise ValueError("the gateway needs at least one route (--upstream URL or --route PORT=URL)")
+        self.config = config
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.recent = RecentRequests(config.recent_limit)
+        self._sockets = [_bind(config.listen, r.port) for r in config.routes]
+        self._admin_socket = _bind(config.listen, config.admin_port)
+        self.observer: Observer | None = None
+        self._servers: list[_Server] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _url(self, sock: socket.socket) -> str:
+        host, port = sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Where clients point, one per route (in route order)."""
+        return [self._url(s) for s in self._sockets]
+
+    @property
+    def admin_url(self) -> str:
+        return self._url(self._admin_socket)
+
+    async def serve(self) -> None:
+        """Serve until :meth:`shutdown` (or ``should_exit`` on the servers) — call inside an event loop."""
+        http = upstream_client()
+        self.observer = Observer(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, http=http,
+                                 recent=self.recent, capture_content=self.config.capture_content)
+        apps = [ProxyApp(route.upstream, http, self.observer, min_max_tokens=self.config.min_max_tokens)
+                for route in self.config.routes]
+        self._servers = [_Server(_uvicorn_config(app)) for app in apps]
+        admin = _Server(_uvicorn_config(admin_app(self.registry, self.recent)))
+        self._servers.append(admin)
+        sockets = [*self._sockets, self._admin_socket]
+        try:
+            tasks = [asyncio.ensure_future(server.serve(sockets=[sock])) for server, sock in zip(self._servers, sockets)]
+            while not all(s.started for s in self._servers):
+                if any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            self._ready.set()
+            await asyncio.gather(*tasks)
+        finally:
+            await self.observer.drain()
+            await http.aclose()
+            self._ready.set()
+
+    def shutdown(self) -> None:
+        """Ask every server to stop (thread-safe; returns at once)."""
+        for server in self._servers:
+            server.should_exit = True
+
+    # -- background-thread mode (demo, tests) --
+
+    def start(self) -> "Gateway":
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(self.serve())
+            except BaseException as exc:  # noqa: BLE001 - reported by start()
+                self._error = exc
+            finally:
+                self._loop.close()
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name="llamatelemetry-proxy", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        if self._thread is not None:
+            self._thread.join(30)
+        for sock in [*self._sockets, self._admin_socket]:
+            sock.close()
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until background telemetry of finished requests is recorded (tests, demo)."""
+        if self._loop is not None and self.observer is not None:
+            asyncio.run_coroutine_threadsafe(self.observer.drain(timeout), self._loop).result(timeout + 1)
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
