@@ -236,6 +236,7 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
             print(f"\nTelemetry exported over OTLP to {args.otlp_endpoint}.")
         if args.serve:
             print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics. Ctrl-C to stop.")
+            print(f"Live view: run `llamatelemetry top --exporter {exporter.url}` in another terminal.", flush=True)
             stop.wait()
     finally:
         exporter.stop()

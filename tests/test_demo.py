@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,6 +71,14 @@ def test_demo_ctrl_c_stops_everything(llama_server_binary):
                 break
             assert time.monotonic() < deadline
         assert _servers_running() - before, "the embedded llama-server should be running while serving"
+        # The demo says how to watch it live, and the command it prints works against what it serves.
+        hint = proc.stdout.readline()
+        assert hint.startswith("Live view: run `llamatelemetry top --exporter "), hint
+        command = shlex.split(hint.split("`")[1])
+        top = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", *command[1:], "--json", "--interval", "0.2"],
+                             capture_output=True, text=True, timeout=60)
+        view = json.loads(top.stdout)
+        assert [(s["target"], s["state"]) for s in view["servers"]] == [("demo", "ok")], top.stdout + top.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
     finally:

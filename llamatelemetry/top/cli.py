@@ -20,16 +20,15 @@ import os
 import sys
 from typing import TextIO
 
-from .._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
+from .._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT, PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST
 
 HELP = "live terminal view of llama-servers, slots, agent clients, GPU and recent requests"
 
-#: The gateway's admin port (``llamatelemetry proxy --admin-port``), where /metrics and /api/recent live.
-GATEWAY_ADMIN_DEFAULT_PORT = 9184
 ENV_EXPORTER = "LLAMATELEMETRY_TOP_EXPORTER"
 ENV_GATEWAY = "LLAMATELEMETRY_TOP_GATEWAY"
 DEFAULT_EXPORTER_URL = f"http://{EXPORTER_DEFAULT_HOST}:{EXPORTER_DEFAULT_PORT}"
-DEFAULT_GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_ADMIN_DEFAULT_PORT}"
+#: The gateway's admin port (``llamatelemetry proxy --admin-port``), where /metrics and /api/recent live.
+DEFAULT_GATEWAY_URL = f"http://{PROXY_DEFAULT_HOST}:{PROXY_ADMIN_DEFAULT_PORT}"
 
 DESCRIPTION = f"""\
 A live view of the box, for a terminal: every llama-server the exporter watches (state, model,
