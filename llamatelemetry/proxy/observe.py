@@ -2,13 +2,16 @@
 
 The forwarding edge (:mod:`.forward`) reports what happened — request parsed, upstream
 unreachable, body answered, SSE bytes relayed, stream ended — to an :class:`Exchange`; the
-exchange feeds llamatelemetry's one recorder (:mod:`llamatelemetry.telemetry`), which owns
-every span attribute and GenAI metric. The gateway adds only what is about the *request*:
-who called (:mod:`.clients`), the route, the status, and a line in ``/api/recent``.
+exchange feeds llamatelemetry's one recorder (:class:`~llamatelemetry.telemetry.recorder.Recorder`,
+the same code :class:`~llamatelemetry.LlamaCppClient` uses), which owns every span attribute and
+GenAI metric, here with a SERVER span joined to the caller's ``traceparent`` and the
+``gen_ai.server.*`` histograms. The gateway adds only what is about the *request*: who called
+(:mod:`.clients`), the route and status on its request counter, and a line in ``/api/recent``.
 
-Telemetry never breaks or delays forwarding: every method here swallows its own errors, body
-parsing happens after the client has its answer, and the reasoning-token count (a
-``/tokenize`` call to the same llama-server) runs in a background task.
+Telemetry never breaks or delays forwarding: every method here swallows its own errors, a
+non-streamed body is parsed after the client has its answer, and the end of each inference
+call (which may count reasoning tokens with a ``/tokenize`` call to the same llama-server)
+runs in a background task.
 
 Example::
 
@@ -22,35 +25,37 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Coroutine
+from typing import Any, Coroutine, Mapping
 
 import httpx
-from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind
 
 from .. import _calls
-from .._accumulate import Accumulator
-from .._base import Call, Settings, resolve_settings, status_error
-from ..errors import APIConnectionError, StreamInterruptedError
+from .._base import resolve_settings
+from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
 from ..streaming import _DONE, decode_sse_line
 from ..telemetry import semconv as sc
-from ..telemetry._record import CallRecord
-from ..telemetry.instrumentation import Telemetry
+from ..telemetry.recorder import (
+    Accumulator, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+)
 from .clients import CLIENT_NAME_HEADER, client_name
-from .endpoints import InferenceEndpoint, http_route, inference_endpoint
+from .endpoints import http_route
 from .recent import RecentRequest, RecentRequests
 
 log = logging.getLogger("llamatelemetry.proxy")
 
 #: The gateway's own counter: every forwarded request, inference or not.
 METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
+#: Span attribute set when ``--min-max-tokens`` raised the client's budget: the value the client sent.
+ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
 #: A reasoning-token count must not keep a finished request's telemetry waiting for long.
 TOKEN_COUNT_TIMEOUT = 2.0
 
 
 def parse_json_body(path: str, body: bytes) -> dict[str, Any] | None:
     """The JSON object of an inference request, or None (other paths, or a body we cannot parse)."""
-    if not body or inference_endpoint(path) is None:
+    if not body or operation_for(path) is None:
         return None
     try:
         parsed = json.loads(body)
@@ -59,15 +64,16 @@ def parse_json_body(path: str, body: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
+def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    # Lower-case names, first value wins (enough for User-Agent, X-Client-Name, traceparent, Authorization).
+    found: dict[str, str] = {}
     for key, value in scope["headers"]:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+        found.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
 
 
 class Observer:
-    """Process-wide telemetry state of the gateway: recorders per upstream, counter, recent requests."""
+    """Process-wide telemetry state of the gateway: one recorder per upstream, the counter, recent requests."""
 
     def __init__(
         self,
@@ -83,24 +89,29 @@ class Observer:
         self.capture_content = capture_content
         self.http = http
         self.recent = recent if recent is not None else RecentRequests()
-        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, meter_provider=meter_provider, schema_url=sc.SCHEMA_URL)
+        from .. import __version__
+
+        # The recorder's meter (same name, version and schema): one instrumentation scope for all our metrics.
+        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, __version__, meter_provider, schema_url=sc.SCHEMA_URL)
         self.requests = meter.create_counter(
             METRIC_PROXY_REQUESTS, unit="{request}", description="Requests the gateway forwarded, inference or not.",
         )
-        self._telemetry: dict[str, Telemetry] = {}
+        self._recorders: dict[str, Recorder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def telemetry_for(self, upstream: str) -> Telemetry:
+    def recorder_for(self, upstream: str) -> Recorder:
         """The recorder for one upstream (its address and port are span and metric attributes)."""
-        found = self._telemetry.get(upstream)
+        found = self._recorders.get(upstream)
         if found is None:
-            found = Telemetry(resolve_settings(upstream, None, 0), tracer_provider=self.tracer_provider,
-                              meter_provider=self.meter_provider, capture_content=self.capture_content)
-            self._telemetry[upstream] = found
+            settings = resolve_settings(upstream, None, 0)
+            found = Recorder(server_address=settings.host, server_port=settings.port, tracer_provider=self.tracer_provider,
+                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
+            self._recorders[upstream] = found
         return found
 
-    def begin(self, scope: dict[str, Any], upstream: str, body: dict[str, Any] | None, *,
+    def begin(self, scope: Mapping[str, Any], upstream: str, body: dict[str, Any] | None, *,
               max_tokens_raised_from: int | None = None) -> "Exchange":
+        """Start observing one request (its span, if it is an inference call, starts now)."""
         return Exchange(self, scope, upstream, body, max_tokens_raised_from)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -110,7 +121,7 @@ class Observer:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) for background telemetry to finish, e.g. before shutdown or in tests."""
+        """Wait (bounded) for background telemetry to finish, e.g. before shutdown."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
@@ -118,7 +129,7 @@ class Observer:
 class Exchange:
     """One forwarded request's telemetry (see module docs)."""
 
-    def __init__(self, observer: Observer, scope: dict[str, Any], upstream: str, body: dict[str, Any] | None,
+    def __init__(self, observer: Observer, scope: Mapping[str, Any], upstream: str, body: dict[str, Any] | None,
                  max_tokens_raised_from: int | None) -> None:
         self.observer = observer
         self.started_wall = time.time()
@@ -126,49 +137,37 @@ class Exchange:
         self.upstream = upstream
         self.path: str = scope["path"]
         self.method: str = scope["method"]
-        self.user_agent = _header(scope, b"user-agent")
-        self.client = client_name(self.user_agent, _header(scope, CLIENT_NAME_HEADER.encode()))
+        headers = _headers(scope)
+        self.user_agent = headers.get("user-agent")
+        self.client = client_name(self.user_agent, headers.get(CLIENT_NAME_HEADER))
+        self.authorization = headers.get("authorization")
         self.body = body
-        self.authorization = _header(scope, b"authorization")
-        self.endpoint: InferenceEndpoint | None = inference_endpoint(self.path)
         self.stream = bool(body and body.get("stream"))
+        self.status: int | None = None
         self.record: CallRecord | None = None
         self.trace_headers: dict[str, str] = {}
         self.accumulator: Accumulator | None = None
         self._line_buffer = b""
-        self._done = False
-        if self.endpoint is not None:
-            self._start_record(scope, max_tokens_raised_from)
+        self._unreadable = False
+        self._stream_error: BaseException | None = None
+        if operation_for(self.path) is not None:
+            self._start_record(headers, max_tokens_raised_from)
 
-    # -- start --
-
-    def _start_record(self, scope: dict[str, Any], raised_from: int | None) -> None:
-        assert self.endpoint is not None
-        telemetry = self.observer.telemetry_for(self.upstream)
-        call = Call(self.method, self.path, self.endpoint.parse, body=self.body or {},
-                    operation=self.endpoint.operation, stream=self.stream)
-        # Join the caller's trace: its traceparent becomes our span's parent.
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
-            self.record = telemetry.start(call, None, self._count_tokens)
-        finally:
-            otel_context.detach(token)
-        if self.record is None:
-            return
-        self.trace_headers = self.record.trace_headers
-        try:
-            if self.record.recording:
-                span = self.record.span
-                span.set_attribute(ATTR_CLIENT_NAME, self.client)
-                if self.user_agent:
-                    span.set_attribute(ATTR_USER_AGENT, self.user_agent)
-                if raised_from is not None:
-                    span.set_attribute(ATTR_MAX_TOKENS_RAISED_FROM, raised_from)
-        except Exception:  # noqa: BLE001 - telemetry must never break forwarding
-            log.debug("could not set gateway attributes", exc_info=True)
-        if self.stream:
-            self.accumulator = self.endpoint.new_accumulator()
+    def _start_record(self, headers: dict[str, str], raised_from: int | None) -> None:
+        span_attributes: dict[str, Any] = {sc.CLIENT_NAME: self.client}
+        if self.user_agent:
+            span_attributes[sc.USER_AGENT_ORIGINAL] = self.user_agent
+        if raised_from is not None:
+            span_attributes[ATTR_MAX_TOKENS_RAISED_FROM] = raised_from
+        self.record = self.observer.recorder_for(self.upstream).start(
+            self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
+            count_tokens=self._count_tokens, span_attributes=span_attributes,
+            metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
+        )
+        if self.record is not None:
+            self.trace_headers = self.record.trace_headers
+            if self.stream:
+                self.accumulator = accumulator_for(self.path)
 
     async def _count_tokens(self, text: str) -> int | None:
         call = _calls.tokenize(text, parse_special=False)
@@ -185,9 +184,8 @@ class Exchange:
     # -- outcomes reported by the forwarding edge --
 
     def unreachable(self, exc: httpx.HTTPError) -> None:
-        """No upstream response at all (down, refused, connection dropped)."""
-        error = APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path)
-        self._fail(None, error)
+        """No upstream response at all (down, refused, or the connection dropped before an answer)."""
+        self._fail(None, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
 
     def cut_short(self, status: int, exc: httpx.HTTPError) -> None:
         """A non-streamed body broke off mid-way."""
@@ -195,37 +193,27 @@ class Exchange:
 
     def answered(self, status: int, headers: httpx.Headers, raw: bytes) -> None:
         """A complete non-streamed response was sent to the client."""
+        self.status = status
+        record = self.record
         try:
-            if self.record is None or self.endpoint is None:
-                self._count(status, _status_error_type(status))
-                self._remember(status, None)
-                return
-            if status >= 400:
-                settings = self.observer.telemetry_for(self.upstream).settings
-                self._fail(status, status_error(status, raw, settings, self.path))
-                return
-            if headers.get("content-encoding", "identity") != "identity":
-                result = None  # compressed: forwarded as is, not worth decompressing for telemetry
+            if record is None:
+                self._finish(str(status) if status >= 400 else None, None)
+            elif status >= 400:
+                record.fail_status(status, raw[:500].decode("utf-8", "replace"))  # on_end records the rest
+            elif headers.get("content-encoding", "identity") != "identity":
+                # Compressed: forwarded as is; not worth decompressing for telemetry.
+                self.observer.spawn(record.aend({}))
             else:
-                result = self.endpoint.parse(json.loads(raw))
-            self.observer.spawn(self._end(status, result))
-        except Exception:  # noqa: BLE001
-            log.debug("telemetry failed on a response", exc_info=True)
-            self._fail(status, None)
-
-    async def _end(self, status: int, result: Any) -> None:
-        assert self.record is not None
-        if result is not None:
-            await self.record.aend(result)
-        else:
-            self.record._give_up()
-        self._count(status, None)
-        self._remember(status, None)
+                self.observer.spawn(record.aend(json.loads(raw)))
+        except Exception:  # noqa: BLE001 - e.g. a 200 whose body is not JSON
+            log.debug("telemetry could not read a response", exc_info=True)
+            if record is not None:
+                self.observer.spawn(record.aend({}))
 
     def chunk(self, raw: bytes) -> None:
         """Some SSE bytes were relayed: fold the complete events into the stream's accumulator."""
         acc = self.accumulator
-        if acc is None or self._done:
+        if acc is None or self._unreadable:
             return
         try:
             lines = (self._line_buffer + raw).split(b"\n")
@@ -236,91 +224,75 @@ class Exchange:
                     acc.finished = True
                 elif data is not None:
                     acc.add(data)
+        except APIStatusError as exc:  # llama-server reported an error inside the stream
+            self._stream_error = exc
         except Exception:  # noqa: BLE001 - a stream we cannot read is still forwarded
             log.debug("could not read a stream event for telemetry", exc_info=True)
-            self._done = True
+            self._unreadable = True
 
     def stream_ended(self, status: int, error: httpx.HTTPError | None, *, client_left: bool) -> None:
-        """A relayed stream ended: finished, failed upstream, or abandoned by the client."""
-        try:
-            if self.record is None or self.accumulator is None:
-                error_type = type(StreamInterruptedError()).__name__ if error is not None else _status_error_type(status)
-                if self.record is not None:  # a span but no accumulator (e.g. an error answered as SSE)
-                    self.record.fail(StreamInterruptedError(repr(error))) if error else self.record._give_up()
-                self._count(status, error_type)
-                self._remember(status, error_type)
-                return
+        """A relayed stream ended: finished, failed upstream, or abandoned by the client (cut short, no error)."""
+        self.status = status
+        failure: BaseException | None = self._stream_error
+        if error is not None:
             failure = StreamInterruptedError(
-                f"the stream from {self.upstream}{self.path} ended before llama-server finished it ({error!r})"
-            ) if error is not None else None
-            self.observer.spawn(self._end_stream(status, failure))
+                f"the stream from {self.upstream}{self.path} ended before llama-server finished it ({error!r})")
+        record = self.record
+        try:
+            if record is None:
+                self._finish(type(failure).__name__ if failure else (str(status) if status >= 400 else None), None)
+            elif self.accumulator is None:  # an inference call answered with SSE it did not ask for
+                if failure is not None:
+                    record.fail(failure)
+                else:
+                    self.observer.spawn(record.aend({}))
+            else:
+                self.observer.spawn(record.aend_stream(self.accumulator, failure))
         except Exception:  # noqa: BLE001
             log.debug("telemetry failed at the end of a stream", exc_info=True)
 
-    async def _end_stream(self, status: int, failure: BaseException | None) -> None:
-        assert self.record is not None and self.accumulator is not None
-        await self.record.aend_stream(self.accumulator, failure)
-        error_type = type(failure).__name__ if failure is not None else None
-        self._count(status, error_type)
-        self._remember(status, error_type)
-
-    def _fail(self, status: int | None, error: BaseException | None) -> None:
-        error_type = type(error).__name__ if error is not None else None
-        try:
-            if self.record is not None:
-                if error is not None:
-                    self.record.fail(error)
-                else:
-                    self.record._give_up()
-            if self.record is not None and status is not None and self.record.recording:
-                pass
-        except Exception:  # noqa: BLE001
-            log.debug("telemetry failed on an error", exc_info=True)
-        self._count(status, error_type)
-        self._remember(status, error_type)
+    def _fail(self, status: int | None, error: BaseException) -> None:
+        self.status = status
+        if self.record is not None:
+            self.record.fail(error)  # on_end records the rest
+        else:
+            self._finish(type(error).__name__, None)
 
     # -- the gateway's own records --
 
-    def _count(self, status: int | None, error_type: str | None) -> None:
+    def _ended(self, ended: EndedCall) -> None:
+        """The recorder's on_end hook: the span ended and its metrics are recorded."""
+        self._finish(ended.error_type, ended)
+
+    def _finish(self, error_type: str | None, ended: EndedCall | None) -> None:
+        try:
+            self._count(error_type)
+            self._remember(error_type, ended)
+        except Exception:  # noqa: BLE001
+            log.debug("could not record a finished request", exc_info=True)
+
+    def _count(self, error_type: str | None) -> None:
         attributes: dict[str, Any] = {
-            "http.request.method": self.method, "http.route": http_route(self.path), ATTR_CLIENT_NAME: self.client,
+            "http.request.method": self.method, "http.route": http_route(self.path), sc.CLIENT_NAME: self.client,
         }
-        if status is not None:
-            attributes["http.response.status_code"] = status
+        if self.status is not None:
+            attributes["http.response.status_code"] = self.status
         if error_type:
             attributes[sc.ERROR_TYPE] = error_type
-        try:
-            self.observer.requests.add(1, attributes)
-        except Exception:  # noqa: BLE001
-            log.debug("could not count a request", exc_info=True)
+        self.observer.requests.add(1, attributes)
 
-    def _remember(self, status: int | None, error_type: str | None) -> None:
-        attributes: dict[str, Any] = {}
-        record = self.record
-        if record is not None and record.recording:
-            attributes = dict(getattr(record.span, "attributes", None) or {})
-        ttft = attributes.get(sc.RESPONSE_TIME_TO_FIRST_CHUNK)
-        model = attributes.get(sc.REQUEST_MODEL) or (self.body or {}).get("model")
-        self.observer.recent.add(RecentRequest(
-            time=self.started_wall, client=self.client, method=self.method, endpoint=self.path,
-            upstream=self.upstream, model=model if isinstance(model, str) else None, status=status, stream=self.stream,
-            input_tokens=attributes.get(sc.USAGE_INPUT_TOKENS), output_tokens=attributes.get(sc.USAGE_OUTPUT_TOKENS),
-            reasoning_tokens=attributes.get(sc.USAGE_REASONING_OUTPUT_TOKENS),
-            cached_tokens=attributes.get(sc.USAGE_CACHE_READ_INPUT_TOKENS),
-            ttft_s=ttft, duration_s=time.monotonic() - self.started,
-            budget_exhausted=bool(attributes.get(sc.REASONING_BUDGET_EXHAUSTED, False)),
-            error_type=error_type or attributes.get(sc.ERROR_TYPE),
-        ))
-
-
-def _status_error_type(status: int | None) -> str | None:
-    """The client's exception name for an HTTP error status (same error.type vocabulary everywhere)."""
-    if status is None or status < 400:
-        return None
-    settings = Settings(base_url="", host="", port=0, api_key=None, max_retries=0)
-    return type(status_error(status, b"", settings, "")).__name__
-
-
-ATTR_CLIENT_NAME = "llamatelemetry.client.name"
-ATTR_USER_AGENT = "user_agent.original"
-ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
+    def _remember(self, error_type: str | None, ended: EndedCall | None) -> None:
+        model = (self.body or {}).get("model")
+        item = RecentRequest(
+            time=self.started_wall, client=self.client, method=self.method, endpoint=self.path, upstream=self.upstream,
+            model=model if isinstance(model, str) else None, status=self.status, stream=self.stream,
+            duration_s=time.monotonic() - self.started, error_type=error_type,
+        )
+        if ended is not None:
+            out = ended.outcome
+            item.model = ended.model or item.model
+            item.input_tokens, item.output_tokens, item.cached_tokens = out.input_tokens, out.output_tokens, out.cached_tokens
+            item.reasoning_tokens = ended.reasoning_tokens
+            item.ttft_s, item.duration_s = ended.time_to_first_chunk, ended.duration
+            item.budget_exhausted = ended.budget_exhausted
+        self.observer.recent.add(item)
