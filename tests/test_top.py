@@ -58,6 +58,58 @@ def exporter(servers: dict[str, LlamaServer], nvml: FakeNVML) -> Iterator[Export
         yield running
 
 
+class GatewayProcess:
+    """``llamatelemetry proxy`` as a user runs it (a subprocess), in front of one llama-server."""
+
+    def __init__(self, upstream: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream, "--port", str(self.port),
+             "--admin-port", str(self.admin_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.admin_url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the gateway did not start: {self.process.stderr.read() if self.process.stderr else ''}")
+            time.sleep(0.1)
+
+    def recent(self) -> list[dict[str, Any]]:
+        return httpx.get(self.admin_url + "/api/recent", timeout=5).json()["requests"]
+
+    def wait_recorded(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Telemetry is recorded after the answer went out: wait until ``count`` requests are in /api/recent."""
+        deadline = time.monotonic() + timeout
+        while len(items := self.recent()) < count:
+            assert time.monotonic() < deadline, f"only {len(items)} of {count} requests recorded"
+            time.sleep(0.05)
+        return items
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(servers: dict[str, LlamaServer]) -> Iterator[GatewayProcess]:
+    running = GatewayProcess(servers["main"].base_url)
+    yield running
+    running.stop()
+
+
 def no_gateway() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there: the gateway is "down"
 
@@ -82,7 +134,7 @@ async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> Non
 
 
 def row(app: TopApp, panel: str, key: str) -> list[str]:
-    return [str(cell) for cell in app.panels[panel].table.get_row(key)]
+    return [str(cell).strip() for cell in app.panels[panel].table.get_row(key)]
 
 
 def keys(app: TopApp, panel: str) -> list[str]:
@@ -275,7 +327,8 @@ def test_no_color_keeps_alerts_readable(exporter: ExporterApp, servers: dict[str
         async def scenario(pilot: Pilot[None]) -> None:
             await refresh(pilot, app)
             cell = app.panels["servers"].table.get_row("gone")[1]
-            assert str(cell) == "DOWN" and "reverse" in str(cell.style)  # a word and reverse video, not only red
+            styles = [str(cell.style)] + [str(span.style) for span in cell.spans]
+            assert str(cell).strip() == "DOWN" and any("reverse" in style for style in styles)  # a word and reverse video, not only red
 
         run_app(app, scenario)
 
@@ -319,3 +372,116 @@ def test_model_window_and_counter_reset() -> None:
     assert model.update(snap(2, page.format(140))).servers[0].generated_tokens_per_second == 20
     assert model.update(snap(4, page.format(10))).servers[0].generated_tokens_per_second == 5  # restarted: 10 new tokens
     assert model.update(snap(6, page.format(10))).servers[0].generated_history == (20, 5, 0)
+
+
+def _styles(cell: Any) -> list[str]:
+    return [str(cell.style)] + [str(span.style) for span in cell.spans]
+
+
+def test_clients_and_recent_requests_from_the_gateway_under_sdk_traffic(exporter: ExporterApp, gateway: GatewayProcess) -> None:
+    """openai + anthropic SDKs through the real gateway, including an empty answer and a 400."""
+    import anthropic
+
+    app = TopApp(Sources(exporter.url, gateway.admin_url), interval=3600)
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    an = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+
+    def traffic() -> dict[str, Any]:
+        already = len(gateway.recent())
+        usages = [oa.chat.completions.create(model="scripted", messages=HI, max_tokens=64).usage for _ in range(3)]  # type: ignore[arg-type]
+        stream = oa.chat.completions.create(model="scripted", messages=HI, max_tokens=64, stream=True,  # type: ignore[arg-type]
+                                            stream_options={"include_usage": True})
+        usages.append([chunk for chunk in stream][-1].usage)
+        # max_tokens inside the reasoning: finish_reason "length" and an empty answer.
+        empty = oa.chat.completions.create(model="scripted", messages=HI, max_tokens=5)  # type: ignore[arg-type]
+        assert empty.choices[0].finish_reason == "length" and not empty.choices[0].message.content
+        usages.append(empty.usage)
+        with pytest.raises(openai.BadRequestError):
+            oa.chat.completions.create(model="scripted", messages="not a list", max_tokens=5)  # type: ignore[arg-type]
+        messages = [an.messages.create(model="scripted", max_tokens=64, messages=HI) for _ in range(2)]  # type: ignore[arg-type]
+        gateway.wait_recorded(already + 8)
+        return {"openai": usages, "anthropic": [m.usage for m in messages]}
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await refresh(pilot, app)
+        first = app.last_snapshot
+        sent = await asyncio.to_thread(traffic)
+        await refresh(pilot, app)
+        second, view = app.last_snapshot, app.last_view
+        assert first is not None and second is not None and view is not None and view.window_seconds is not None
+        minutes = view.window_seconds / 60  # the window opened with the first read at start-up (no traffic before)
+
+        oa_row = row(app, "clients", "openai-python")
+        assert oa_row[0] == "openai-python"
+        assert oa_row[1] == fmt_rate(6 / minutes)  # 4 answered + 1 empty + 1 rejected, per minute
+        assert oa_row[2] == str(sum(u.prompt_tokens for u in sent["openai"]))
+        assert oa_row[3] == str(sum(u.completion_tokens for u in sent["openai"]))
+        assert oa_row[6] == "1" and oa_row[7] == "1"  # one empty answer, one error ...
+        cells = app.panels["clients"].table.get_row("openai-python")
+        assert any("reverse" in s for s in _styles(cells[6])) and any("reverse" in s for s in _styles(cells[7]))  # ... highlighted
+        an_row = row(app, "clients", "anthropic-python")
+        assert an_row[1] == fmt_rate(2 / minutes)
+        assert an_row[2] == str(sum(u.input_tokens + (u.cache_read_input_tokens or 0) for u in sent["anthropic"]))
+        assert an_row[3] == str(sum(u.output_tokens for u in sent["anthropic"]))
+        assert an_row[6] == "0" and an_row[7] == "0"
+        assert not any("reverse" in s for s in _styles(app.panels["clients"].table.get_row("anthropic-python")[6]))
+        # TTFT: only the stream has one; both percentiles lie in the histogram bucket holding the real value.
+        ttft = next(r["ttft_s"] for r in gateway.recent() if r["stream"])
+        client = next(c for c in view.clients if c.client == "openai-python")
+        assert client.ttft_p50_s is not None and client.ttft_p95_s is not None
+        bounds = sorted({float(s.labels["le"]) for s in second.gateway.metrics.series("gen_ai_server_time_to_first_token_seconds_bucket")})  # type: ignore[union-attr]
+        upper = next(b for b in bounds if ttft <= b)
+        lower = max([b for b in bounds if b < upper], default=0.0)
+        assert lower <= client.ttft_p50_s <= client.ttft_p95_s <= upper
+
+        # Recent requests, newest first: the two anthropic ones, the 400, the empty answer with its mark ...
+        recent = [row(app, "recent", k) for k in keys(app, "recent")[:8]]
+        assert [r[2] for r in recent] == ["anthropic-python"] * 2 + ["openai-python"] * 6
+        assert [r[3] for r in recent] == ["messages"] * 2 + ["chat/completions"] * 6
+        assert recent[2][0] == "ERR" and recent[2][9] == "400"
+        assert recent[3][0] == "EMPTY" and recent[3][5] == str(sent["openai"][4].completion_tokens)
+        assert [r[0] for r in recent[4:]] == [""] * 4
+        mark = app.panels["recent"].table.get_row(keys(app, "recent")[3])[0]
+        assert any("red" in s for s in _styles(mark))
+        assert recent[4][7].endswith("ms") and recent[5][7] == "–"  # the stream has a TTFT, plain answers do not
+
+    run_app(app, scenario)
+    oa.close()
+    an.close()
+
+
+def test_upstream_killed_behind_the_gateway(exporter: ExporterApp, llama_server_factory) -> None:  # noqa: ANN001
+    """A llama-server dies mid-run: its row says DOWN, requests through the gateway fail and show as errors."""
+    doomed = llama_server_factory("--metrics")
+    config = ExporterConfig(targets=[f"doomed={doomed.base_url}"], port=0, timeout=1.0)
+    proxy = GatewayProcess(doomed.base_url)
+    try:
+        with ExporterApp(config, nvml=FakeNVML()) as exp:
+            app = TopApp(Sources(exp.url, proxy.admin_url), interval=3600)
+            oa = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+
+            async def scenario(pilot: Pilot[None]) -> None:
+                await asyncio.to_thread(oa.chat.completions.create, model="scripted", messages=HI, max_tokens=8)
+                await asyncio.to_thread(proxy.wait_recorded, 1)
+                await refresh(pilot, app)
+                assert row(app, "servers", "doomed")[1] == "ok"
+                assert row(app, "clients", "openai-python")[7] == "0"
+                doomed.stop()
+                with pytest.raises(openai.APIStatusError) as failed:
+                    await asyncio.to_thread(oa.chat.completions.create, model="scripted", messages=HI, max_tokens=8)
+                await asyncio.to_thread(proxy.wait_recorded, 2)
+                await refresh(pilot, app)
+                assert row(app, "servers", "doomed")[1] == "DOWN"
+                assert row(app, "clients", "openai-python")[7] == "1"
+                top = row(app, "recent", keys(app, "recent")[0])
+                assert failed.value.status_code == 502
+                # No upstream answer: the gateway recorded no status but the error type, and the row shows it.
+                item = proxy.recent()[0]
+                assert item["status"] is None and item["error_type"]
+                assert top[0] == "ERR" and item["error_type"].startswith(top[9].rstrip("…"))
+                assert app.is_running
+
+            run_app(app, scenario)
+            oa.close()
+    finally:
+        proxy.stop()

@@ -41,7 +41,8 @@ class Panel(Vertical):
 
     def __init__(self, panel_id: str) -> None:
         super().__init__(id=panel_id, classes="panel")
-        self.table: DataTable[Text] = DataTable(id=f"{panel_id}-table", cursor_type="row", zebra_stripes=False, show_cursor=False)
+        # cell_padding 0 and one leading space per cell: one blank between columns, so RECENT fits in 80 columns.
+        self.table: DataTable[Text] = DataTable(id=f"{panel_id}-table", cursor_type="row", show_cursor=False, cell_padding=0)
         self.message = Static("", classes="message")
         self._cells: dict[str, Sequence[Text]] = {}
         self._order: list[str] = []
@@ -52,7 +53,7 @@ class Panel(Vertical):
 
     def on_mount(self) -> None:
         for column in COLUMNS[self.id or ""]:
-            self.table.add_column(column, key=column)
+            self.table.add_column(Text(" " + column), key=column)
         self.message.display = False
 
     def show(self, rows: list[tuple[str, Sequence[Text]]], message: str | None) -> None:
@@ -60,6 +61,7 @@ class Panel(Vertical):
         self.message.display = message is not None
         if message is not None:
             self.message.update(Text(message, style="bold reverse red" if "down" in message.lower() else "dim"))
+        rows = [(key, [Text(" ") + cell for cell in cells]) for key, cells in rows]
         keys = [key for key, _ in rows]
         if keys != self._order:
             self.table.clear()
@@ -73,7 +75,7 @@ class Panel(Vertical):
             old = self._cells.get(key)
             for index, cell in enumerate(cells):
                 if old is None or old[index] != cell:
-                    self.table.update_cell(key, columns[index], cell)
+                    self.table.update_cell(key, columns[index], cell, update_width=True)
             self._cells[key] = cells
 
 
@@ -81,6 +83,7 @@ class TopApp(App[None]):
     """``llamatelemetry top``: live view of llama-servers (via the exporter) and agent clients (via the gateway)."""
 
     TITLE = "llamatelemetry top"
+    ENABLE_COMMAND_PALETTE = False  # nothing to run from it, and its footer hint costs a column of space
     # No borders: at 80x24 every row counts. Each table's header row names its panel and marks the focused one.
     CSS = """
     Screen { layout: vertical; overflow-y: auto; }
@@ -100,8 +103,8 @@ class TopApp(App[None]):
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
-        Binding("tab", "focus_next", "Next panel", show=True),
-        Binding("shift+tab", "focus_previous", "Previous panel", show=False),
+        Binding("tab", "focus_next", "Next panel", priority=True),
+        Binding("shift+tab", "focus_previous", "Previous panel", show=False, priority=True),
         Binding("p", "toggle_pause", "Pause"),
         Binding("z", "zoom", "Zoom panel"),
         Binding("r", "refresh_now", "Refresh", show=False),

@@ -121,7 +121,9 @@ class View:
     wall_time: float
     exporter: SourceState
     gateway: SourceState
-    window_seconds: float | None  # span the client/GPU-energy numbers cover; None until there are two snapshots
+    #: Span the per-client numbers (else the GPU energy numbers) cover: from the oldest snapshot kept
+    #: (at most ``Model.window_seconds`` old) to this one. ``None`` until there are two snapshots.
+    window_seconds: float | None
     servers: list[ServerRow] = field(default_factory=list)
     slots: list[SlotRow] = field(default_factory=list)
     gpu_state: str = "off"  # up | down | off (no GPU series: --no-gpu, or the exporter is down)
@@ -340,8 +342,7 @@ class Model:
         if before is None or seconds <= 0:
             view.clients = [ClientRow(n, None, None, None, None, None, None, None, None) for n in sorted(names)]
             return
-        if view.window_seconds is None:
-            view.window_seconds = seconds
+        view.window_seconds = seconds  # the per-client numbers are what the window is mostly about
         requests = increase(m, before, "llamatelemetry_proxy_requests_total", CLIENT_LABEL)
         errors = increase(m, before, "llamatelemetry_proxy_requests_total", CLIENT_LABEL, where=_failed_request)
         tokens_in = increase(m, before, "gen_ai_client_token_usage_sum", CLIENT_LABEL, where=lambda l: l.get("gen_ai_token_type") == "input")

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 from rich.text import Text
@@ -39,7 +38,7 @@ SERVER_COLUMNS = ("SERVERS", "state", "model", "gen tok/s", "prompt tok/s", "run
 SLOT_COLUMNS = ("SLOTS", "state", "context", "used", "gen")
 CLIENT_COLUMNS = ("CLIENTS", "req/min", "tok in", "tok out", "TTFT p50", "p95", "empty", "errors")
 GPU_COLUMNS = ("GPUS", "util", "memory", "power", "temp", "J/tok")
-RECENT_COLUMNS = ("RECENT", "time", "client", "endpoint", "in", "out", "think", "TTFT", "dur", "status")
+RECENT_COLUMNS = ("RECENT", "age", "client", "endpoint", "in", "out", "think", "TTFT", "dur", "status")
 
 NONE = "–"
 
@@ -118,7 +117,7 @@ def slot_cells(row: SlotRow, bar_width: int = BAR_WIDTH) -> tuple[Text, ...]:
         Text(f"{row.target}#{row.slot}"),
         Text("▶ busy", style="bold green") if row.processing else Text("· idle", style=DIM),
         Text(context_bar(fill, bar_width), style=bar_style),
-        Text(f"{used} {fill * 100:3.0f}%" if fill is not None else used),
+        Text(f"{used:>11} {fill * 100:3.0f}%" if fill is not None else f"{used:>11}"),
         Text(fmt_count(row.generated_tokens)),
     )
 
@@ -162,8 +161,19 @@ def gpu_target_cells(row: GpuTargetRow) -> tuple[Text, ...]:
     )
 
 
-def recent_cells(item: RecentRequest, now: float | None = None) -> tuple[Text, ...]:
-    """Cells for one recent request: a red ``EMPTY`` mark on empty answers, ``ERR`` on failures."""
+def fmt_age(seconds: float) -> str:
+    """How long ago: ``4s``, ``12m``, ``3h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 100:
+        return f"{seconds:.0f}s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def recent_cells(item: RecentRequest, now: float) -> tuple[Text, ...]:
+    """Cells for one recent request (``now``: unix seconds, for its age): a red ``EMPTY`` mark on empty
+    answers, ``ERR`` on failures."""
     if item.budget_exhausted:
         mark = Text("EMPTY", style=ALERT)
     elif item.failed:
@@ -171,17 +181,18 @@ def recent_cells(item: RecentRequest, now: float | None = None) -> tuple[Text, .
     else:
         mark = Text("")
     status = str(item.status) if item.status is not None else (item.error_type or NONE)
+    endpoint = item.endpoint[4:] if item.endpoint.startswith("/v1/") else item.endpoint  # every OpenAI path has it
     return (
         mark,
-        Text(time.strftime("%H:%M:%S", time.localtime(item.time)) if item.time else NONE),
+        Text(fmt_age(now - item.time) if item.time else NONE),
         Text(_truncate(item.client, 16)),
-        Text(_truncate(item.endpoint, 22)),
+        Text(_truncate(endpoint, 16)),
         Text(fmt_count(item.input_tokens)),
         Text(fmt_count(item.output_tokens)),
         Text(fmt_count(item.reasoning_tokens)),
         Text(fmt_seconds(item.ttft_s)),
         Text(fmt_seconds(item.duration_s)),
-        Text(status, style=ALERT if item.failed else ""),
+        Text(_truncate(status, 12), style=ALERT if item.failed else ""),
     )
 
 
@@ -234,7 +245,7 @@ def rows_for(view: View) -> dict[str, Rows]:
         "slots": [(f"{s.target}#{s.slot}", slot_cells(s)) for s in view.slots],
         "clients": [(c.client, client_cells(c)) for c in view.clients],
         "gpu": _gpu_rows(view),
-        "recent": [(f"{r.time:.6f}:{i}", recent_cells(r)) for i, r in enumerate(view.recent)],
+        "recent": [(f"{r.time:.6f}:{i}", recent_cells(r, view.wall_time)) for i, r in enumerate(view.recent)],
     }
 
 
