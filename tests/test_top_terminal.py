@@ -1,5 +1,6 @@
 """``llamatelemetry top`` in a real terminal: tmux runs it, ``send-keys`` presses keys, ``capture-pane``
-reads what a person would see. Real llama-server, real exporter (fake NVML: no GPU here).
+reads what a person would see. Real llama-server, real exporter (fake NVML: no GPU here), the real
+gateway (``llamatelemetry proxy``) under traffic from the official openai SDK, empty answers included.
 
 Set ``LLAMATELEMETRY_TOP_SCREENSHOT=path`` to keep the captured 80x24 screen (the README's screenshot).
 """
@@ -11,11 +12,14 @@ import re
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
+import openai
 import pytest
+from test_top import GatewayProcess
 from tmux_helpers import TmuxSession
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
@@ -48,14 +52,28 @@ def exporter(server: LlamaServer) -> Iterator[ExporterApp]:
 
 
 @pytest.fixture
-def traffic(server: LlamaServer) -> Iterator[None]:
+def gateway(server: LlamaServer) -> Iterator[GatewayProcess]:
+    running = GatewayProcess(server.base_url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def traffic(gateway: GatewayProcess) -> Iterator[None]:
+    """An agent-like client through the gateway: answers, a stream, and every 5th request an empty answer."""
     stop = threading.Event()
 
     def loop() -> None:
-        with httpx.Client(timeout=30) as client:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused") as client:
+            i = 0
             while not stop.is_set():
-                client.post(server.base_url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30})
-                stop.wait(0.2)
+                i += 1
+                hi = [{"role": "user", "content": "hi"}]
+                if i % 3 == 0:
+                    list(client.chat.completions.create(model="scripted", messages=hi, max_tokens=64, stream=True))  # type: ignore[arg-type]
+                else:  # max_tokens 5 stops inside the reasoning: an empty answer
+                    client.chat.completions.create(model="scripted", messages=hi, max_tokens=5 if i % 5 == 0 else 64)  # type: ignore[arg-type]
+                stop.wait(0.15)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -75,22 +93,31 @@ def _row(screen: str, first: str) -> list[str]:
     return []
 
 
-def test_what_a_person_sees_at_80x24(exporter: ExporterApp, traffic: None) -> None:
-    gateway = f"http://127.0.0.1:{free_port()}"
-    with TmuxSession(top_command("--exporter", exporter.url, "--gateway", gateway, "--interval", "0.5"), env=_env()) as term:
-        screen = term.wait_for(lambda s: _row(s, "demo")[1:2] == ["ok"] and re.search(r"demo\s+ok\s+\S+\s+\d", s) is not None,
-                               what="the demo server's row with a token rate")
+def test_what_a_person_sees_at_80x24(exporter: ExporterApp, gateway: GatewayProcess, traffic: None) -> None:
+    command = top_command("--exporter", exporter.url, "--gateway", gateway.admin_url, "--interval", "0.5")
+    with TmuxSession(command, env=_env()) as term:
+        def ready(s: str) -> bool:
+            client = _row(s, "openai-python")
+            # an empty answer counted in the window (one sent before top's first read is not in it)
+            return (re.search(r"demo\s+ok\s+\S+\s+\d", s) is not None and float(_row(s, "demo")[3]) > 0
+                    and len(client) == 8 and client[6].isdigit() and int(client[6]) >= 1 and "EMPTY" in s)
+
+        screen = term.wait_for(ready, what="server, client and an empty answer on screen")
         lines = screen.splitlines()
         assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
         # Every panel's header row is on the one screen.
         for title in ("SERVERS", "SLOTS", "CLIENTS", "GPUS", "RECENT"):
             assert any(line.lstrip().startswith(title) for line in lines), f"{title} missing:\n{screen}"
-        assert float(_row(screen, "demo")[3]) > 0  # generated tokens per second
         assert _row(screen, "demo#0")[1:3] in (["·", "idle"], ["▶", "busy"])
         assert "NVIDIA Fake A100" in screen and "3.0G" in screen
-        assert f"gateway DOWN (connection refused)" in screen
-        if os.environ.get("LLAMATELEMETRY_TOP_SCREENSHOT"):
-            Path(os.environ["LLAMATELEMETRY_TOP_SCREENSHOT"]).write_text(screen)
+        assert "exporter up  gateway up" in screen
+        client = _row(screen, "openai-python")
+        assert float(client[1]) > 0 and int(client[6]) >= 1 and client[7] == "0"  # req/min, empty answers, no errors
+        empty = [line.split() for line in lines if line.split()[:1] == ["EMPTY"]]
+        assert empty and all(cells[2:4] == ["openai-python", "chat/completions"] and cells[5] == "5" for cells in empty)
+        if os.environ.get("LLAMATELEMETRY_TOP_SCREENSHOT"):  # a few more seconds of history for the picture
+            time.sleep(6)
+            Path(os.environ["LLAMATELEMETRY_TOP_SCREENSHOT"]).write_text(term.screen())
 
         term.send_keys("p")
         term.wait_for(lambda s: "PAUSED" in s, what="PAUSED")
