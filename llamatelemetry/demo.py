@@ -49,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="port for the sidecar exporter (default: a free port)")
     parser.add_argument("--serve", action="store_true",
                         help="keep llama-server and the exporter running after the summary, until Ctrl-C")
-    parser.add_argument("--fake-gpu", action="store_true", help=argparse.SUPPRESS)
 
 
 # --- telemetry the demo can both print and export -------------------------------------------
@@ -200,12 +199,8 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
     from .exporter.server import ExporterApp, ExporterConfig
 
     telemetry = _DemoTelemetry(args.otlp_endpoint)
-    nvml = None
-    if args.fake_gpu:
-        from .exporter.fake_nvml import FakeNVML
-
-        nvml = FakeNVML()
-    exporter = ExporterApp(ExporterConfig(targets=[f"demo={base_url}"], port=args.exporter_port, api_key=args.api_key), nvml=nvml)
+    # GPU series only when NVML finds a real GPU; the demo never makes one up.
+    exporter = ExporterApp(ExporterConfig(targets=[f"demo={base_url}"], port=args.exporter_port, api_key=args.api_key))
     exporter.start()
     try:
         with LlamaCppClient(base_url, api_key=args.api_key, tracer_provider=telemetry.tracer_provider,

@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MetricFamily", "Sample", "PromTextParseError", "parse_prometheus_text", "page_layout", "parse_value"]
+__all__ = ["MetricFamily", "Sample", "PromTextParseError", "parse_prometheus_text"]
 
 #: Metric types accepted in ``# TYPE`` lines (``unknown`` is the OpenMetrics spelling of ``untyped``).
 METRIC_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped", "unknown", "info", "stateset", "gaugehistogram"})
@@ -82,22 +82,6 @@ def _valid_metric_name(name: str) -> bool:
 
 
 _SPECIAL_VALUES = {"+inf": math.inf, "inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def parse_value(token: str) -> float | None:
-    """A sample value token as the strict parser reads it, or ``None`` when it is not a number.
-
-    A token with whitespace in it also gives ``None``: the strict parser splits on whitespace
-    first, so only it can tell what such a line means.
-    """
-    if token.isascii() and token.isdigit():  # the common case: an integer counter
-        return float(token)
-    if not token or token != token.strip():
-        return None
-    try:
-        return _parse_float(token, 0, "")
-    except PromTextParseError:
-        return None
 
 
 def _parse_float(token: str, lineno: int, line: str) -> float:
@@ -223,41 +207,10 @@ def _family_for(sample_name: str, declared: dict[str, MetricFamily]) -> MetricFa
     return None
 
 
-#: Stands for a sample value in :func:`page_layout` keys (a line cannot end in " \\0" and still
-#: be kept verbatim: that line would itself have been split at its last space).
-VALUE_MARK = " \0"
-
-
-def page_layout(text: str) -> tuple[tuple[str, ...], list[str]]:
-    """Split a page into its layout and its sample values: ``(key, tokens)``.
-
-    ``key`` holds every line, with the value of each plain sample line (``name value`` or
-    ``name{labels} value``, no timestamp) replaced by :data:`VALUE_MARK`; ``tokens`` are those
-    values in order. Two pages with equal keys differ only in those values, so a caller that
-    strictly parsed one of them (see ``sample_lines`` of :func:`parse_prometheus_text`) can
-    read the other by checking each token with :func:`parse_value`, without parsing again.
-    A page is not validated here.
-    """
-    key: list[str] = []
-    tokens: list[str] = []
-    for line in text.split("\n"):
-        head, _, token = line.rpartition(" ")
-        # A head ending in "}" closes a label set (a strictly parsed page with that head had no
-        # timestamp: a token ending in "}" is no number); otherwise the head must be a bare name.
-        if head and line[0] != "#" and (head[-1] == "}" or _METRIC_NAME.fullmatch(head)):
-            key.append(head + VALUE_MARK)
-            tokens.append(token)
-        else:
-            key.append(line)
-    return tuple(key), tokens
-
-
-def parse_prometheus_text(text: str, *, sample_lines: dict[int, int] | None = None) -> list[MetricFamily]:
+def parse_prometheus_text(text: str) -> list[MetricFamily]:
     """Parse Prometheus text exposition into metric families, in order of first appearance.
 
-    Raises :class:`PromTextParseError` (a ``ValueError``) on the first malformed line. When
-    ``sample_lines`` is given, it is filled with ``id(sample) -> 0-based line index`` (of
-    ``text.split("\\n")``) for every sample, so a page layout can be mapped to samples.
+    Raises :class:`PromTextParseError` (a ``ValueError``) on the first malformed line.
 
     Example::
 
@@ -307,6 +260,4 @@ def parse_prometheus_text(text: str, *, sample_lines: dict[int, int] | None = No
         sample = _parse_sample(line, lineno)
         fam = _family_for(sample.name, families) or family(sample.name)
         fam.samples.append(sample)
-        if sample_lines is not None:
-            sample_lines[id(sample)] = lineno - 1
     return list(families.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,33 +107,58 @@ def start_prometheus(
     The data directory is temporary and removed afterwards. Raises ``RuntimeError`` with
     the tail of Prometheus's log if it does not become ready.
     """
-    binary = prometheus_binary()
-    if binary is None:
-        raise RuntimeError("prometheus is not installed: apt-get install prometheus (or set PROMETHEUS_BINARY)")
-    workdir = Path(tempfile.mkdtemp(prefix="prom-test-"))
-    rules = []
-    for i, path in enumerate(rule_files):
-        dest = workdir / f"rules_{i}_{Path(path).name}"
-        shutil.copyfile(path, dest)
-        rules.append(str(dest))
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval, "scrape_timeout": scrape_interval},
-        "rule_files": rules,
         "scrape_configs": [
             {"job_name": job, "honor_labels": True, "static_configs": [{"targets": list(targets)}]}
             for job, targets in scrape_targets.items()
         ],
     }
+    with run_prometheus(config, rule_files, ready_timeout=ready_timeout) as prom:
+        yield prom
+
+
+@contextlib.contextmanager
+def run_prometheus(
+    config: dict[str, Any],
+    rule_files: Sequence[str | os.PathLike[str]] = (),
+    *,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    agent: bool = False,
+    ready_timeout: float = 30.0,
+) -> Iterator[RunningPrometheus]:
+    """Run Prometheus with ``config`` (a parsed prometheus.yml) until the ``with`` block ends.
+
+    ``rule_files`` are copied next to the generated config and replace its ``rule_files``. ``agent``
+    starts it in agent mode (``--enable-feature=agent`` on the 2.x Debian package, ``--agent`` on 3.x).
+    ``env`` is added to the process environment (for ``${VAR}`` in external labels).
+    """
+    binary = prometheus_binary()
+    if binary is None:
+        raise RuntimeError("prometheus is not installed: apt-get install prometheus (or set PROMETHEUS_BINARY)")
+    workdir = Path(tempfile.mkdtemp(prefix="prom-test-"))
+    config = dict(config)
+    if rule_files:
+        rules = []
+        for i, path in enumerate(rule_files):
+            dest = workdir / f"rules_{i}_{Path(path).name}"
+            shutil.copyfile(path, dest)
+            rules.append(str(dest))
+        config["rule_files"] = rules
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = _free_port()
     log_path = workdir / "prometheus.log"
+    args = [binary, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    if agent:
+        args += [*agent_mode_flags(binary), f"--storage.agent.path={workdir / 'data'}"]
+    else:
+        args.append(f"--storage.tsdb.path={workdir / 'data'}")
+    args += list(extra_args)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(env or {})})
     prom = RunningPrometheus(f"http://127.0.0.1:{port}", process, log_path)
     try:
         deadline = time.monotonic() + ready_timeout
@@ -149,13 +175,31 @@ def start_prometheus(
             time.sleep(0.1)
         yield prom
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def prometheus_major_version(binary: str) -> int:
+    """2 or 3 (from ``prometheus --version``)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    text = out.stdout + out.stderr
+    m = re.search(r"version (\d+)\.", text)
+    if not m:
+        raise RuntimeError(f"cannot read the Prometheus version from: {text[:200]}")
+    return int(m.group(1))
+
+
+def agent_mode_flags(binary: str) -> list[str]:
+    """The flags that start ``binary`` in agent mode with ``${VAR}`` expansion in external labels."""
+    if prometheus_major_version(binary) >= 3:
+        return ["--agent"]  # 3.x: agent is a flag; external-label expansion is always on
+    return ["--enable-feature=agent,expand-external-labels"]
 
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]

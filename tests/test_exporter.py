@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -20,7 +22,7 @@ from prom_helpers import one, pick, prometheus_binary, scrape, start_prometheus
 
 from llamatelemetry.provision.server import free_port
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
-from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
+from fake_nvml import FakeNVML, FakeProcess
 
 TIMEOUT = 0.5  # below the 1 s Prometheus scrape_timeout: a scrape waits for its slowest target
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -237,18 +239,22 @@ def _wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 20) -> No
     raise AssertionError(f"{url} not up after {timeout}s")
 
 
-def test_cli_subprocess_env_vars_fake_gpu_and_clean_ctrl_c(full_server, bare_server) -> None:  # noqa: ANN001
+def test_cli_subprocess_env_vars_real_nvml_and_clean_ctrl_c(full_server, bare_server) -> None:  # noqa: ANN001
     port = free_port()
     env = dict(os.environ, LLAMATELEMETRY_EXPORTER_TARGETS=f"full={full_server.base_url},bare={bare_server.base_url}",
                LLAMATELEMETRY_EXPORTER_PORT=str(port), LLAMA_API_KEY="sk-cli-secret", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from llamatelemetry.cli import exporter_main; sys.exit(exporter_main())", "--fake-gpu"],
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from llamatelemetry.cli import exporter_main; sys.exit(exporter_main())"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
         s = scrape(f"http://127.0.0.1:{port}")
         assert one(s, "llamatelemetry_target_up", target="full") == 1
         assert one(s, "llamatelemetry_endpoint_available", target="bare", endpoint="metrics") == 0
-        assert len(pick(s, "llamatelemetry_gpu_info")) == 2  # the default FakeNVML machine
+        # The real pynvml on a machine without a GPU driver: GPU collection is down, no GPU is made up,
+        # and the index page says so (it used to say "on").
+        assert one(s, "llamatelemetry_collector_up", collector="gpu") == 0 and not pick(s, "llamatelemetry_gpu_info")
+        index = httpx.get(f"http://127.0.0.1:{port}/").text
+        assert "GPU collection: down" in index and "GPU collection: on" not in index
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -256,7 +262,7 @@ def test_cli_subprocess_env_vars_fake_gpu_and_clean_ctrl_c(full_server, bare_ser
             proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopped" in err
-    assert f"127.0.0.1:{port}/metrics" in err and "--fake-gpu" in err
+    assert f"127.0.0.1:{port}/metrics" in err and "--no-gpu" in err  # the NVML warning names the way out
     assert "sk-cli-secret" not in err + out
 
 
@@ -266,8 +272,31 @@ def test_cli_help_and_bad_target() -> None:
     help_text = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", "exporter", "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--target", "--listen", "--port", "--api-key", "--timeout", "--no-gpu", "--no-gpu-processes", "--log-level", "LLAMA_API_KEY", "9183"):
         assert flag in help_text
-    assert "--fake-gpu" not in help_text  # hidden
+    assert "--fake-gpu" not in help_text and "--probe-allow" in help_text
     assert main(["exporter", "--target", "ftp://nope", "--no-gpu", "--port", "0"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "99999"], "99999 is not a TCP port: use 1-65535"),
+    (["--port", "http"], "'http' is not a port number"),
+    (["--timeout", "0"], "must be > 0"),
+])
+def test_cli_bad_numbers_are_clear_usage_errors(argv: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", "exporter", "--no-gpu", *argv], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_bad_port_from_the_environment_is_a_clear_error() -> None:
+    env = dict(os.environ, LLAMATELEMETRY_EXPORTER_PORT="99999")
+    proc = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", "exporter", "--no-gpu"], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 2 and "not a TCP port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_target_without_url_is_rejected_with_the_expected_form() -> None:
+    proc = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", "exporter", "--no-gpu", "--port", "0", "--target", "coder"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "'coder' is not a URL: write http://HOST:PORT" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(prometheus_binary() is None, reason="needs the Debian package 'prometheus' (apt-get install prometheus)")
@@ -297,3 +326,43 @@ def test_real_prometheus_scrapes_series_and_rate(app: ExporterApp, full_server) 
         # rate() extrapolates the sampled increase towards the window edges, never beyond it:
         assert delta / window - 1e-9 <= rate <= delta / (float(t_last) - float(t_first)) + 1e-9
         assert prom.value(f"rate(llamatelemetry_scrape_errors_total{{target=\"down\"}}[{window}s])", at) > 0
+
+
+METRICS_MD = Path(__file__).resolve().parent.parent / "llamatelemetry" / "exporter" / "METRICS.md"
+#: Documented names a scrape here cannot produce, and why.
+CONDITIONAL = {
+    "llamacpp_spec_decode_num_accepted_tokens_per_pos_total": "only after speculative decoding ran (needs a draft model)",
+}
+
+
+def _documented() -> dict[str, str]:
+    """``{metric name: type}`` from the first two columns of METRICS.md's tables."""
+    out: dict[str, str] = {}
+    for line in METRICS_MD.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        mtype = cells[1].strip("*")
+        for name in re.findall(r"`((?:llamatelemetry|llamacpp)_[a-z0-9_]+)`", cells[0]):
+            out[name] = mtype
+    return out
+
+
+def test_metrics_md_lists_exactly_what_the_exporter_emits(full_server) -> None:  # noqa: ANN001
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nvml = FakeNVML()
+    nvml.gpus[0].processes.append(FakeProcess(full_server.pid, FULL_GPU_BYTES))
+    config = ExporterConfig(targets=[f"full={full_server.base_url}"], port=0, gpu_pcie=True)
+    with ExporterApp(config, nvml=nvml) as exporter:
+        chat(full_server.base_url)  # so every slot series exists
+        text = httpx.get(exporter.url + "/metrics", timeout=30).text
+    emitted: dict[str, str] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            emitted[sample.name] = fam.type
+    documented = _documented()
+    assert set(emitted) - set(documented) == set(), "emitted but not in METRICS.md"
+    assert set(documented) - set(emitted) - set(CONDITIONAL) == set(), "in METRICS.md but not emitted"
+    wrong = {n: (documented[n], t) for n, t in emitted.items() if documented[n] != t}
+    assert not wrong, f"type in METRICS.md vs emitted: {wrong}"

@@ -271,11 +271,9 @@ def test_exporter_http_server_edge_cases(fakes, exporter) -> None:  # noqa: ANN0
                 data += chunk
             return data
 
-    assert raw(b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert raw(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").startswith(b"HTTP/1.1 405")
-    head = raw(b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # headers only
-    # Keep-alive: several scrapes over one connection, then the client says close.
+    assert b"Error code: 400" in raw(b"GET /metrics NOT-HTTP\r\n\r\n")
+    assert raw(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").split(b" ")[1] == b"405"
+    assert raw(b"HEAD /health HTTP/1.1\r\nConnection: close\r\n\r\n").split(b" ")[1] == b"405"
     with httpx.Client() as client:
         for _ in range(3):
             assert client.get(app.url + "/metrics").status_code == 200
@@ -309,54 +307,30 @@ def test_cli_flags_and_env_vars_build_the_config(monkeypatch: pytest.MonkeyPatch
     assert (flags.targets, flags.port, flags.host, flags.gpu, flags.timeout) == (["x=http://h:3"], 9999, "0.0.0.0", False, 3.0)
 
 
-def test_fast_text_encoder_matches_prometheus_client() -> None:
-    import math
-
-    from prom_helpers import parse_exposition
-    from prometheus_client import generate_latest
-    from prometheus_client.core import (
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        HistogramMetricFamily,
-    )
-
-    from llamatelemetry.exporter.encode import _Registry, encode_text
-    from llamatelemetry.exporter.fake_nvml import FakeNVML
-    from llamatelemetry.exporter.gpu import GpuCollector
-
-    tricky = GaugeMetricFamily("x", "he\\lp\nline", labels=["a"])
-    tricky.add_metric(['q"u\\o\nte'], float("nan"))
-    tricky.add_metric(["b"], float("-inf"))
-    tricky.add_metric(["c"], 1e300)
-    counter = CounterMetricFamily("y_total", "c")
-    counter.add_metric([], 3)
-    fams = [f for f in GpuCollector(nvml=FakeNVML()).collect().families if f.samples] + [tricky, counter]
-    ours, theirs = parse_exposition(encode_text(fams).decode()), parse_exposition(generate_latest(_Registry(fams)).decode())
-    assert ours.keys() == theirs.keys() and len(ours) > 40
-    assert all(ours[k] == theirs[k] or (math.isnan(ours[k]) and math.isnan(theirs[k])) for k in ours)
-    hist = HistogramMetricFamily("h", "h", buckets=[("1", 1), ("+Inf", 2)], sum_value=3)
-    assert encode_text([hist]) == generate_latest(_Registry([hist]))  # other types: deferred to the library
-
-
-def test_metrics_layout_cache_gives_what_the_strict_parser_gives() -> None:
-    """A view that reuses its /metrics layout (values only) answers exactly like a fresh view."""
+def test_foreign_families_are_dropped_and_an_upstream_target_label_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """Only llamacpp:* families are re-exported: another exporter's llamatelemetry_* would duplicate ours."""
     from llamatelemetry.exporter.llama import TargetView
     from llamatelemetry.exporter.targets import parse_target
 
-    page = ("# HELP llamacpp:prompt_tokens_total Prompt tokens.\n# TYPE llamacpp:prompt_tokens_total counter\n"
-            "llamacpp:prompt_tokens_total 5\n# TYPE llamacpp:n_tokens_max counter\nllamacpp:n_tokens_max 7\n"
-            '# TYPE h histogram\nh_bucket{le="1",target="x"} 2\nh_sum 1\nh_count 2\nc_created 1\n')
-    variants = [page, page.replace(" 5\n", " 6\n"), page.replace(" 5\n", " NaN\n"), page.replace(" 5\n", " -1e3\n"),
-                page.replace(" 5\n", " 1_0\n"), page.replace(" 5\n", " \tinfinity\n"), page.replace(" 5\n", " \n"),
-                page.replace(" 5\n", " 5 1700000000\n"), page.replace(" 5\n", " 5\t7\n"), page.replace(" 5\n", " +Inf\n"),
-                page, "a 1\n# EOF\nb 2\n", "a 2\n# EOF\nb x\n", "a 3\n# EOF\nb 2\n", "a} 1\n", "a 1\r\n", "a 2\r\n", "x 1\nx 2\n", "x 3\nx 4\n"]
+    page = ("# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 5\n"
+            "# TYPE llamatelemetry_target_up gauge\nllamatelemetry_target_up{target=\"x\"} 1\n"
+            '# TYPE llamacpp:busy gauge\nllamacpp:busy{target="inner"} 2\nprocess_cpu_seconds_total 3\n')
+    view = TargetView(parse_target("t=http://127.0.0.1:1"))
+    with caplog.at_level(logging.WARNING, logger="llamatelemetry.exporter.llama"):
+        for _ in range(2):
+            fams, problem = view._metrics(page.encode())
+    assert problem is None
+    assert [f.name for f in fams] == ["llamacpp_prompt_tokens", "llamacpp_busy"]
+    assert fams[1].samples[0].labels == {"exported_target": "inner", "target": "t"}
+    dropped = [r.getMessage() for r in caplog.records if "not llama-server's" in r.getMessage()]
+    assert len(dropped) == 1 and "2 families" in dropped[0]  # logged once, not every scrape
 
-    def shown(view: TargetView, text: str) -> tuple[list[tuple[str, str, str, list[tuple[str, dict[str, str], str]]]], str | None]:
-        fams, problem = view._metrics(text.encode())
-        return [(f.name, f.type, f.documentation, [(s.name, s.labels, repr(s.value)) for s in f.samples]) for f in fams], problem
 
-    target = parse_target("t=http://127.0.0.1:1")
-    reused = TargetView(target)
-    for text in variants + variants[::-1]:
-        assert shown(reused, text) == shown(TargetView(target), text), text
-    assert reused._metrics_template is not None  # the layout cache was in use
+def test_busy_slots_per_decode_is_a_gauge_whatever_type_the_build_gives() -> None:
+    from llamatelemetry.exporter.llama import TargetView
+    from llamatelemetry.exporter.targets import parse_target
+
+    for upstream in ("counter", "gauge"):
+        page = f"# TYPE llamacpp:n_busy_slots_per_decode {upstream}\nllamacpp:n_busy_slots_per_decode 1.5\n"
+        fams, _ = TargetView(parse_target("t=http://127.0.0.1:1"))._metrics(page.encode())
+        assert [(f.name, f.type, f.samples[0].name) for f in fams] == [("llamacpp_n_busy_slots_per_decode", "gauge", "llamacpp_n_busy_slots_per_decode")]

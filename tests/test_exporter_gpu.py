@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from llamatelemetry.exporter import procnet
-from llamatelemetry.exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess
+from fake_nvml import FakeGPU, FakeNVML, FakeProcess
 from llamatelemetry.exporter.gpu import THROTTLE_REASONS, GpuCollector, GpuResult
 from llamatelemetry.exporter.targets import parse_target
 

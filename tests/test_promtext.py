@@ -113,13 +113,3 @@ def test_parses_a_real_llama_server_metrics_page(full_server) -> None:  # noqa: 
     assert fams["llamacpp:prompt_tokens_total"].type == "counter"
     assert fams["llamacpp:requests_processing"].type == "gauge"
     assert all(len(f.samples) == 1 for f in fams.values())
-
-
-def test_page_layout_blanks_only_plain_sample_values() -> None:
-    from llamatelemetry.promtext import VALUE_MARK, page_layout, parse_value
-
-    key, tokens = page_layout('# HELP a x\na 1\nb{x="y z"} 2.5\nc 1 1700000000\n')
-    assert key == ("# HELP a x", "a" + VALUE_MARK, 'b{x="y z"}' + VALUE_MARK, "c 1 1700000000", "")
-    assert tokens == ["1", "2.5"]
-    assert [parse_value(t) for t in ["42", "-1e3", "+Inf", "1_0", "", " 1", "infinity", "x"]] == [42.0, -1000.0, math.inf] + [None] * 5
-    assert math.isnan(parse_value("NaN") or 0.0)

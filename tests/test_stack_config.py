@@ -54,7 +54,7 @@ def flag(args: list[str], name: str) -> str:
 def test_promtool_check_config() -> None:
     result = run([PROMTOOL, "check", "config", str(COLLECTOR / "prometheus.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout + result.stderr  # alerts.yml, recording_rules.yml
 
 
 def test_promtool_check_rules() -> None:

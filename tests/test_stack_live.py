@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from llamatelemetry import LlamaCppClient
 from llamatelemetry.provision.server import free_port
-from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
+from fake_nvml import FakeNVML, FakeProcess
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
 from prom_helpers import RunningPrometheus, start_prometheus
 from stack_helpers import COLLECTOR, alert_rules, dashboard_queries, load_yaml, strip_threshold, variable_queries

@@ -1,10 +1,13 @@
 """Sidecar Prometheus exporter for llama-server: its metrics, health, props and slots, plus NVML GPU stats.
 
+``/metrics`` serves the configured targets and the GPUs; ``/probe?target=URL`` one llama-server
+(Prometheus' multi-target exporter pattern).
+
 Run it with ``llamatelemetry exporter`` (see ``--help``); the metric list is in ``METRICS.md``
 next to this file. Programmatic use::
 
     from llamatelemetry.exporter import ExporterApp, ExporterConfig
-    with ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], gpu=False)) as app:
+    with ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], port=0, gpu=False)) as app:
         print(app.url + "/metrics")
 """
 
@@ -16,7 +19,7 @@ __all__ = ["ExporterApp", "ExporterConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import llamatelemetry.exporter.fake_nvml` works without prometheus_client imported.
+    # Lazy, so `import llamatelemetry.exporter.targets` works without prometheus_client and httpx imported.
     if name in __all__:
         from . import server
 

@@ -25,9 +25,11 @@ HELP = "serve llama-server and GPU metrics for Prometheus"
 DESCRIPTION = f"""\
 Sidecar Prometheus exporter for llama.cpp's llama-server.
 
-At every scrape it reads /health, /metrics, /props and /slots of each target concurrently
-(each under --timeout) and the GPUs through NVML, and serves the result on
-http://LISTEN:PORT/metrics (default {EXPORTER_DEFAULT_HOST}:{EXPORTER_DEFAULT_PORT}).
+At every scrape it reads /metrics and /slots of each target concurrently (/props at most once a
+minute, /health only when those answers don't tell the state; all under --timeout) and the GPUs
+through NVML, and serves the result on http://LISTEN:PORT/metrics (default
+{EXPORTER_DEFAULT_HOST}:{EXPORTER_DEFAULT_PORT}). http://LISTEN:PORT/probe?target=URL scrapes one
+llama-server that Prometheus service discovery chose (the blackbox_exporter pattern).
 
 Make the exporter the only reader of llama-server's /metrics: llama-server resets its two
 throughput gauges (llamacpp:*_tokens_seconds) on every read. Dashboards should use rate()
@@ -41,6 +43,8 @@ examples:
   llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:8081
   {API_KEY_ENV}=secret llamatelemetry exporter --listen 0.0.0.0 --no-gpu
 
+  llamatelemetry exporter --probe-only --probe-allow '10.0.*:8080'   # Prometheus discovers the servers
+
 router (multi-model) llama-server: give one target per model with its query string,
   e.g. --target qwen=http://127.0.0.1:8080?model=qwen (the query is sent on every request).
 """
@@ -52,7 +56,7 @@ ENV_TIMEOUT = "LLAMATELEMETRY_EXPORTER_TIMEOUT"
 ENV_NO_GPU = "LLAMATELEMETRY_EXPORTER_NO_GPU"
 ENV_NO_GPU_PROCESSES = "LLAMATELEMETRY_EXPORTER_NO_GPU_PROCESSES"
 ENV_GPU_PCIE = "LLAMATELEMETRY_EXPORTER_GPU_PCIE"
-ENV_FAKE_GPU = "LLAMATELEMETRY_EXPORTER_FAKE_GPU"
+ENV_PROBE_ALLOW = "LLAMATELEMETRY_EXPORTER_PROBE_ALLOW"
 ENV_MAX_BYTES = "LLAMATELEMETRY_EXPORTER_MAX_RESPONSE_BYTES"
 ENV_LOG_LEVEL = "LLAMATELEMETRY_LOG_LEVEL"
 
@@ -69,9 +73,32 @@ def _env_targets() -> list[str]:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port: use 1-65535 (0 picks a free one)")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if value < 1024:
+        raise argparse.ArgumentTypeError("must be at least 1024")
     return value
 
 
@@ -85,12 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default host:port). [{ENV_TARGETS}, comma-separated; else ${BASE_URL_ENV} or {DEFAULT_BASE_URL}]")
     parser.add_argument("--listen", default=os.environ.get(ENV_LISTEN, EXPORTER_DEFAULT_HOST), metavar="HOST",
                         help=f"address to serve on; use 0.0.0.0 to expose it beyond this machine (default %(default)s) [{ENV_LISTEN}]")
-    parser.add_argument("--port", "-p", type=int, default=int(os.environ.get(ENV_PORT, EXPORTER_DEFAULT_PORT)),
+    # String defaults go through type=, so a bad environment variable gets the same clear message as a bad flag.
+    parser.add_argument("--port", "-p", type=_port, default=os.environ.get(ENV_PORT, str(EXPORTER_DEFAULT_PORT)),
                         help=f"port to serve on (default %(default)s) [{ENV_PORT}]")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
                         help=f"llama-server API key, sent as 'Authorization: Bearer'; prefer the variable, "
                              f"flags are visible in 'ps' [{API_KEY_ENV}]")
-    parser.add_argument("--timeout", type=_positive_float, default=float(os.environ.get(ENV_TIMEOUT, "2")), metavar="SECONDS",
+    parser.add_argument("--timeout", type=_positive_float, default=os.environ.get(ENV_TIMEOUT, "2"), metavar="SECONDS",
                         help=f"per-target deadline for one scrape; keep it below Prometheus' scrape_timeout, since a scrape "
                              f"waits for its slowest target (default %(default)s) [{ENV_TIMEOUT}]")
     parser.add_argument("--no-gpu", action="store_true", default=_env_bool(ENV_NO_GPU),
@@ -99,23 +127,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"omit per-process GPU memory series (pid label); per-target GPU memory stays [{ENV_NO_GPU_PROCESSES}=1]")
     parser.add_argument("--gpu-pcie", action="store_true", default=_env_bool(ENV_GPU_PCIE),
                         help=f"also read PCIe throughput (NVML blocks ~20 ms per reading per GPU) [{ENV_GPU_PCIE}=1]")
-    parser.add_argument("--max-response-bytes", type=int, default=int(os.environ.get(ENV_MAX_BYTES, 4 * 1024 * 1024)), metavar="N",
+    parser.add_argument("--max-response-bytes", type=_byte_count, default=os.environ.get(ENV_MAX_BYTES, str(4 * 1024 * 1024)), metavar="N",
                         help=f"largest answer read from one llama-server endpoint (default %(default)s) [{ENV_MAX_BYTES}]")
     parser.add_argument("--log-level", default=os.environ.get(ENV_LOG_LEVEL, "info"), choices=["debug", "info", "warning", "error"],
                         help=f"log verbosity (default %(default)s) [{ENV_LOG_LEVEL}]")
-    # Hidden: serve GPU series from llamatelemetry.exporter.fake_nvml (demos and stack tests on GPU-less machines).
-    parser.add_argument("--fake-gpu", action="store_true", default=_env_bool(ENV_FAKE_GPU), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-only", action="store_true",
+                        help="no static target: /metrics serves only the GPUs and self-metrics, llama-servers are scraped "
+                             "through /probe?target=URL as Prometheus' service discovery decides")
+    parser.add_argument("--probe-allow", action="append", metavar="HOST:PORT", dest="probe_allow",
+                        default=[p for p in re.split(r"[,\s]+", os.environ.get(ENV_PROBE_ALLOW, "")) if p],
+                        help=f"only let /probe scrape targets matching this host:port pattern (shell wildcards, e.g. "
+                             f"'10.0.*:8080'); repeat for several. Without it /probe scrapes any http(s) URL and never "
+                             f"sends the API key [{ENV_PROBE_ALLOW}, comma-separated]")
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """An :class:`~llamatelemetry.exporter.server.ExporterConfig` from parsed arguments."""
     from .server import ExporterConfig
 
-    targets = args.targets or _env_targets() or [os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL]
+    if args.probe_only:
+        targets = list(args.targets or [])
+    else:
+        targets = args.targets or _env_targets() or [os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL]
     return ExporterConfig(
         targets=targets, host=args.listen, port=args.port, api_key=args.api_key or None, timeout=args.timeout,
         gpu=not args.no_gpu, gpu_processes=not args.no_gpu_processes, gpu_pcie=args.gpu_pcie,
-        max_response_bytes=args.max_response_bytes,
+        max_response_bytes=args.max_response_bytes, probe_allow=list(args.probe_allow or []),
     )
 
 
@@ -131,14 +168,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("the exporter needs extra packages: pip install 'llamatelemetry[exporter]' (%s)", exc)
         return 2
     config = build_config(args)
-    nvml = None
-    if args.fake_gpu and config.gpu:
-        from .fake_nvml import FakeNVML
-
-        nvml = FakeNVML()
-        log.warning("--fake-gpu: serving made-up GPU metrics from FakeNVML (for demos and tests only)")
     try:
-        app = ExporterApp(config, nvml=nvml)
+        app = ExporterApp(config)
     except TargetSpecError as exc:
         log.error("%s", exc)
         return 2

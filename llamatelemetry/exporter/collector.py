@@ -4,18 +4,14 @@ One scrape = all targets fetched concurrently on the fetch loop while NVML is re
 worker thread; then the self-metrics. A target that is slow, down or broken costs at most its
 own timeout and never removes the other targets' series.
 
-Two entry points share :meth:`ExporterCollector._build`:
-
-* :meth:`collect` — the standard ``Collector`` API (usable from any thread, e.g. with
-  ``generate_latest(registry)``);
-* :meth:`collect_async` — awaited by the exporter's own HTTP server, which runs on the fetch
-  loop, so a scrape needs no thread hand-offs.
+:meth:`collect` is the standard ``Collector`` API, called by ``generate_latest`` in an HTTP
+request thread: it hands the scrape (:meth:`collect_async`) to the fetch loop and waits.
 
 Example::
 
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(targets, fetcher, runner.start(), gpu=None))
+    registry.register(ExporterCollector(targets, Fetcher(), runner.start(), gpu=None))
     print(generate_latest(registry).decode())
 """
 
@@ -46,12 +42,14 @@ GPU_COLLECTOR = "gpu"
 class ExporterCollector(Collector):
     """Collects every target and (optionally) the GPUs on each call of :meth:`collect`."""
 
-    def __init__(self, targets: list[Target], fetcher: Fetcher, runner: AsyncRunner, gpu: GpuCollector | None = None) -> None:
+    def __init__(self, targets: list[Target], fetcher: Fetcher, runner: AsyncRunner, gpu: GpuCollector | None = None,
+                 views: dict[str, TargetView] | None = None) -> None:
         self.targets = targets
         self.fetcher = fetcher
         self.runner = runner
         self.gpu = gpu
-        self.views = {t.name: TargetView(t) for t in targets}
+        # ``views`` lets /probe keep a target's memory (cached /props, logged problems) across scrapes.
+        self.views = {t.name: (views or {}).get(t.name) or TargetView(t) for t in targets}
         self._gpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamatelemetry-nvml") if gpu else None
         self._gpu_errors = 0
         self._lock = threading.Lock()  # TargetView state is updated by one scrape at a time
@@ -62,13 +60,12 @@ class ExporterCollector(Collector):
         if self.gpu is not None:
             self.gpu.close()
 
-    # -- the two entry points -------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
         # The fetcher enforces each target's deadline; the margin only guards against a stuck loop.
         yield from self.runner.run(self.collect_async(), timeout=self.fetcher.timeout * 2 + 5)
 
     async def collect_async(self) -> list[Metric]:
-        """One full scrape; must run on the runner's loop (the exporter's HTTP server does)."""
+        """One full scrape; runs on the runner's loop."""
         loop = asyncio.get_running_loop()
         gpu_task = loop.run_in_executor(self._gpu_pool, self._timed_gpu) if self._gpu_pool is not None else None
         fetch_ok = True

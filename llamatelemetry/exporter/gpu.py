@@ -8,14 +8,17 @@
 * Any other NVML error during a scrape (GPU lost, Uninitialized, Unknown ...) counts as a
   scrape error and makes the next scrape shut NVML down and initialise it again.
 
-The ``nvml`` object is injectable: the real ``pynvml`` module or
-:class:`llamatelemetry.exporter.fake_nvml.FakeNVML`.
+* Energy per target (``llamatelemetry_target_energy_joules_total``): each GPU's energy counter
+  is split among the local targets whose process runs on it (see :mod:`.energy`); several
+  targets on one GPU share it by their processes' SM utilisation.
+
+The ``nvml`` object is the ``pynvml`` module (``nvidia-ml-py``); tests pass a stand-in with the
+same functions (``tests/fake_nvml.py``). Nothing in the package fakes a GPU.
 
 Example::
 
     from llamatelemetry.exporter.gpu import GpuCollector
-    from llamatelemetry.exporter.fake_nvml import FakeNVML
-    result = GpuCollector(nvml=FakeNVML()).collect()
+    result = GpuCollector().collect()      # imports pynvml; result.up is False without a driver
     print(result.up, [m.name for m in result.families])
 """
 
@@ -30,6 +33,7 @@ from typing import Any, Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import procnet
+from .energy import EnergyLedger
 from .targets import Target
 
 log = logging.getLogger("llamatelemetry.exporter.gpu")
@@ -98,6 +102,16 @@ class GpuCollector:
         self._next_init = 0.0
         self._logged_down = False
         self._static: dict[str, str] = {}
+        self.energy = EnergyLedger()
+        self._util_seen: dict[str, int] = {}  # per GPU uuid: newest process-utilisation sample read (NVML µs)
+        #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
+        self.last_error: str | None = "not collected yet"
+
+    def add_target(self, target: Target) -> None:
+        """Also attribute GPU memory and energy to ``target`` (one that /probe scraped), when it is local."""
+        with self._lock:
+            if target.local_addresses is not None and all(t.name != target.name for t in self.targets):
+                self.targets.append(target)
 
     # -- lifecycle --------------------------------------------------------------------------
     def _ensure_init(self) -> str | None:
@@ -166,14 +180,17 @@ class GpuCollector:
         """Read every GPU once. Never raises for NVML problems: they are reported in the result."""
         with self._lock:
             error = self._ensure_init()
+            if error is None:
+                try:
+                    families = self._collect_all()
+                except self.nvml.NVMLError as exc:
+                    log.warning("NVML error while reading GPUs (%s); will re-initialise NVML at the next scrape", exc)
+                    self._reset()
+                    error = f"NVML error: {exc}"
+            self.last_error = error
             if error is not None:
                 return GpuResult(up=False, error=error)
-            try:
-                return GpuResult(up=True, families=self._collect_all())
-            except self.nvml.NVMLError as exc:
-                log.warning("NVML error while reading GPUs (%s); will re-initialise NVML at the next scrape", exc)
-                self._reset()
-                return GpuResult(up=False, error=f"NVML error: {exc}")
+            return GpuResult(up=True, families=families)
 
     def _collect_all(self) -> list[Metric]:
         n = self.nvml
@@ -197,6 +214,11 @@ class GpuCollector:
         pcie = g("llamatelemetry_gpu_pcie_throughput_bytes_per_second", "PCIe throughput in bytes per second (opt-in: --gpu-pcie).", base + ["direction"])
         proc_mem = g("llamatelemetry_gpu_process_memory_used_bytes", "GPU memory used by one process, in bytes.", base + ["pid", "process"])
         target_mem = g("llamatelemetry_gpu_target_memory_used_bytes", "GPU memory used by the local process serving a llama-server target, in bytes.", base + ["target"])
+        target_energy = CounterMetricFamily(
+            "llamatelemetry_target_energy_joules",
+            "Energy of the GPUs a local llama-server target runs on, attributed to it (all of a GPU it has alone; "
+            "shared by SM utilisation with other targets on the same GPU), in joules since the exporter started.",
+            labels=["target"])
 
         for index in range(n.nvmlDeviceGetCount()):
             h = n.nvmlDeviceGetHandleByIndex(index)
@@ -212,11 +234,12 @@ class GpuCollector:
                 used.add_metric(lv, float(mem.used))
                 free.add_metric(lv, float(mem.free))
                 total.add_metric(lv, float(mem.total))
+            energy_mj = self._safe(n.nvmlDeviceGetTotalEnergyConsumption, h)
             for fam, value, scale in (
                 (temp, self._safe(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU), 1.0),
                 (power, self._safe(n.nvmlDeviceGetPowerUsage, h), 1e-3),  # mW -> W
                 (plimit, self._safe(n.nvmlDeviceGetEnforcedPowerLimit, h), 1e-3),
-                (energy, self._safe(n.nvmlDeviceGetTotalEnergyConsumption, h), 1e-3),  # mJ -> J
+                (energy, energy_mj, 1e-3),  # mJ -> J
                 (sm, self._safe(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM), 1e6),  # MHz -> Hz
                 (mclk, self._safe(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_MEM), 1e6),
                 (fan, self._safe(n.nvmlDeviceGetFanSpeed, h), 1e-2),  # percent -> ratio
@@ -236,9 +259,13 @@ class GpuCollector:
                     kbps = self._safe(n.nvmlDeviceGetPcieThroughput, h, counter)
                     if kbps is not None:
                         pcie.add_metric(lv + [direction], float(kbps) * 1024.0)  # NVML reports KB/s
-            self._collect_processes(h, lv, proc_mem, target_mem)
+            on_gpu = self._collect_processes(h, lv, proc_mem, target_mem)
+            if energy_mj is not None:
+                self.energy.add_reading(uuid, float(energy_mj), self._sm_weights(h, uuid, on_gpu))
+        for target_name, joules in sorted(self.energy.totals.items()):
+            target_energy.add_metric([target_name], joules)
 
-        families: list[Metric] = [info, util, mutil, used, free, total, temp, power, plimit, energy, sm, mclk, fan, throttle, ecc]
+        families: list[Metric] = [info, util, mutil, used, free, total, temp, power, plimit, energy, sm, mclk, fan, throttle, ecc, target_energy]
         if self.pcie:
             families.append(pcie)
         if self.processes:
@@ -251,9 +278,29 @@ class GpuCollector:
         fn = getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(self.nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
         return None if fn is None else self._safe(fn, h)
 
-    def _collect_processes(self, h: Any, lv: list[str], proc_mem: GaugeMetricFamily, target_mem: GaugeMetricFamily) -> None:
+    def _sm_weights(self, h: Any, uuid: str, on_gpu: dict[str, int]) -> dict[str, float]:
+        """Each target on this GPU and its process's SM utilisation since the previous reading.
+
+        Only asked when several targets share the GPU (one target gets all of it anyway). NVML
+        answers with samples newer than the timestamp given; none (an error) means no process
+        ran kernels, and the energy is then shared equally.
+        """
+        if len(on_gpu) < 2:
+            return {t: 1.0 for t in on_gpu}
+        sm_by_pid: dict[int, float] = {}
+        try:
+            samples = self.nvml.nvmlDeviceGetProcessUtilization(h, self._util_seen.get(uuid, 0))
+        except self.nvml.NVMLError:
+            samples = []
+        for sample in samples:
+            sm_by_pid[sample.pid] = sm_by_pid.get(sample.pid, 0.0) + float(sample.smUtil)
+            self._util_seen[uuid] = max(self._util_seen.get(uuid, 0), int(sample.timeStamp))
+        return {t: sm_by_pid.get(pid, 0.0) for t, pid in on_gpu.items()}
+
+    def _collect_processes(self, h: Any, lv: list[str], proc_mem: GaugeMetricFamily, target_mem: GaugeMetricFamily) -> dict[str, int]:
+        """Per-process and per-target memory series; returns the targets running on this GPU and their PIDs."""
         if not self.processes and not self.targets:
-            return
+            return {}
         usage: dict[int, int | None] = {}
         for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
             fn = getattr(self.nvml, getter, None)
@@ -266,12 +313,17 @@ class GpuCollector:
             for pid, mem in sorted(usage.items()):
                 if mem is not None:
                     proc_mem.add_metric(lv + [str(pid), self._name_of(pid)], float(mem))
+        on_gpu: dict[str, int] = {}
         for target in self.targets:
             assert target.port is not None
             listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
-            used = usage.get(listener) if listener is not None else None
+            if listener is None:
+                continue
+            on_gpu[target.name] = listener
+            used = usage.get(listener)
             if used is not None:
                 target_mem.add_metric(lv + [target.name], float(used))
+        return on_gpu
 
     def _name_of(self, pid: int) -> str:
         name = self._process_name(pid)

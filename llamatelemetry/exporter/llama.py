@@ -5,7 +5,8 @@
   keeping the upstream type. Exception: ``llamacpp:n_tokens_max`` is a high-water mark that
   llama-server types as a counter; it is re-exported as a gauge named ``llamacpp_n_tokens_max``
   (``rate()`` of a maximum means nothing, and as a counter the client library would rename it
-  ``..._total``).
+  ``..._total``). ``llamacpp:n_busy_slots_per_decode`` (an average, typed counter by some builds)
+  is always a gauge too. Families that are not ``llamacpp:*`` are dropped (logged once).
 * ``/props`` → ``llamatelemetry_server_info``; ``/slots`` → per-slot gauges.
 * 501 answers → ``llamatelemetry_endpoint_available{endpoint} 0`` plus one log line naming the
   llama-server flag, repeated only after the endpoint came back in between.
@@ -27,13 +28,13 @@ import logging
 import os
 import re
 import time
-from typing import Any, Dict, Tuple, cast
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
 
 from .._defaults import API_KEY_ENV
-from ..promtext import VALUE_MARK, MetricFamily, PromTextParseError, page_layout, parse_prometheus_text, parse_value
+from ..promtext import MetricFamily, PromTextParseError, parse_prometheus_text
 from .fetch import Fetched, TargetSnapshot
 from .targets import Target
 
@@ -48,8 +49,14 @@ FLAG_HINT = {
     "props": "this llama-server does not serve /props, so llamatelemetry_server_info is missing for it",
 }
 
+#: Only these families are re-exported: anything else on a target's /metrics (another exporter's
+#: llamatelemetry_* families, say) would collide with the exporter's own names.
+UPSTREAM_PREFIXES = ("llamacpp:", "llamacpp_")
+
 #: Upstream families whose type is changed on re-export (see module docstring).
-TYPE_OVERRIDES = {"llamacpp:n_tokens_max": "gauge"}
+#: ``n_busy_slots_per_decode`` is an average (busy slots / decode calls) that some builds type as a
+#: counter and others as a gauge: always a gauge here, so its name and type do not depend on the build.
+TYPE_OVERRIDES = {"llamacpp:n_tokens_max": "gauge", "llamacpp:n_busy_slots_per_decode": "gauge"}
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -102,7 +109,8 @@ class TargetView:
         self._last_state: str | None = None
         self._props_labels: list[str] | None = None  # cached llamatelemetry_server_info labels
         self._props_at = 0.0
-        self._metrics_template: _MetricsTemplate | None = None  # the last /metrics layout, see there
+        self._slot_tasks: dict[str, Any] = {}  # slot id -> the id_task seen at the previous scrape
+        self.requests_seen = 0  # tasks seen starting on a slot (see _count_requests)
 
     def props_due(self) -> bool:
         """Whether this scrape should read ``/props`` (see :data:`PROPS_TTL_SECONDS`)."""
@@ -205,23 +213,22 @@ class TargetView:
 
     def _metrics(self, body: bytes) -> tuple[list[Metric], str | None]:
         try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
+            parsed = parse_prometheus_text(body.decode("utf-8"))
+        except (UnicodeDecodeError, PromTextParseError) as exc:
             return [], f"/metrics is not valid Prometheus text ({exc}); its llamacpp_* series are skipped this scrape"
-        key, tokens = page_layout(text)
-        template = self._metrics_template
-        if template is not None and template.key == key:
-            values = [parse_value(t) for t in tokens]
-            if None not in values:
-                return template.render(cast("list[float]", values)), None
-        try:  # a new layout (first scrape, restart, new family) or an odd value: the strict parser decides
-            sample_lines: dict[int, int] = {}
-            parsed = parse_prometheus_text(text, sample_lines=sample_lines)
-        except PromTextParseError as exc:
-            return [], f"/metrics is not valid Prometheus text ({exc}); its llamacpp_* series are skipped this scrape"
-        template = _MetricsTemplate.compile(self.target.name, key, tokens, parsed, sample_lines)
-        self._metrics_template = template if template.reusable else None
-        return template.render(None), None
+        out: list[Metric] = []
+        foreign: list[str] = []
+        for fam in parsed:
+            if not fam.name.startswith(UPSTREAM_PREFIXES):
+                foreign.append(fam.name)
+                continue
+            out.append(_reexport(fam, self.target.name))
+        # Not an error of the target (its llamacpp_* series are fine), but worth one log line per change:
+        # another exporter, or this exporter itself, behind a target URL would otherwise add duplicate families.
+        self._note("foreign", None if not foreign else (
+            f"/metrics has {len(foreign)} families that are not llama-server's (e.g. {foreign[0]}); they are dropped. "
+            "Is this target really a llama-server?"))
+        return out, None
 
     def _props(self, body: bytes) -> tuple[list[str] | None, str | None]:
         try:
@@ -231,7 +238,10 @@ class TargetView:
         except ValueError as exc:
             return None, f"/props is not a JSON object ({str(exc)[:80]})"
         settings = props.get("default_generation_settings") or {}
-        model = props.get("model_alias") or os.path.basename(str(props.get("model_path") or "")) or "unknown"
+        model_path = str(props.get("model_path") or "")
+        alias = str(props.get("model_alias") or "")
+        # Without --alias, llama-server reports the full GGUF path as the alias: label by the file's name.
+        model = (alias if alias and alias != model_path else os.path.basename(model_path)) or "unknown"
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
         return [self.target.name, str(model), _label(n_ctx), _label(props.get("total_slots")), str(props.get("build_info") or "")], None
 
@@ -247,10 +257,15 @@ class TargetView:
         size = GaugeMetricFamily("llamatelemetry_slot_context_size_tokens", "Context size of the slot, in tokens.", labels=labels)
         used = GaugeMetricFamily("llamatelemetry_slot_context_tokens", "Tokens currently held in the slot's context (prompt plus generated).", labels=labels)
         ratio = GaugeMetricFamily("llamatelemetry_slot_context_utilization_ratio", "Tokens in context divided by the slot's context size (0-1).", labels=labels)
+        generated = GaugeMetricFamily("llamatelemetry_slot_generated_tokens", "Tokens generated so far by the slot's current (or last) request.", labels=labels)
         for index, slot in enumerate(slots):
             slot_id = str(slot.get("id", index))
             lv = [self.target.name, slot_id]
             processing.add_metric(lv, 1.0 if slot.get("is_processing") else 0.0)
+            decoded = _n_decoded(slot.get("next_token"))
+            if decoded is not None:
+                generated.add_metric(lv, decoded)
+            self._count_request(slot_id, slot.get("id_task"))
             n_ctx = _number(slot.get("n_ctx"))
             tokens = _number(slot.get("n_prompt_tokens")) or 0.0  # absent before the slot's first task
             if n_ctx is not None:
@@ -258,65 +273,41 @@ class TargetView:
             used.add_metric(lv, tokens)
             if n_ctx:
                 ratio.add_metric(lv, min(tokens / n_ctx, 1.0))
-        return [processing, size, used, ratio], None
+        requests = CounterMetricFamily(
+            "llamatelemetry_target_requests",
+            "Requests seen starting on the target's slots (a slot's task id changed since the previous scrape). "
+            "At most one per slot per scrape: a lower bound when requests are shorter than the scrape interval.",
+            labels=["target"])
+        requests.add_metric([self.target.name], float(self.requests_seen))
+        return [processing, size, used, ratio, generated, requests], None
+
+    def _count_request(self, slot_id: str, task: Any) -> None:
+        """Count a request when the slot's task id changed since the last scrape.
+
+        llama-server has no request counter; /slots shows each slot's current or last task id. The
+        first sight of a slot only sets the baseline (the task ran before the exporter looked).
+        """
+        seen = slot_id in self._slot_tasks
+        before = self._slot_tasks.get(slot_id)
+        self._slot_tasks[slot_id] = task
+        if seen and task is not None and task != before:
+            self.requests_seen += 1
 
 
-#: One re-exported sample: name, labels (shared by every scrape: never mutate), the index of
-#: its value among the page's value tokens (-1: the value is part of the layout) and its value
-#: in the page the template was built from.
-_SampleSpec = Tuple[str, Dict[str, str], int, float]
-
-
-class _MetricsTemplate:
-    """The re-exported families of one ``/metrics`` layout (:func:`~llamatelemetry.promtext.page_layout`).
-
-    llama-server's page keeps its layout between restarts: same families in the same order,
-    only the values change. So the strict parse and the renaming run once per layout, and each
-    scrape only checks the value tokens and fills them in (~10x cheaper). A page with another
-    layout, or a token that :func:`~llamatelemetry.promtext.parse_value` does not accept, goes
-    through the strict parser again, so what is accepted is exactly what the parser accepts.
-    """
-
-    def __init__(self, key: tuple[str, ...], families: list[tuple[str, str, str, list[_SampleSpec]]], reusable: bool) -> None:
-        self.key = key
-        self.families = families  # (name, help, type, samples) of each Metric, as prometheus_client holds them
-        self.reusable = reusable  # False when a value token could not be read back without the strict parser
-
-    def render(self, values: list[float] | None) -> list[Metric]:
-        """Fresh families (the collector merges targets into them) with ``values``, or the template's own."""
-        out: list[Metric] = []
-        for name, doc, mtype, specs in self.families:
-            metric = Metric(name, doc, mtype)
-            if values is None:
-                metric.samples = [PromSample(sname, labels, value) for sname, labels, _, value in specs]
-            else:
-                metric.samples = [PromSample(sname, labels, values[slot] if slot >= 0 else value) for sname, labels, slot, value in specs]
-            out.append(metric)
-        return out
-
-    @classmethod
-    def compile(cls, target: str, key: tuple[str, ...], tokens: list[str], parsed: list[MetricFamily],
-                sample_lines: dict[int, int]) -> "_MetricsTemplate":
-        """Rename and retype ``parsed`` (see the module docstring) and note where each value comes from."""
-        slot_of_line = {line: slot for slot, line in enumerate(i for i, entry in enumerate(key) if entry.endswith(VALUE_MARK))}
-        families: list[tuple[str, str, str, list[_SampleSpec]]] = []
-        reusable = True
-        for fam in parsed:
-            metric, suffix = _exported_family(fam)
-            specs: list[_SampleSpec] = []
-            for sample in fam.samples:
-                labels = {("exported_target" if k == "target" else k): v for k, v in sample.labels.items()}
-                labels["target"] = target
-                sample_name = exported_name(sample.name)
-                if suffix is not None:
-                    if sample_name not in (metric.name, metric.name + suffix):
-                        continue  # e.g. a counter's _created sample: regenerated by the client library
-                    sample_name = metric.name + suffix
-                slot = slot_of_line.get(sample_lines[id(sample)], -1)
-                reusable = reusable and (slot < 0 or parse_value(tokens[slot]) is not None)
-                specs.append((sample_name, labels, slot, sample.value))
-            families.append((metric.name, metric.documentation, metric.type, specs))
-        return cls(key, families, reusable)
+def _reexport(fam: MetricFamily, target: str) -> Metric:
+    """``fam`` renamed and retyped (see the module docstring), each sample labelled with ``target``."""
+    metric, suffix = _exported_family(fam)
+    for sample in fam.samples:
+        # An upstream "target" label would clash with ours: keep it as exported_target, as Prometheus does.
+        labels = {("exported_target" if k == "target" else k): v for k, v in sample.labels.items()}
+        labels["target"] = target
+        sample_name = exported_name(sample.name)
+        if suffix is not None:
+            if sample_name not in (metric.name, metric.name + suffix):
+                continue  # e.g. a counter's _created sample: regenerated by the client library
+            sample_name = metric.name + suffix
+        metric.samples.append(PromSample(sample_name, labels, sample.value))
+    return metric
 
 
 def _exported_family(fam: MetricFamily) -> tuple[Metric, str | None]:
@@ -330,6 +321,12 @@ def _exported_family(fam: MetricFamily) -> tuple[Metric, str | None]:
     if mtype == "gauge":
         return GaugeMetricFamily(base, doc, labels=None), ""
     return Metric(base, doc, "unknown" if mtype == "untyped" else mtype), None
+
+
+def _n_decoded(next_token: Any) -> float | None:
+    # A list of one object in recent builds, the object itself in older ones.
+    first = next_token[0] if isinstance(next_token, list) and next_token else next_token
+    return _number(first.get("n_decoded")) if isinstance(first, dict) else None
 
 
 def _number(value: Any) -> float | None:

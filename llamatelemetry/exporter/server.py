@@ -1,14 +1,23 @@
-"""The exporter process: wiring (:class:`ExporterApp`) and the HTTP endpoints.
+"""The exporter process: wiring (:class:`ExporterApp`) and its HTTP endpoints.
 
-Endpoints: ``/metrics`` (Prometheus text 0.0.4, or OpenMetrics 1.0 when the ``Accept`` header
-asks for ``application/openmetrics-text``), ``/health`` (the exporter itself; 200 ``ok``) and
-``/`` (a small HTML index listing the targets).
+Served by prometheus_client's own WSGI machinery (``make_wsgi_app`` behind the standard
+library's threading WSGI server, as ``prometheus_client.start_http_server`` does), so content
+negotiation (Prometheus text 0.0.4, or OpenMetrics 1.0 when ``Accept`` asks for
+``application/openmetrics-text``), gzip and ``name[]`` filtering are the library's. Each request
+runs in its own thread and waits while the fetch loop (:class:`~.fetch.AsyncRunner`) reads the
+targets; at a scrape every few seconds that hand-off costs nothing worth a server of our own.
+
+Endpoints:
+
+* ``/metrics`` — the configured targets and the GPUs;
+* ``/probe?target=http://host:port`` — that one llama-server (Prometheus' multi-target exporter
+  pattern, as blackbox_exporter); see :func:`probe_target_allowed` for what may be probed;
+* ``/health`` — the exporter itself (200 ``ok``); ``/`` — a small HTML index.
 
 Example (in-process, e.g. from a test)::
 
     from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
-    from llamatelemetry.exporter.fake_nvml import FakeNVML
-    app = ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], port=0), nvml=FakeNVML())
+    app = ExporterApp(ExporterConfig(targets=["http://127.0.0.1:8080"], port=0, gpu=False))
     app.start()                      # serves on a background thread
     print(app.url)                   # http://127.0.0.1:<port>
     app.stop()
@@ -16,33 +25,45 @@ Example (in-process, e.g. from a test)::
 
 from __future__ import annotations
 
-import asyncio
-import gzip
+import fnmatch
 import html
 import logging
+import secrets
+import socket
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from .._defaults import EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
 from .collector import ExporterCollector
-from .encode import CONTENT_TYPE as TEXT_CONTENT_TYPE
-from .encode import TextEncoder
-from .fetch import DEFAULT_MAX_BYTES, AsyncRunner, Fetcher
+from .fetch import DEFAULT_MAX_BYTES, LOOP_HEADER, AsyncRunner, Fetcher
 from .gpu import GpuCollector
-from .targets import Target, parse_targets
+from .llama import TargetView
+from .targets import Target, TargetSpecError, parse_target, parse_targets
 
 log = logging.getLogger("llamatelemetry.exporter")
-T = TypeVar("T")
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: /probe remembers this many targets (cached /props, logged problems, error counters).
+PROBE_MEMORY = 1024
 
 
 @dataclass
 class ExporterConfig:
-    """Everything the exporter needs; the CLI fills it from flags and environment variables."""
+    """Everything the exporter needs; the CLI fills it from flags and environment variables.
+
+    ``probe_allow``: ``host:port`` patterns (shell wildcards) that ``/probe`` may scrape; empty
+    means any http/https target. The API key is sent to probed targets only when a pattern
+    allows them (never to a target somebody typed into a URL).
+    """
 
     targets: list[str] = field(default_factory=list)
     host: str = EXPORTER_DEFAULT_HOST
@@ -53,201 +74,166 @@ class ExporterConfig:
     gpu_processes: bool = True
     gpu_pcie: bool = False
     max_response_bytes: int = DEFAULT_MAX_BYTES
+    probe_allow: list[str] = field(default_factory=list)
 
 
-class _Families:
-    """A registry look-alike holding one scrape's families (all ``generate_latest`` needs)."""
+def probe_target_allowed(target: Target, patterns: list[str]) -> bool:
+    """Whether ``/probe`` may scrape ``target``: any target when ``patterns`` is empty, else a ``host:port`` match.
 
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
-_MAX_REQUEST_HEAD = 16 * 1024
-_IDLE_SECONDS = 120.0  # close keep-alive connections idle for longer (Prometheus scrapes far more often)
-
-
-_HEAD_SECONDS = 10.0  # for the header lines, once the request line came
-_timeout = getattr(asyncio, "timeout", None)
-
-
-async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-    """``await awaitable`` for at most ``seconds`` (raises ``asyncio.TimeoutError``).
-
-    Why not ``asyncio.wait_for``: before Python 3.12 it runs the awaitable in a new task, which
-    per request line and header line was a measurable part of a scrape.
+    >>> t = parse_target("http://10.0.0.5:8080")
+    >>> probe_target_allowed(t, []), probe_target_allowed(t, ["10.0.0.*:8080"]), probe_target_allowed(t, ["gpu-*:*"])
+    (True, True, False)
     """
-    if _timeout is None:  # pragma: no cover - Python 3.10
-        return await asyncio.wait_for(awaitable, seconds)
-    async with _timeout(seconds):
-        return await awaitable
+    if not patterns:
+        return True
+    host_port = target.base_url.split("://", 1)[1].split("/", 1)[0].replace("[", "").replace("]", "")
+    return any(fnmatch.fnmatchcase(host_port, p) for p in patterns)
 
 
-async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            return headers
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape (prometheus_client's server is quiet the same way)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass
 
 
-class _HttpServer:
-    """A small asyncio HTTP/1.1 server (GET/HEAD, keep-alive) running on the fetch loop.
-
-    Why not ``http.server``: a scrape there crosses from the request thread to the fetch loop
-    and back, which measured ~1 ms per scrape on 2 cores; here the scrape is awaited in place.
-    """
-
-    def __init__(self, app: "ExporterApp") -> None:
-        self.app = app
-        self.server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._encoder = TextEncoder()
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=_MAX_REQUEST_HEAD, reuse_address=True)
-        return self.server.sockets[0].getsockname()[:2]
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            # Idle keep-alive connections would keep their tasks alive past the loop: end them.
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            await asyncio.wait_for(self.server.wait_closed(), 5)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            while True:
-                request_line = await _bounded(reader.readline(), _IDLE_SECONDS)
-                if not request_line:
-                    return
-                headers = await _bounded(_read_headers(reader), _HEAD_SECONDS)
-                parts = request_line.decode("latin-1").split()
-                if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                    await self._write(writer, "HEAD", 400, b"bad request\n", "text/plain; charset=utf-8", close=True)
-                    return
-                method, target, version = parts
-                length = headers.get("content-length", "0")
-                if length.isdigit() and int(length):
-                    await reader.readexactly(min(int(length), _MAX_REQUEST_HEAD))
-                close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
-                await self._respond(writer, method, target, headers, close)
-                if close:
-                    return
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
-            return  # idle, hung up or sent something unparseable: just drop the connection
-        except asyncio.CancelledError:
-            # Cancelled by close(); ending normally keeps Python 3.11's stream callback from
-            # logging the cancellation as an error. This is the connection's top-level task.
-            return
-        finally:
-            self._connections.discard(task)
-            writer.close()
-
-    async def _respond(self, writer: asyncio.StreamWriter, method: str, target: str, headers: dict[str, str], close: bool) -> None:
-        if method not in ("GET", "HEAD"):
-            await self._write(writer, method, 405, b"only GET\n", "text/plain; charset=utf-8", close, {"Allow": "GET, HEAD"})
-            return
-        path = target.split("?", 1)[0]
-        if path == "/metrics":
-            families = await self.app.collector.collect_async()
-            encoder, content_type = choose_encoder(headers.get("accept", ""))
-            if content_type.startswith("application/openmetrics-text"):
-                body = encoder(_Families(families))  # type: ignore[arg-type]
-            else:
-                body, content_type = self._encoder.encode(families), TEXT_CONTENT_TYPE
-            extra: dict[str, str] = {}
-            if "gzip" in headers.get("accept-encoding", "") and len(body) > 4096:
-                body = gzip.compress(body, compresslevel=1)
-                extra["Content-Encoding"] = "gzip"
-            await self._write(writer, method, 200, body, content_type, close, extra)
-        elif path == "/health":
-            await self._write(writer, method, 200, b"ok\n", "text/plain; charset=utf-8", close)
-        elif path == "/":
-            await self._write(writer, method, 200, self.app.index_html().encode(), "text/html; charset=utf-8", close)
-        else:
-            await self._write(writer, method, 404, b"not found; try /metrics\n", "text/plain; charset=utf-8", close)
-
-    @staticmethod
-    async def _write(writer: asyncio.StreamWriter, method: str, status: int, body: bytes, content_type: str,
-                     close: bool, extra: dict[str, str] | None = None) -> None:
-        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
-                f"Content-Length: {len(body)}", "Server: llamatelemetry-exporter"]
-        if close:
-            head.append("Connection: close")
-        head += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
-        await writer.drain()
+def _text(start_response: StartResponse, status: str, body: str, content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+    data = body.encode("utf-8")
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 class ExporterApp:
     """The running exporter: fetch loop, collectors, registry and HTTP server.
 
-    ``nvml`` overrides the NVML module (e.g. :class:`~llamatelemetry.exporter.fake_nvml.FakeNVML`);
+    ``nvml`` replaces the ``pynvml`` module (tests pass a stand-in from ``tests/fake_nvml.py``).
     """
 
     def __init__(self, config: ExporterConfig, *, nvml: Any = None) -> None:
         self.config = config
-        self.targets: list[Target] = parse_targets(config.targets)
+        self.targets: list[Target] = parse_targets(config.targets) if config.targets else []
+        self.instance_id = secrets.token_hex(8)
         self.runner = AsyncRunner()
-        self.fetcher = Fetcher(timeout=config.timeout, max_bytes=config.max_response_bytes, api_key=config.api_key)
-        gpu = None
-        if config.gpu:
-            gpu = GpuCollector(nvml, targets=self.targets, processes=config.gpu_processes, pcie=config.gpu_pcie)
-        self.collector = ExporterCollector(self.targets, self.fetcher, self.runner, gpu)
+        self.fetcher = Fetcher(timeout=config.timeout, max_bytes=config.max_response_bytes, api_key=config.api_key,
+                               instance_id=self.instance_id)
+        # Probed targets get the API key only when an allow-list says they are ours.
+        self.probe_fetcher = self.fetcher if config.probe_allow else Fetcher(
+            timeout=config.timeout, max_bytes=config.max_response_bytes, instance_id=self.instance_id)
+        self.gpu = GpuCollector(nvml, targets=self.targets, processes=config.gpu_processes, pcie=config.gpu_pcie) if config.gpu else None
+        self.collector = ExporterCollector(self.targets, self.fetcher, self.runner, self.gpu)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._http: _HttpServer | None = None
-        self._address: tuple[str, int] | None = None
+        self._metrics_app = make_wsgi_app(self.registry)
+        self._probe_views: OrderedDict[str, TargetView] = OrderedDict()
+        self._probe_lock = threading.Lock()
+        self._httpd: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        """Base URL the exporter serves on, e.g. ``http://127.0.0.1:9183``."""
-        assert self._address is not None, "not started"
-        host, port = self._address
-        return f"http://{host}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
+    # -- HTTP -------------------------------------------------------------------------------------
+    def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI application: dispatches on the path."""
+        if environ.get("HTTP_" + LOOP_HEADER.upper().replace("-", "_")) == self.instance_id:
+            return _text(start_response, "508 Loop Detected",
+                         "this exporter is scraping itself: a --target points at the exporter, not at a llama-server\n")
+        if environ.get("REQUEST_METHOD", "GET") != "GET":  # as prometheus_client's own app answers
+            start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Type", "text/plain; charset=utf-8")])
+            return [b"only GET\n"]
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)
+        if path == "/probe":
+            return self._probe(environ, start_response)
+        if path == "/health":
+            return _text(start_response, "200 OK", "ok\n")
+        if path == "/":
+            return _text(start_response, "200 OK", self.index_html(), "text/html; charset=utf-8")
+        return _text(start_response, "404 Not Found", "not found; try /metrics, /probe?target=URL or /health\n")
+
+    def _probe(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        specs = query.get("target", [])
+        if len(specs) != 1:
+            return _text(start_response, "400 Bad Request", "give exactly one target: /probe?target=http://HOST:PORT\n")
+        try:
+            target = parse_target(specs[0])
+        except TargetSpecError as exc:
+            return _text(start_response, "400 Bad Request", f"{exc}\n")
+        if not probe_target_allowed(target, self.config.probe_allow):
+            return _text(start_response, "403 Forbidden",
+                         f"{target.name} is not allowed by --probe-allow {' '.join(self.config.probe_allow)}\n")
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: self._probe_view(target)}))
+        return make_wsgi_app(registry)(environ, start_response)
+
+    def _probe_view(self, target: Target) -> TargetView:
+        with self._probe_lock:
+            view = self._probe_views.pop(target.base_url + "?" + target.query, None)
+            if view is None:
+                view = TargetView(target)
+                if self.gpu is not None:  # a llama-server on this node: its GPU share shows on /metrics
+                    self.gpu.add_target(target)
+            self._probe_views[target.base_url + "?" + target.query] = view
+            while len(self._probe_views) > PROBE_MEMORY:
+                self._probe_views.popitem(last=False)
+            return view
 
     def index_html(self) -> str:
+        """The index page: endpoints, targets and whether GPU collection really works."""
         rows = "".join(f"<li><code>{html.escape(t.name)}</code> → {html.escape(t.base_url)}</li>" for t in self.targets)
-        gpu = "on" if self.config.gpu else "off"
+        if self.gpu is None:
+            gpu = "off (--no-gpu)"
+        elif self.gpu.last_error is None:
+            gpu = "on"
+        else:
+            gpu = f"down: {html.escape(self.gpu.last_error)}"
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>llamatelemetry exporter</title></head><body>"
             "<h1>llamatelemetry exporter</h1>"
-            "<p><a href='/metrics'>/metrics</a> (Prometheus) · <a href='/health'>/health</a></p>"
-            f"<h2>Targets</h2><ul>{rows}</ul><p>GPU collection: {gpu}</p></body></html>"
+            "<p><a href='/metrics'>/metrics</a> (Prometheus) · <code>/probe?target=http://HOST:PORT</code> (one llama-server)"
+            " · <a href='/health'>/health</a></p>"
+            f"<h2>Targets</h2><ul>{rows or '<li>none (use /probe)</li>'}</ul><p>GPU collection: {gpu}</p></body></html>"
         )
 
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL the exporter serves on, e.g. ``http://127.0.0.1:9183``."""
+        assert self._httpd is not None, "not started"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
+
     def start(self) -> "ExporterApp":
-        """Bind the listen address and serve on the fetch loop's background thread."""
+        """Bind the listen address and serve from a background thread."""
+        host = self.config.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        self._httpd = make_server(host, self.config.port, self.wsgi, Server, handler_class=_QuietHandler)
         self.runner.start()
-        self._http = _HttpServer(self)
-        try:
-            self._address = self.runner.run(self._http.start(self.config.host, self.config.port), timeout=10)
-        except BaseException:
-            self.runner.stop()
-            raise
-        log.info("serving metrics on %s/metrics for %d target(s): %s", self.url, len(self.targets),
-                 ", ".join(f"{t.name}={t.base_url}" for t in self.targets))
+        if self.gpu is not None:  # first NVML read now, so the log and the index page tell at once whether it works
+            self.gpu.collect()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="llamatelemetry-exporter-http", daemon=True)
+        self._thread.start()
+        log.info("serving metrics on %s/metrics for %d target(s)%s", self.url, len(self.targets),
+                 (": " + ", ".join(f"{t.name}={t.base_url}" for t in self.targets)) if self.targets else "")
         return self
 
     def stop(self) -> None:
         """Stop serving and shut NVML down. Safe to call twice or without start()."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
         if self.runner.running:
-            try:
-                if self._http is not None:
-                    self.runner.run(self._http.close(), timeout=10)
-            except Exception:  # noqa: BLE001 - best effort during shutdown
-                log.debug("error while closing the HTTP server", exc_info=True)
-        self._http = None
+            for fetcher in {id(f): f for f in (self.fetcher, self.probe_fetcher)}.values():
+                try:
+                    self.runner.run(fetcher.aclose(), timeout=5)
+                except Exception:  # noqa: BLE001 - best effort during shutdown
+                    log.debug("error while closing the HTTP client", exc_info=True)
         self.runner.stop()
         self.collector.close()
 

@@ -5,8 +5,8 @@ Example::
     >>> t = parse_target("gpu0=http://127.0.0.1:8081")
     >>> t.name, t.base_url, t.port
     ('gpu0', 'http://127.0.0.1:8081', 8081)
-    >>> parse_target("http://localhost:8080").name
-    'localhost:8080'
+    >>> parse_target("http://localhost:8080/v1").base_url
+    'http://localhost:8080'
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ def parse_target(spec: str) -> Target:
         if not _NAME_RE.match(name):
             raise TargetSpecError(f"invalid target name {name!r}: use letters, digits and _.:@/- (e.g. --target gpu0=http://127.0.0.1:8080)")
     if "://" not in spec:
+        if not re.search(r":\d+(/|\?|$)", spec):
+            # "coder" would otherwise be read as http://coder:80, which is rarely what was meant.
+            raise TargetSpecError(f"target {spec!r} is not a URL: write http://HOST:PORT (e.g. --target {name + '=' if name else ''}http://127.0.0.1:8080)")
         spec = "http://" + spec
     parts = urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -97,7 +100,12 @@ def parse_target(spec: str) -> Target:
         raise TargetSpecError(f"invalid port in target URL {spec!r}: {exc}") from None
     host = parts.hostname
     netloc_host = f"[{host}]" if ":" in host else host
-    base = f"{parts.scheme}://{netloc_host}:{port}{parts.path.rstrip('/')}"
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        # The OpenAI-style base URL (how aider and Continue users write it, and LLAMA_SERVER_URL is
+        # shared with the client, which accepts it too): llama-server's /metrics, /slots ... are at the root.
+        path = path[: -len("/v1")]
+    base = f"{parts.scheme}://{netloc_host}:{port}{path}"
     return Target(
         name=name or f"{host}:{port}",
         base_url=base,

@@ -1,4 +1,5 @@
-"""A fake ``pynvml`` module for tests and demos on machines without an NVIDIA GPU.
+"""A fake ``pynvml`` module for tests on machines without an NVIDIA GPU (test code only: the
+package never fakes a GPU; tests inject this at the ``nvml=`` boundary of the exporter).
 
 It implements the subset of the ``nvidia-ml-py`` API the GPU collector calls, with the same
 function names, constants and (when ``nvidia-ml-py`` is installed) the *real* exception
@@ -11,14 +12,13 @@ NotSupported, so their series must be omitted).
 
 Examples::
 
-    from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
+    from fake_nvml import FakeNVML, FakeProcess        # tests/ is on sys.path under pytest
     nvml = FakeNVML()
-    nvml.gpus[0].processes.append(FakeProcess(pid=server.pid, used_bytes=3 << 30))
+    nvml.gpus[0].processes.append(FakeProcess(pid=server.pid, used_bytes=3 << 30, sm_util=75))
     nvml.fail_next(2)                 # the next 2 device calls raise NVMLError_Unknown
     nvml.init_error = nvml.NVML_ERROR_DRIVER_NOT_LOADED   # nvmlInit() fails ("no driver")
-
-    # a running exporter with fake GPUs:  llamatelemetry exporter --fake-gpu ...
-    # or in-process: ExporterApp(config, nvml=FakeNVML())
+    nvml.gpus[0].energy_mj += 5_000   # the GPU used 5 J since the previous reading
+    ExporterApp(config, nvml=nvml)    # an in-process exporter reading these GPUs
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class FakeProcess:
     pid: int
     used_bytes: int | None
     name: str | None = None  # returned by nvmlSystemGetProcessName when /proc does not know the pid
+    sm_util: int = 0  # percent, the smUtil of each nvmlDeviceGetProcessUtilization sample
 
 
 @dataclass
@@ -116,6 +117,16 @@ class _Memory:
 
 
 @dataclass
+class _UtilizationSample:
+    pid: int
+    timeStamp: int
+    smUtil: int
+    memUtil: int = 0
+    encUtil: int = 0
+    decUtil: int = 0
+
+
+@dataclass
 class _ProcessInfo:
     pid: int
     usedGpuMemory: int | None
@@ -158,6 +169,7 @@ class FakeNVML:
         self.shutdown_calls = 0
         self._fail_remaining = 0
         self._fail_code = self.NVML_ERROR_UNKNOWN
+        self.util_clock = 0  # NVML's sample timestamps (µs); grows with every utilisation query
 
     # -- steering ---------------------------------------------------------------------------
     def fail_next(self, calls: int = 1, code: int | None = None) -> None:
@@ -271,6 +283,15 @@ class FakeNVML:
         g = self._call("nvmlDeviceGetComputeRunningProcesses", h)
         assert g is not None
         return [_ProcessInfo(p.pid, p.used_bytes) for p in g.processes]
+
+    def nvmlDeviceGetProcessUtilization(self, h: FakeGPU, last_seen: int) -> list[_UtilizationSample]:
+        """One sample per process per call, stamped after ``last_seen``; NotFound without processes (as real NVML)."""
+        g = self._call("nvmlDeviceGetProcessUtilization", h)
+        assert g is not None
+        if not g.processes:
+            raise NVMLError(self.NVML_ERROR_NOT_FOUND)
+        self.util_clock = max(self.util_clock, last_seen) + 1
+        return [_UtilizationSample(p.pid, self.util_clock, p.sm_util) for p in g.processes]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, h: FakeGPU) -> list[_ProcessInfo]:
         self._call("nvmlDeviceGetGraphicsRunningProcesses", h)
