@@ -19,16 +19,13 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
+from fake_nvml import FakeNVML, FakeProcess
 from test_top import GatewayProcess
 from tmux_helpers import TmuxSession
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port
 
-try:  # the fake NVML moves from the package to tests/ (branch exporter); work with either place
-    from fake_nvml import FakeNVML, FakeProcess  # type: ignore[import-not-found]
-except ImportError:
-    from llamatelemetry.exporter.fake_nvml import FakeNVML, FakeProcess
 
 
 def top_command(*args: str) -> list[str]:
