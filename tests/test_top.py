@@ -132,11 +132,14 @@ async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> Non
 
 
 def row(app: TopApp, panel: str, key: str) -> list[str]:
-    return [str(cell).strip() for cell in app.panels[panel].table.get_row(key)]
+    cells = [str(cell).strip() for cell in app.panels[panel].rows[key]]
+    drawn = [line.split() for line in app.panels[panel].text.splitlines()]
+    assert " ".join(cells).split() in drawn, f"row {key} is not drawn as {cells}"  # the panel shows exactly these cells
+    return cells
 
 
 def keys(app: TopApp, panel: str) -> list[str]:
-    return [str(k.value) for k in app.panels[panel].table.rows]
+    return app.panels[panel].keys()
 
 
 def run_app(app: TopApp, scenario: Callable[[Pilot[None]], Awaitable[None]], size: tuple[int, int] = (80, 24)) -> None:
@@ -302,10 +305,10 @@ def test_keys_quit_tab_pause_zoom_and_80x24_layout(exporter: ExporterApp, server
             assert region.height >= 1 and region.y >= bottoms and region.bottom <= 23, (panel_id, region)
             bottoms = region.bottom
         # tab cycles the panels.
-        assert app.focused is app.panels["servers"].table
+        assert app.focused is app.panels["servers"]
         for panel_id in PANELS[1:] + PANELS[:1]:
             await pilot.press("tab")
-            assert app.focused is app.panels[panel_id].table
+            assert app.focused is app.panels[panel_id]
         # p pauses the display (reading goes on), p again resumes.
         await pilot.press("p")
         assert "PAUSED" in str(app.query_one("#status").render())
@@ -346,7 +349,7 @@ def test_no_color_keeps_alerts_readable(exporter: ExporterApp, servers: dict[str
 
         async def scenario(pilot: Pilot[None]) -> None:
             await refresh(pilot, app)
-            cell = app.panels["servers"].table.get_row("gone")[1]
+            cell = app.panels["servers"].rows["gone"][1]
             styles = [str(cell.style)] + [str(span.style) for span in cell.spans]
             assert str(cell).strip() == "DOWN" and any("reverse" in style for style in styles)  # a word and reverse video, not only red
 
@@ -437,14 +440,14 @@ def test_clients_and_recent_requests_from_the_gateway_under_sdk_traffic(exporter
         assert oa_row[2] == str(sum(u.prompt_tokens for u in sent["openai"]))
         assert oa_row[3] == str(sum(u.completion_tokens for u in sent["openai"]))
         assert oa_row[6] == "1" and oa_row[7] == "1"  # one empty answer, one error ...
-        cells = app.panels["clients"].table.get_row("openai-python")
+        cells = app.panels["clients"].rows["openai-python"]
         assert any("reverse" in s for s in _styles(cells[6])) and any("reverse" in s for s in _styles(cells[7]))  # ... highlighted
         an_row = row(app, "clients", "anthropic-python")
         assert an_row[1] == fmt_rate(2 / minutes)
         assert an_row[2] == str(sum(u.input_tokens + (u.cache_read_input_tokens or 0) for u in sent["anthropic"]))
         assert an_row[3] == str(sum(u.output_tokens for u in sent["anthropic"]))
         assert an_row[6] == "0" and an_row[7] == "0"
-        assert not any("reverse" in s for s in _styles(app.panels["clients"].table.get_row("anthropic-python")[6]))
+        assert not any("reverse" in s for s in _styles(app.panels["clients"].rows["anthropic-python"][6]))
         # TTFT: only the stream has one; both percentiles lie in the histogram bucket holding the real value.
         ttft = next(r["ttft_s"] for r in gateway.recent() if r["stream"])
         client = next(c for c in view.clients if c.client == "openai-python")
@@ -461,7 +464,7 @@ def test_clients_and_recent_requests_from_the_gateway_under_sdk_traffic(exporter
         assert recent[2][0] == "ERR" and recent[2][9] == "400"
         assert recent[3][0] == "EMPTY" and recent[3][5] == str(sent["openai"][4].completion_tokens)
         assert [r[0] for r in recent[4:]] == [""] * 4
-        mark = app.panels["recent"].table.get_row(keys(app, "recent")[3])[0]
+        mark = app.panels["recent"].rows[keys(app, "recent")[3]][0]
         assert any("red" in s for s in _styles(mark))
         assert recent[4][7].endswith("ms") and recent[5][7] == "–"  # the stream has a TTFT, plain answers do not
 

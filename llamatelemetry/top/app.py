@@ -21,11 +21,12 @@ from typing import Sequence
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.widgets import DataTable, Footer, Static
+from textual.containers import Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Footer, Static
 
 from .model import Model, View
-from .render import COLUMNS, panel_messages, rows_for, status_line
+from .render import COLUMNS, panel_messages, rows_for, status_line, table_lines
 from .sources import Snapshot, Sources
 
 __all__ = ["PANELS", "Panel", "TopApp"]
@@ -34,49 +35,81 @@ __all__ = ["PANELS", "Panel", "TopApp"]
 PANELS = ("servers", "slots", "clients", "gpu", "recent")
 
 
-class Panel(Vertical):
-    """A panel: a table whose header row names it, and a message line when there is something to say (source down ...)."""
+class Lines(Widget):
+    """Lines of text that redraw without a new layout unless their number changes.
 
-    ALLOW_MAXIMIZE = True  # 'z' zooms the whole panel (its table and message), not just the table
+    (``Static.update`` asks for a full layout on every update; at one refresh a second for every
+    panel that was most of the view's own CPU time.)
+    """
+
+    DEFAULT_CSS = "Lines { height: auto; }"
+
+    def __init__(self, text: Text | None = None, *, classes: str | None = None, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(classes=classes, id=id)
+        self.text = text or Text()
+
+    def render(self) -> Text:
+        return self.text
+
+    def update(self, text: Text) -> None:
+        relayout = text.plain.count("\n") != self.text.plain.count("\n")
+        self.text = text
+        self.refresh(layout=relayout)
+
+
+class Panel(Vertical, can_focus=True):
+    """A panel: a header line naming it and its columns, its rows (scrollable), and a message line when
+    there is something to say (source down ...). ``tab`` focuses panels; the focused one's header lights up."""
+
+    ALLOW_MAXIMIZE = True  # 'z' zooms the whole panel
+    BINDINGS = [
+        Binding("up", "scroll(-1)", show=False), Binding("down", "scroll(1)", show=False),
+        Binding("pageup", "scroll(-10)", show=False), Binding("pagedown", "scroll(10)", show=False),
+    ]
 
     def __init__(self, panel_id: str) -> None:
         super().__init__(id=panel_id, classes="panel")
-        # cell_padding 0 and one leading space per cell: one blank between columns, so RECENT fits in 80 columns.
-        self.table: DataTable[Text] = DataTable(id=f"{panel_id}-table", cursor_type="row", show_cursor=False, cell_padding=0)
+        self.header = Lines(classes="header")
+        self.lines = Lines(classes="lines")
+        self.body = VerticalScroll(self.lines, classes="body", can_focus=False)
         self.message = Static("", classes="message")
-        self._cells: dict[str, Sequence[Text]] = {}
-        self._order: list[str] = []
+        self.rows: dict[str, Sequence[Text]] = {}  # what is shown, by row key (tests read it)
+        self._shown: tuple[Text, Text] | None = None
 
     def compose(self) -> ComposeResult:
-        yield self.table
+        yield self.header
+        yield self.body
         yield self.message
 
     def on_mount(self) -> None:
-        for column in COLUMNS[self.id or ""]:
-            self.table.add_column(Text(" " + column), key=column)
         self.message.display = False
+        self.show([], None)
+
+    def keys(self) -> list[str]:
+        return list(self.rows)
+
+    @property
+    def text(self) -> str:
+        """The panel's lines as plain text, header first: what it draws."""
+        return "" if self._shown is None else self._shown[0].plain + "\n" + self._shown[1].plain
 
     def show(self, rows: list[tuple[str, Sequence[Text]]], message: str | None) -> None:
-        """Replace the panel's content; cells that did not change are left alone (cheap refreshes)."""
+        """Replace the panel's content (one text update; nothing is redrawn when nothing changed)."""
+        self.rows = dict(rows)
+        header, lines = table_lines(COLUMNS[self.id or ""], [cells for _, cells in rows])
+        body = Text("\n", no_wrap=True, overflow="crop").join(lines)
+        if self._shown is None or self._shown[0] != header:
+            self.header.update(header)
+        if self._shown is None or self._shown[1] != body:
+            self.lines.update(body)
+            self.body.display = bool(lines)
+        self._shown = (header, body)
         self.message.display = message is not None
         if message is not None:
             self.message.update(Text(message, style="bold reverse red" if "down" in message.lower() else "dim"))
-        rows = [(key, [Text(" ") + cell for cell in cells]) for key, cells in rows]
-        keys = [key for key, _ in rows]
-        if keys != self._order:
-            self.table.clear()
-            for key, cells in rows:
-                self.table.add_row(*cells, key=key)
-            self._order = keys
-            self._cells = dict(rows)
-            return
-        columns = [c.key for c in self.table.ordered_columns]
-        for key, cells in rows:
-            old = self._cells.get(key)
-            for index, cell in enumerate(cells):
-                if old is None or old[index] != cell:
-                    self.table.update_cell(key, columns[index], cell, update_width=True)
-            self._cells[key] = cells
+
+    def action_scroll(self, lines: int) -> None:
+        self.body.scroll_relative(y=lines, animate=False)
 
 
 class TopApp(App[None]):
@@ -84,22 +117,23 @@ class TopApp(App[None]):
 
     TITLE = "llamatelemetry top"
     ENABLE_COMMAND_PALETTE = False  # nothing to run from it, and its footer hint costs a column of space
-    # No borders: at 80x24 every row counts. Each table's header row names its panel and marks the focused one.
+    # No borders: at 80x24 every row counts. Each panel's header line names it and marks the focused one.
     CSS = """
     Screen { layout: vertical; overflow-y: auto; }
     #status { height: 1; padding: 0 1; background: $panel; }
     .panel { height: auto; }
-    .panel DataTable { height: auto; max-height: 100%; scrollbar-size-vertical: 1; }
-    .panel DataTable > .datatable--header { background: $panel; color: $text-muted; }
-    .panel DataTable:focus > .datatable--header { background: $accent; color: $text; text-style: bold; }
+    .panel .header { height: 1; background: $panel; color: $text-muted; text-wrap: nowrap; }
+    .panel:focus .header { background: $accent; color: $text; text-style: bold; }
+    .panel .body { height: auto; scrollbar-size-vertical: 1; }
+    .panel .lines { text-wrap: nowrap; }
     .panel .message { height: auto; padding: 0 1; }
-    #servers { max-height: 6; }
-    #slots { max-height: 7; }
-    #clients { max-height: 7; }
-    #gpu { max-height: 6; }
+    #servers .body { max-height: 5; }
+    #slots .body { max-height: 6; }
+    #clients .body { max-height: 6; }
+    #gpu .body { max-height: 5; }
     #recent { height: 1fr; min-height: 4; }
-    #recent DataTable { height: 1fr; }
-    Screen.-maximized .panel { max-height: 100%; }
+    #recent .body { height: 1fr; }
+    Screen.-maximized .panel .body { max-height: 100%; }
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
@@ -121,7 +155,7 @@ class TopApp(App[None]):
         self._wake = asyncio.Event()
         self.refreshes = 0  # views computed (tests wait on this)
         self.panels = {pid: Panel(pid) for pid in PANELS}
-        self._status = Static(Text("reading the exporter and the gateway ..."), id="status")
+        self._status = Lines(Text("reading the exporter and the gateway ..."), id="status")
 
     def compose(self) -> ComposeResult:
         yield self._status
@@ -129,7 +163,7 @@ class TopApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.panels["servers"].table.focus()
+        self.panels["servers"].focus()
         self.run_worker(self._poll(), exclusive=True, group="poll", name="poll")
 
     async def on_unmount(self) -> None:
@@ -175,7 +209,5 @@ class TopApp(App[None]):
         if self.screen.maximized is not None:
             self.screen.minimize()
             return
-        focused = self.focused
-        panel = focused.parent if focused is not None else None
-        if isinstance(panel, Panel):
-            self.screen.maximize(panel, container=False)
+        if isinstance(self.focused, Panel):
+            self.screen.maximize(self.focused, container=False)

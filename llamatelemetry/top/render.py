@@ -254,6 +254,35 @@ def _gpu_rows(view: View) -> Rows:
     return rows + [(f"target:{t.target}", gpu_target_cells(t)) for t in view.gpu_targets]
 
 
+def table_lines(columns: Sequence[str], rows: Sequence[Sequence[Text]]) -> tuple[Text, list[Text]]:
+    """A header line and one line per row, each column as wide as its widest cell, one blank between columns.
+
+    Plain lines rather than a table widget: a refresh is one text update per panel, which keeps the
+    view's own CPU use low (see benchmarks/bench_top.py).
+
+    Example::
+
+        >>> header, lines = table_lines(["A", "bb"], [[Text("xyz"), Text("1")]])
+        >>> header.plain, lines[0].plain
+        (' A   bb', ' xyz 1')
+    """
+    widths = [len(c) for c in columns]
+    for cells in rows:
+        for i, cell in enumerate(cells):
+            widths[i] = max(widths[i], cell.cell_len)
+
+    def line(cells: Sequence[Text]) -> Text:
+        out = Text(no_wrap=True, overflow="crop")
+        for i, cell in enumerate(cells):
+            out.append(" ")
+            out.append_text(cell)
+            if i < len(cells) - 1:
+                out.append(" " * (widths[i] - cell.cell_len))
+        return out
+
+    return line([Text(c) for c in columns]), [line(cells) for cells in rows]
+
+
 COLUMNS: dict[str, tuple[str, ...]] = {
     "servers": SERVER_COLUMNS, "slots": SLOT_COLUMNS, "clients": CLIENT_COLUMNS, "gpu": GPU_COLUMNS, "recent": RECENT_COLUMNS,
 }
