@@ -41,9 +41,14 @@ def server(llama_server_factory) -> LlamaServer:  # noqa: ANN001
 
 
 @pytest.fixture
-def exporter(server: LlamaServer) -> Iterator[ExporterApp]:
-    nvml = FakeNVML()
-    nvml.gpus[0].processes.append(FakeProcess(server.pid, 3 * 1024**3))
+def nvml(server: LlamaServer) -> FakeNVML:
+    fake = FakeNVML()
+    fake.gpus[0].processes.append(FakeProcess(server.pid, 3 * 1024**3))
+    return fake
+
+
+@pytest.fixture
+def exporter(server: LlamaServer, nvml: FakeNVML) -> Iterator[ExporterApp]:
     with ExporterApp(ExporterConfig(targets=[f"demo={server.base_url}"], port=0, timeout=1.0), nvml=nvml) as running:
         yield running
 
@@ -56,8 +61,9 @@ def gateway(server: LlamaServer) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture
-def traffic(gateway: GatewayProcess) -> Iterator[None]:
-    """An agent-like client through the gateway: answers, a stream, and every 5th request an empty answer."""
+def traffic(gateway: GatewayProcess, nvml: FakeNVML) -> Iterator[None]:
+    """An agent-like client through the gateway: answers, a stream, and every 5th request an empty answer.
+    The fake GPU spends 4 J per request, so joules per token have something to show."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -70,6 +76,7 @@ def traffic(gateway: GatewayProcess) -> Iterator[None]:
                     list(client.chat.completions.create(model="scripted", messages=hi, max_tokens=64, stream=True))  # type: ignore[arg-type]
                 else:  # max_tokens 5 stops inside the reasoning: an empty answer
                     client.chat.completions.create(model="scripted", messages=hi, max_tokens=5 if i % 5 == 0 else 64)  # type: ignore[arg-type]
+                nvml.gpus[0].energy_mj += 4_000
                 stop.wait(0.15)
 
     thread = threading.Thread(target=loop, daemon=True)
