@@ -43,6 +43,7 @@ COVERED_ELSEWHERE = {
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
+    "llamatelemetry top": "tests/test_top_terminal.py runs it in tmux (80x24, --exporter/--gateway at the test's ports)",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
@@ -105,6 +106,7 @@ RUN_HERE = {
     "llamatelemetry exporter --target http://127.0.0.1:8080 --target big=http://127.0.0.1:7109": _run_exporter_command,
     "python benchmarks/bench_client.py": lambda: _run_bench("benchmarks/bench_client.py", "--calls", "3", "--rounds", "1"),
     "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--rounds", "3"),
+    "python benchmarks/bench_top.py": lambda: _run_bench("benchmarks/bench_top.py", "--seconds", "4"),
 }
 
 
