@@ -33,11 +33,15 @@ EXTRA = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 class _DropSpans:
-    """A span exporter that discards: measures instrumentation cost, not network export."""
+    """A span exporter that counts and discards: measures instrumentation cost, not network export."""
+
+    def __init__(self) -> None:
+        self.exported = 0
 
     def export(self, spans):  # noqa: ANN001
         from opentelemetry.sdk.trace.export import SpanExportResult
 
+        self.exported += len(spans)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -47,6 +51,9 @@ class _DropSpans:
         return True
 
 
+EXPORTERS: list[tuple[object, _DropSpans]] = []  # (tracer provider, its exporter), to check who made spans
+
+
 def sdk_providers():
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -54,8 +61,17 @@ def sdk_providers():
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
+    exporter = _DropSpans()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    EXPORTERS.append((tracer_provider, exporter))
     return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def spans_exported() -> int:
+    """Spans exported so far by every SDK provider of the benchmark (flushed first)."""
+    for provider, _ in EXPORTERS:
+        provider.force_flush()  # type: ignore[attr-defined]
+    return sum(exporter.exported for _, exporter in EXPORTERS)
 
 
 def make_variants(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
@@ -132,8 +148,13 @@ def make_variants(base_url: str) -> dict[str, tuple[Callable[[], None], Callable
             instrumentor.uninstrument()
 
     def with_instrumentation(fn: Callable[[], None]) -> Callable[[], None]:
-        fn.instrumented = instrumented  # type: ignore[attr-defined]
-        return fn
+        # A new function object: marking `fn` itself would switch the instrumentation on for the
+        # plain "openai" variant too (it shares `oai_call`), hiding the official stack's cost.
+        def instrumented_fn() -> None:
+            fn()
+
+        instrumented_fn.instrumented = instrumented  # type: ignore[attr-defined]
+        return instrumented_fn
 
     return {
         "raw httpx": (raw_call, raw_stream),
@@ -146,15 +167,25 @@ def make_variants(base_url: str) -> dict[str, tuple[Callable[[], None], Callable
     }
 
 
-def cpu_per_call(fn: Callable[[], None], calls: int) -> float:
+#: Variants that must produce one span per call; every other variant must produce none.
+TRACED = {"llamatelemetry + telemetry", "openai + official OTel"}
+
+
+def cpu_per_call(name: str, fn: Callable[[], None], calls: int) -> float:
     ctx = getattr(fn, "instrumented", contextlib.nullcontext)
+    before = spans_exported()
     with ctx():
         fn()  # warm up (connection, default-model lookup)
         gc.collect()
         started = time.process_time()
         for _ in range(calls):
             fn()
-        return (time.process_time() - started) / calls * 1000
+        cpu = (time.process_time() - started) / calls * 1000
+    made = spans_exported() - before
+    # Honest comparison: an instrumented variant did its work, a plain one did none.
+    expected = calls + 1 if name in TRACED else 0
+    assert made == expected, f"{name}: {made} spans for {calls + 1} calls (expected {expected})"
+    return cpu
 
 
 def main() -> None:
@@ -176,8 +207,8 @@ def main() -> None:
         results: dict[str, dict[str, list[float]]] = {name: {"chat": [], "stream": []} for name in variants}
         for _ in range(args.rounds):
             for name, (call, stream) in variants.items():
-                results[name]["chat"].append(cpu_per_call(call, args.calls))
-                results[name]["stream"].append(cpu_per_call(stream, args.calls))
+                results[name]["chat"].append(cpu_per_call(name, call, args.calls))
+                results[name]["stream"].append(cpu_per_call(name, stream, args.calls))
 
     base = {kind: statistics.median(results["raw httpx"][kind]) for kind in ("chat", "stream")}
     print(f"CPU per call (median of {args.rounds} rounds x {args.calls} calls), ratio to raw httpx")
@@ -185,6 +216,7 @@ def main() -> None:
     for name, res in results.items():
         chat, stream = statistics.median(res["chat"]), statistics.median(res["stream"])
         print(f"{name:<36}{chat:>10.3f}{chat / base['chat']:>7.2f}x{stream:>12.3f}{stream / base['stream']:>7.2f}x")
+    print("every traced variant exported one span per call, every other variant none (asserted)")
 
 
 if __name__ == "__main__":

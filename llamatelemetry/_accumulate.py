@@ -32,6 +32,12 @@ class Accumulator:
         self.model = ""
         self.usage: dict[str, Any] | None = None
         self.timings: dict[str, Any] | None = None
+        #: Tokens generated so far, from per-chunk timings (``timings_per_token``), if the server sent them.
+        self.predicted_n: int | None = None
+        #: ``predicted_n`` of the chunk where the visible answer starts (first non-whitespace text or tool
+        #: call): that chunk's token is the answer's first. None if that chunk carried no timings.
+        self.first_content_predicted_n: int | None = None
+        self.answer_started = False
 
     @property
     def content(self) -> str:
@@ -40,6 +46,10 @@ class Accumulator:
     @property
     def reasoning(self) -> str:
         return "".join(self.reasoning_parts)
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return False
 
     def _mark(self, has_content: bool) -> None:
         now = time.monotonic()
@@ -63,25 +73,37 @@ class Accumulator:
 class _OpenAIStreamAccumulator(Accumulator):
     """Chunks shaped like OpenAI's (chat and text completions): header fields, one choice, usage."""
 
-    def __init__(self, show_usage_chunk: bool) -> None:
+    def __init__(self, show_usage_chunk: bool, show_timings: bool = True) -> None:
         super().__init__()
         self.show_usage_chunk = show_usage_chunk
+        self.show_timings = show_timings
         self.created = 0
 
     def add(self, data: dict[str, Any]) -> bool:
         self.id = data.get("id") or self.id
         self.model = data.get("model") or self.model
         self.created = data.get("created") or self.created
-        if data.get("timings") is not None:
-            self.timings = data["timings"]
+        timings = data.get("timings")
+        if timings is not None:
+            self.timings = timings
+            self.predicted_n = timings.get("predicted_n", self.predicted_n)
         choices = data.get("choices")
         has_content = False
+        finishing = False
         if choices:
             choice = choices[0]
             has_content = self._add_choice(choice)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                finishing = True
+        if has_content and choices and not self.answer_started and self._starts_answer(choices[0]):
+            self.answer_started = True
+            if timings is not None:
+                self.first_content_predicted_n = timings.get("predicted_n")
         self._mark(has_content)
+        if timings is not None and not self.show_timings and not finishing and data.get("usage") is None:
+            # Per-chunk timings were requested by telemetry; without it only the final chunk has them.
+            del data["timings"]
         if data.get("usage") is not None:
             self.usage = data["usage"]
             # The usage-only final chunk (no choices) was requested by telemetry, not by the caller.
@@ -92,13 +114,22 @@ class _OpenAIStreamAccumulator(Accumulator):
         """Fold in one choice; return True if it carried visible content."""
         raise NotImplementedError
 
+    def _starts_answer(self, choice: dict[str, Any]) -> bool:
+        """Whether this content-carrying choice starts the answer (whitespace alone is a separator)."""
+        delta = choice.get("delta") or {}
+        return bool(delta.get("tool_calls")) or bool("".join(self.content_parts).strip())
+
 
 class ChatAccumulator(_OpenAIStreamAccumulator):
     chunk_type = types.ChatCompletionChunk
 
-    def __init__(self, show_usage_chunk: bool) -> None:
-        super().__init__(show_usage_chunk)
+    def __init__(self, show_usage_chunk: bool, show_timings: bool = True) -> None:
+        super().__init__(show_usage_chunk, show_timings)
         self.tool_calls: dict[int, dict[str, Any]] = {}
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self.tool_calls)
 
     def _add_choice(self, choice: dict[str, Any]) -> bool:
         delta = choice.get("delta") or {}
@@ -167,6 +198,10 @@ class MessagesAccumulator(Accumulator):
         self.output_tokens = 0
         self.cache_read: int | None = None
 
+    @property
+    def has_tool_calls(self) -> bool:
+        return any(block.get("type") == "tool_use" for block in self.blocks)
+
     def add(self, data: dict[str, Any]) -> bool:
         kind = data.get("type")
         has_content = False
@@ -222,10 +257,11 @@ class MessagesAccumulator(Accumulator):
         })
 
 
-def accumulator_for(path: str, show_usage_chunk: bool = True) -> Accumulator:
+def accumulator_for(path: str, show_usage_chunk: bool = True, show_timings: bool = True) -> Accumulator:
     """The accumulator for a streamed answer from ``path`` (query string ignored).
 
-    ``show_usage_chunk=False`` hides the usage-only final chunk the caller did not ask for.
+    ``show_usage_chunk=False`` hides the usage-only final chunk the caller did not ask for;
+    ``show_timings=False`` hides the per-chunk ``timings`` telemetry asked for (chat streams).
 
     Example::
 
@@ -238,4 +274,4 @@ def accumulator_for(path: str, show_usage_chunk: bool = True) -> Accumulator:
         return MessagesAccumulator()
     if bare.endswith("/completions") and not bare.endswith("/chat/completions"):
         return CompletionAccumulator(show_usage_chunk=show_usage_chunk)
-    return ChatAccumulator(show_usage_chunk=show_usage_chunk)
+    return ChatAccumulator(show_usage_chunk=show_usage_chunk, show_timings=show_timings)

@@ -11,7 +11,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generic, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,9 +40,12 @@ _FLAG_FOR_PATH = (
 )
 
 
+R_co = TypeVar("R_co", covariant=True)
+
+
 @dataclass(slots=True)
-class Call:
-    """One API call, described without I/O.
+class Call(Generic[R_co]):
+    """One API call, described without I/O; ``R_co`` is the type the public method returns.
 
     ``operation`` is the GenAI operation name for telemetry (None: not an inference call).
     ``parse`` turns the decoded JSON into the typed result.
@@ -57,6 +60,8 @@ class Call:
     stream: bool = False
     #: The caller asked for usage in the stream; if not, the usage-only final chunk is hidden.
     caller_wants_usage: bool = True
+    #: The caller asked for per-chunk timings; if telemetry asked, they are hidden from the caller's chunks.
+    caller_wants_timings: bool = True
     raw_text: bool = False
     #: Applied to the result after telemetry saw it (e.g. ``embed`` returns just the vector).
     unwrap: Callable[[Any], Any] | None = None

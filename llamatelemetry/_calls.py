@@ -7,10 +7,13 @@ so the sync and async clients have exactly the same parameters and documentation
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, Union
 
 from . import types
 from ._base import Call, merge_body
+
+if TYPE_CHECKING:
+    from .promtext import MetricFamily
 
 Messages = Sequence[Mapping[str, Any]]
 Stop = Union[str, Sequence[str], None]
@@ -29,6 +32,23 @@ def _with_usage(stream: bool, stream_options: Mapping[str, Any] | None) -> tuple
         return options, bool(options["include_usage"])
     options["include_usage"] = True
     return options, False
+
+
+def request_token_positions(call: Call) -> None:
+    """Ask llama-server for the running token count in every chunk of a streamed chat (telemetry only).
+
+    ``"timings_per_token": true`` adds ``timings.predicted_n`` (tokens generated so far) to each
+    chunk: the exact reasoning-token count is the position of the first visible-content chunk.
+    Like the injected usage chunk, the per-chunk timings are hidden unless the caller asked for
+    them. ``/v1/messages`` streams carry no per-chunk timings (llama-server b11434), so only chat.
+    """
+    if not call.stream or call.path != "/v1/chat/completions" or not isinstance(call.body, dict):
+        return
+    if "timings_per_token" in call.body:
+        call.caller_wants_timings = bool(call.body["timings_per_token"])
+        return
+    call.body["timings_per_token"] = True
+    call.caller_wants_timings = False
 
 
 def chat_completion(
@@ -51,7 +71,7 @@ def chat_completion(
     chat_template_kwargs: Mapping[str, Any] | None = None,
     reasoning_format: str | None = None,
     extra_body: Mapping[str, Any] | None = None,
-) -> Call:
+) -> Call[types.ChatCompletion]:
     """Create a chat completion (``POST /v1/chat/completions``).
 
     With ``stream=True`` the result is a stream of :class:`~llamatelemetry.types.ChatCompletionChunk`,
@@ -91,7 +111,7 @@ def completion(
     stream: bool = False,
     stream_options: Mapping[str, Any] | None = None,
     extra_body: Mapping[str, Any] | None = None,
-) -> Call:
+) -> Call[types.Completion]:
     """Create a text completion (``POST /v1/completions``).
 
     Example::
@@ -123,7 +143,7 @@ def message(
     tools: Sequence[Mapping[str, Any]] | None = None,
     stream: bool = False,
     extra_body: Mapping[str, Any] | None = None,
-) -> Call:
+) -> Call[types.Message]:
     """Create an Anthropic-shaped message (``POST /v1/messages``): thinking and text blocks.
 
     With ``stream=True`` the result is a stream of :class:`~llamatelemetry.types.MessageStreamEvent`.
@@ -147,7 +167,7 @@ def embeddings(
     model: str | None = None,
     encoding_format: Literal["float", "base64"] | None = None,
     extra_body: Mapping[str, Any] | None = None,
-) -> Call:
+) -> Call[types.CreateEmbeddingResponse]:
     """Create embeddings (``POST /v1/embeddings``; llama-server needs ``--embeddings``).
 
     Example::
@@ -159,7 +179,7 @@ def embeddings(
     return Call("POST", "/v1/embeddings", types.CreateEmbeddingResponse.from_dict, body=body, operation="embeddings")
 
 
-def embed(text: str, *, model: str | None = None) -> Call:
+def embed(text: str, *, model: str | None = None) -> Call[list[float]]:
     """Embed one text and return its vector (short form of ``embeddings.create``).
 
     Example::
@@ -167,11 +187,11 @@ def embed(text: str, *, model: str | None = None) -> Call:
         vector = client.embed("hello")
     """
     call = embeddings(input=text, model=model)
-    call.unwrap = lambda response: response.data[0].embedding
-    return call
+    return Call(call.method, call.path, call.parse, body=call.body, operation=call.operation,
+                unwrap=lambda response: response.data[0].embedding)
 
 
-def rerank(query: str, documents: Sequence[str], *, top_n: int | None = None, model: str | None = None) -> Call:
+def rerank(query: str, documents: Sequence[str], *, top_n: int | None = None, model: str | None = None) -> Call[types.RerankResponse]:
     """Rank ``documents`` by relevance to ``query`` (``POST /v1/rerank``; needs a reranker and ``--rerank``).
 
     Example::
@@ -182,7 +202,7 @@ def rerank(query: str, documents: Sequence[str], *, top_n: int | None = None, mo
     return Call("POST", "/v1/rerank", types.RerankResponse.from_dict, body=body, operation="rerank")
 
 
-def tokenize(text: str, *, add_special: bool = False, parse_special: bool = True) -> Call:
+def tokenize(text: str, *, add_special: bool = False, parse_special: bool = True) -> Call[list[int]]:
     """Tokenize text with the server's model (``POST /tokenize``) and return the token ids.
 
     Example::
@@ -193,7 +213,7 @@ def tokenize(text: str, *, add_special: bool = False, parse_special: bool = True
     return Call("POST", "/tokenize", lambda data: list(data["tokens"]), body=body)
 
 
-def detokenize(tokens: Iterable[int]) -> Call:
+def detokenize(tokens: Iterable[int]) -> Call[str]:
     """Turn token ids back into text (``POST /detokenize``).
 
     Example::
@@ -203,7 +223,7 @@ def detokenize(tokens: Iterable[int]) -> Call:
     return Call("POST", "/detokenize", lambda data: str(data["content"]), body={"tokens": list(tokens)})
 
 
-def list_models() -> Call:
+def list_models() -> Call[types.ModelList]:
     """List the served models (``GET /v1/models``).
 
     Example::
@@ -213,7 +233,7 @@ def list_models() -> Call:
     return Call("GET", "/v1/models", types.ModelList.from_dict)
 
 
-def get_props() -> Call:
+def get_props() -> Call[types.Props]:
     """Read server properties (``GET /props``): slots, context size, chat template, build.
 
     Example::
@@ -223,7 +243,7 @@ def get_props() -> Call:
     return Call("GET", "/props", types.Props.from_dict)
 
 
-def list_slots() -> Call:
+def list_slots() -> Call[list[types.Slot]]:
     """List the server's slots (``GET /slots``; disabled by ``--no-slots``).
 
     Example::
@@ -233,12 +253,12 @@ def list_slots() -> Call:
     return Call("GET", "/slots", lambda data: [types.Slot.from_dict(s) for s in data])
 
 
-def _slot_action(action: str, slot_id: int, filename: str | None) -> Call:
+def _slot_action(action: str, slot_id: int, filename: str | None) -> Call[dict[str, Any]]:
     body = {"filename": filename} if filename is not None else {}
     return Call("POST", f"/slots/{int(slot_id)}", lambda data: data, body=body, params={"action": action})
 
 
-def save_slot(slot_id: int, filename: str) -> Call:
+def save_slot(slot_id: int, filename: str) -> Call[dict[str, Any]]:
     """Save a slot's KV cache to ``filename`` in ``--slot-save-path``.
 
     Example::
@@ -248,7 +268,7 @@ def save_slot(slot_id: int, filename: str) -> Call:
     return _slot_action("save", slot_id, filename)
 
 
-def restore_slot(slot_id: int, filename: str) -> Call:
+def restore_slot(slot_id: int, filename: str) -> Call[dict[str, Any]]:
     """Restore a slot's KV cache from ``filename`` (saved with :meth:`save`).
 
     Example::
@@ -258,7 +278,7 @@ def restore_slot(slot_id: int, filename: str) -> Call:
     return _slot_action("restore", slot_id, filename)
 
 
-def erase_slot(slot_id: int) -> Call:
+def erase_slot(slot_id: int) -> Call[dict[str, Any]]:
     """Erase a slot's KV cache.
 
     Example::
@@ -268,7 +288,7 @@ def erase_slot(slot_id: int) -> Call:
     return _slot_action("erase", slot_id, None)
 
 
-def list_lora() -> Call:
+def list_lora() -> Call[list[types.LoraAdapter]]:
     """List loaded LoRA adapters and their scales (``GET /lora-adapters``).
 
     Example::
@@ -278,7 +298,7 @@ def list_lora() -> Call:
     return Call("GET", "/lora-adapters", lambda data: [types.LoraAdapter.from_dict(a) for a in data])
 
 
-def apply_lora(scales: Mapping[int, float] | Sequence[Mapping[str, Any]]) -> Call:
+def apply_lora(scales: Mapping[int, float] | Sequence[Mapping[str, Any]]) -> Call[dict[str, Any]]:
     """Set LoRA adapter scales, as ``{id: scale}`` or ``[{"id": 0, "scale": 0.5}]``.
 
     Example::
@@ -289,7 +309,7 @@ def apply_lora(scales: Mapping[int, float] | Sequence[Mapping[str, Any]]) -> Cal
     return Call("POST", "/lora-adapters", lambda data: data, body=body)  # type: ignore[arg-type]
 
 
-def get_metrics() -> Call:
+def get_metrics() -> Call[str]:
     """Read llama-server's Prometheus metrics as text (``GET /metrics``; needs ``--metrics``).
 
     Note: every read resets llama-server's two throughput gauges; prefer ``rate()`` of its counters.
@@ -301,7 +321,7 @@ def get_metrics() -> Call:
     return Call("GET", "/metrics", lambda text: text, raw_text=True)
 
 
-def parse_metrics() -> Call:
+def parse_metrics() -> "Call[list[MetricFamily]]":
     """Read ``/metrics`` and parse it into metric families.
 
     Example::

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 
@@ -27,6 +27,11 @@ from ._accumulate import Accumulator, accumulator_for
 from ._base import (
     DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
     transport_error,
+)
+from ._resources import (
+    AsyncChat, AsyncClientMethods, AsyncCompletions, AsyncEmbeddings, AsyncLora, AsyncMessages, AsyncMetrics, AsyncModels,
+    AsyncProps, AsyncResource, AsyncSlots, Chat, ClientMethods, Completions, Embeddings, Lora, Messages, Metrics, Models,
+    Props, Resource, Slots,
 )
 from .streaming import AsyncStream, Stream
 
@@ -40,13 +45,11 @@ if TYPE_CHECKING:
 __all__ = ["LlamaCppClient", "AsyncLlamaCppClient"]
 
 logger = logging.getLogger("llamatelemetry")
-P = ParamSpec("P")
-R = TypeVar("R")
 TimeoutTypes = float | httpx.Timeout | None
 
 
 def _accumulator_for(call: Call) -> Accumulator:
-    return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage)
+    return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage, show_timings=call.caller_wants_timings)
 
 
 #: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
@@ -80,77 +83,9 @@ def _health_from(status_code: int | None, body: bytes, error: str = "") -> types
     return types.Health(status="error", message=message, http_status=status_code)
 
 
-# --- resources, shared by both clients ---------------------------------------------------
+# --- health (differs between the clients: it never raises) ----------------------------------
 
-def _endpoint(builder: Callable[P, Call]) -> Callable[Concatenate[Any, P], Any]:
-    """Make a public method from a request builder, for the sync and the async client alike.
-
-    The method hands the built :class:`Call` to the client's ``_execute``: the sync client
-    returns the result, the async client a coroutine the caller awaits. So every resource
-    class below serves both clients, with the builder's exact signature and docstring.
-    """
-
-    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return self._client._execute(builder(*args, **kwargs))
-
-    method.__doc__ = builder.__doc__
-    method.__name__ = builder.__name__
-    return method
-
-
-class _Resource:
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-
-class _ChatCompletions(_Resource):
-    create = _endpoint(_calls.chat_completion)
-
-
-class _Chat(_Resource):
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self.completions = _ChatCompletions(client)
-
-
-class _Completions(_Resource):
-    create = _endpoint(_calls.completion)
-
-
-class _Messages(_Resource):
-    create = _endpoint(_calls.message)
-
-
-class _Embeddings(_Resource):
-    create = _endpoint(_calls.embeddings)
-
-
-class _Models(_Resource):
-    list = _endpoint(_calls.list_models)
-
-
-class _Props(_Resource):
-    get = _endpoint(_calls.get_props)
-
-
-class _Slots(_Resource):
-    list = _endpoint(_calls.list_slots)
-    save = _endpoint(_calls.save_slot)
-    restore = _endpoint(_calls.restore_slot)
-    erase = _endpoint(_calls.erase_slot)
-
-
-class _Lora(_Resource):
-    list = _endpoint(_calls.list_lora)
-    apply = _endpoint(_calls.apply_lora)
-
-
-class _Metrics(_Resource):
-    get = _endpoint(_calls.get_metrics)
-    parse = _endpoint(_calls.parse_metrics)
-
-
-class _Health(_Resource):
+class _Health(Resource):
     def check(self) -> types.Health:
         """Probe ``GET /health``: status ``ok``, ``loading`` (503), ``unreachable`` or ``error``. Never raises.
 
@@ -195,33 +130,12 @@ class _ClientBase:
         self._default_model: str | None = None
         self._next_model_lookup = 0.0  # monotonic time of the next allowed lookup (after a failed one)
         self._telemetry: "Telemetry | None" = None
-        # Resources shared by both clients (see _endpoint); health differs, each client adds its own.
-        self.chat = _Chat(self)
-        self.completions = _Completions(self)
-        self.messages = _Messages(self)
-        self.embeddings = _Embeddings(self)
-        self.models = _Models(self)
-        self.props = _Props(self)
-        self.slots = _Slots(self)
-        self.lora = _Lora(self)
-        self.metrics = _Metrics(self)
         if telemetry:
             from .telemetry.instrumentation import Telemetry
 
             self._telemetry = Telemetry(
                 self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
             )
-
-    chat_completion = _endpoint(_calls.chat_completion)
-    embed = _endpoint(_calls.embed)
-    tokenize = _endpoint(_calls.tokenize)
-    detokenize = _endpoint(_calls.detokenize)
-    rerank = _endpoint(_calls.rerank)
-
-    @property
-    def _client(self) -> "_ClientBase":
-        # Lets the generated endpoint methods live on the client itself as on its resources.
-        return self
 
     @property
     def base_url(self) -> str:
@@ -235,8 +149,11 @@ class _ClientBase:
     def _start_record(self, call: Call) -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
-        return self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                     default_model=self._default_model, count_tokens=self._count_tokens)
+        record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
+                                       default_model=self._default_model, count_tokens=self._count_tokens)
+        if record is not None:
+            _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
+        return record
 
     def _needs_default_model(self, call: Call) -> bool:
         return (
@@ -262,7 +179,7 @@ class _ClientBase:
 
 
 
-class LlamaCppClient(_ClientBase):
+class LlamaCppClient(_ClientBase, ClientMethods):
     """Synchronous client for llama-server.
 
     Args:
@@ -302,6 +219,15 @@ class LlamaCppClient(_ClientBase):
         # Our own pool carries the default headers, so requests don't merge them on every call.
         self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self.chat = Chat(self)
+        self.completions = Completions(self)
+        self.messages = Messages(self)
+        self.embeddings = Embeddings(self)
+        self.models = Models(self)
+        self.props = Props(self)
+        self.slots = Slots(self)
+        self.lora = Lora(self)
+        self.metrics = Metrics(self)
         self.health = _Health(self)
 
 
@@ -399,7 +325,7 @@ class LlamaCppClient(_ClientBase):
 
 # --- async --------------------------------------------------------------------------------------
 
-class _AsyncHealth(_Resource):
+class _AsyncHealth(AsyncResource):
     async def check(self) -> types.Health:
         """Probe ``GET /health`` (see :meth:`LlamaCppClient.health.check`)."""
         return await self._client._probe_health()
@@ -416,7 +342,7 @@ class _AsyncHealth(_Resource):
             await asyncio.sleep(interval)
 
 
-class AsyncLlamaCppClient(_ClientBase):
+class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
     """Asynchronous client for llama-server; the same surface as :class:`LlamaCppClient`, awaited.
 
     Example::
@@ -443,6 +369,15 @@ class AsyncLlamaCppClient(_ClientBase):
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self.chat = AsyncChat(self)
+        self.completions = AsyncCompletions(self)
+        self.messages = AsyncMessages(self)
+        self.embeddings = AsyncEmbeddings(self)
+        self.models = AsyncModels(self)
+        self.props = AsyncProps(self)
+        self.slots = AsyncSlots(self)
+        self.lora = AsyncLora(self)
+        self.metrics = AsyncMetrics(self)
         self.health = _AsyncHealth(self)
 
 

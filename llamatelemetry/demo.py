@@ -3,7 +3,9 @@
 With no arguments it brings its own backend (the cached llama-server build, built on first
 use, serving a small scripted reasoning model the package writes itself); ``--target URL``
 uses your llama-server instead. It starts the sidecar exporter, sends a set of traced
-requests, and prints what the telemetry saw per request and the exporter's key metrics.
+requests, sends one request from the official openai SDK and one from the anthropic SDK
+through the tracing gateway (``llamatelemetry proxy``), and prints what the telemetry saw
+per request and the exporter's key metrics.
 With the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (or ``--otlp-endpoint``) it also
 exports the telemetry there, e.g. to the compose stack's collector.
 
@@ -194,6 +196,45 @@ def _print_exporter_metrics(exporter_url: str) -> None:
                 print(f"    {sample.name}{{{labels}}} {sample.value:g}")
 
 
+def _through_proxy(base_url: str, api_key: str | None, telemetry: _DemoTelemetry) -> None:
+    """One request from each official SDK through ``llamatelemetry proxy``: the same spans, no code change."""
+    try:
+        import anthropic
+        import openai
+
+        from .proxy import Gateway, GatewayConfig, Route
+    except ImportError as exc:
+        print(f"\n  (gateway part skipped: {exc}; pip install 'llamatelemetry[demo]')")
+        return
+    config = GatewayConfig(routes=[Route(0, base_url)], admin_port=0)
+    with Gateway(config, tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider) as gateway:
+        url = gateway.urls[0]
+        print(f"\nllamatelemetry proxy {url} -> {base_url}; the official SDKs, pointed at the gateway:\n")
+        key = api_key or "none"
+        hi: Any = HI  # the SDKs' message TypedDicts; HI is the same plain dict
+        calls = [
+            ("openai SDK (OPENAI_BASE_URL=<proxy>/v1)", lambda: openai.OpenAI(base_url=url + "/v1", api_key=key).chat.completions.create(
+                model="scripted", messages=hi, max_tokens=256)),
+            ("anthropic SDK (ANTHROPIC_BASE_URL=<proxy>)", lambda: anthropic.Anthropic(base_url=url, api_key=key).messages.create(
+                model="scripted", max_tokens=256, messages=hi)),
+        ]
+        for title, call in calls:
+            before = len(telemetry.spans.get_finished_spans())
+            print(f"  {title}")
+            try:
+                call()
+            except (openai.APIError, anthropic.APIError) as exc:
+                print(f"    failed: {exc}")
+                continue
+            deadline = time.monotonic() + 5  # the gateway ends its span just after the answer
+            while len(telemetry.spans.get_finished_spans()) == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for span in telemetry.spans.get_finished_spans()[before:]:
+                _print_span(span)
+                client = (span.attributes or {}).get("llamatelemetry.client.name")
+                print(f"      client={client} kind=SERVER (the gateway's span)")
+
+
 def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) -> None:
     from . import LlamaCppClient, errors
     from .exporter.server import ExporterApp, ExporterConfig
@@ -224,6 +265,8 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
                     print(f"    failed: {exc}")
                 for span in telemetry.spans.get_finished_spans()[before:]:
                     _print_span(span)
+            if not stop.is_set():
+                _through_proxy(base_url, args.api_key, telemetry)
         _print_exporter_metrics(exporter.url)
         if args.otlp_endpoint:
             telemetry.tracer_provider.force_flush(5000)

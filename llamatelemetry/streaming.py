@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, AsyncIterator, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Generic, Iterator, TypeVar, overload
 
 import httpx
 
-from . import errors
+from . import errors, types
 from ._accumulate import Accumulator
 
 if TYPE_CHECKING:
@@ -132,8 +132,15 @@ class Stream(_StreamBase[T]):
     def __next__(self) -> T:
         return next(self._iterator)
 
+    @overload
+    def get_final_completion(self: "Stream[types.ChatCompletionChunk]") -> types.ChatCompletion: ...
+    @overload
+    def get_final_completion(self: "Stream[types.Completion]") -> types.Completion: ...
+    @overload
+    def get_final_completion(self: "Stream[types.MessageStreamEvent]") -> types.Message: ...
+
     def get_final_completion(self) -> Any:
-        """Read the rest of the stream and return the accumulated final result."""
+        """Read the rest of the stream and return the accumulated final result (e.g. a ``ChatCompletion``)."""
         for _ in self:
             pass
         return self._acc.final()
@@ -221,8 +228,15 @@ class AsyncStream(_StreamBase[T]):
             await self.aclose()
             raise
 
+    @overload
+    async def get_final_completion(self: "AsyncStream[types.ChatCompletionChunk]") -> types.ChatCompletion: ...
+    @overload
+    async def get_final_completion(self: "AsyncStream[types.Completion]") -> types.Completion: ...
+    @overload
+    async def get_final_completion(self: "AsyncStream[types.MessageStreamEvent]") -> types.Message: ...
+
     async def get_final_completion(self) -> Any:
-        """Read the rest of the stream and return the accumulated final result."""
+        """Read the rest of the stream and return the accumulated final result (e.g. a ``ChatCompletion``)."""
         async for _ in self:
             pass
         return self._acc.final()

@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 import pytest
 
 from llamatelemetry.provision.build import ensure_llama_server
-from llamatelemetry.provision.model import write_scripted_model
+from llamatelemetry.provision.model import THINKING_SCRIPTS, ThinkingScript, cached_thinking_model, write_scripted_model
+from llamatelemetry.provision.sdist import sdist_asset
 from llamatelemetry.provision.server import LlamaServer
 
 ServerFactory = Callable[..., LlamaServer]
@@ -55,3 +56,25 @@ def full_server(llama_server_factory: ServerFactory, tmp_path_factory: pytest.Te
 def bare_server(llama_server_factory: ServerFactory) -> LlamaServer:
     """A llama-server started without optional flags (and with ``--no-slots``): those endpoints answer 501."""
     return llama_server_factory("--no-slots")
+
+
+@pytest.fixture(scope="session")
+def thinking_servers(llama_server_binary: Path) -> Iterator[dict[str, tuple[LlamaServer, ThinkingScript]]]:
+    """One llama-server per real-vocabulary thinking model (Gemma 4, Qwen3.5), each with its real template.
+
+    Started together (they load in parallel) and stopped at the end of the session.
+    """
+    started: dict[str, tuple[LlamaServer, ThinkingScript]] = {}
+    try:
+        for family, script in THINKING_SCRIPTS.items():
+            template = sdist_asset(script.template)
+            server = LlamaServer(cached_thinking_model(script), binary=llama_server_binary, ctx_size=512, alias=family,
+                                 extra_args=["--chat-template-file", str(template)])
+            started[family] = (server, script)
+            server.start(wait=False)
+        for server, _ in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        for server, _ in started.values():
+            server.stop()

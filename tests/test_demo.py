@@ -11,6 +11,7 @@ import sys
 import time
 
 
+from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.provision.server import free_port
 
 from test_otlp import OtlpReceiver
@@ -28,12 +29,13 @@ def test_demo_runs_everything_and_cleans_up(llama_server_binary):
     proc = subprocess.run(DEMO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "streaming chat" in out and "reasoning= 20" in out and "ttft=" in out
+    assert "streaming chat" in out and f"reasoning= {REASONING_TOKENS}" in out and "ttft=" in out
     assert "reasoning used up max_tokens" in out
     assert "spent 8 reasoning tokens" in proc.stderr  # the one clear warning
     assert out.count("chat scripted") >= 8
     assert "llamacpp_tokens_predicted_total" in out and 'llamatelemetry_target_up{target="demo"} 1' in out
     assert "everything the demo started is stopped" in out
+    assert "client=openai-python kind=SERVER" in out and "client=anthropic-python kind=SERVER" in out
     assert _servers_running() == before
 
 

@@ -9,8 +9,10 @@ import textwrap
 import time
 from http.server import BaseHTTPRequestHandler
 
+import httpx
 import pytest
 from loopback import LoopbackHTTPServer
+from prom_helpers import one, scrape, start_prometheus
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -20,9 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 import llamatelemetry
 from llamatelemetry import LlamaCppClient
-from llamatelemetry.provision.model import REASONING_PIECES
+from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.provision.server import free_port
 from llamatelemetry.telemetry import semconv as sc
+from llamatelemetry.telemetry.configure import SHUTDOWN_FLUSH_SECONDS
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -82,7 +85,7 @@ def test_otlp_http_export_end_to_end(full_server):
         spans = receiver.spans()
         assert [s.name for s in spans] == ["chat scripted"]
         attrs = _attrs(spans[0])
-        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert attrs[sc.PROVIDER] == "llama.cpp"
         resource = {kv.key: kv.value.string_value for kv in receiver.traces[0].resource_spans[0].resource.attributes}
         assert resource["service.name"] == "otlp-test"
@@ -119,7 +122,8 @@ def test_failing_otlp_endpoint_adds_no_latency(full_server, black_hole, kind):
     assert slowest < 1.0
     started = time.monotonic()
     providers.shutdown()
-    assert time.monotonic() - started < 10
+    # Spans and metrics flush side by side within SHUTDOWN_FLUSH_SECONDS (it took ~6 s one after the other).
+    assert time.monotonic() - started < SHUTDOWN_FLUSH_SECONDS + 0.5
 
 
 SCRIPT = textwrap.dedent(
@@ -133,7 +137,8 @@ SCRIPT = textwrap.dedent(
     tracer = trace.get_tracer("filler")
     for _ in range(5000):  # a full queue of spans the collector will never take
         tracer.start_span("filler").end()
-    print("done", flush=True)
+    import time
+    print("done", time.time(), flush=True)
     """
 )
 
@@ -144,7 +149,10 @@ def test_process_exits_promptly_with_black_holed_collector(full_server, black_ho
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     assert "done" in proc.stdout
-    assert elapsed < 15, f"exit took {elapsed:.1f}s"
+    assert elapsed < 15, f"the run took {elapsed:.1f}s"
+    # From the last line of the script to the end of the process: the bounded exit flush (spans + metrics).
+    exit_took = time.time() - float(proc.stdout.split()[-1])
+    assert exit_took < SHUTDOWN_FLUSH_SECONDS + 1.0, f"exit took {exit_took:.1f}s"  # + interpreter teardown on a busy machine
 
 
 def test_console_exporter_for_local_debugging(full_server, capsys):
@@ -154,6 +162,28 @@ def test_console_exporter_for_local_debugging(full_server, capsys):
     providers.shutdown()
     out = capsys.readouterr().out
     assert '"name": "chat scripted"' in out and sc.USAGE_REASONING_OUTPUT_TOKENS in out
+    # metrics too, not only spans
+    assert f'"name": "{sc.METRIC_OPERATION_DURATION}"' in out and f'"name": "{sc.METRIC_TOKEN_USAGE}"' in out
+
+
+def test_prometheus_endpoint_serves_client_metrics(full_server):
+    providers = llamatelemetry.configure(prometheus_port=0, otlp=False, set_global=False)
+    try:
+        assert providers.prometheus_url.startswith("http://127.0.0.1:")
+        with LlamaCppClient(full_server.base_url, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider) as c:
+            c.chat_completion(messages=HI, max_tokens=64)
+        series = scrape(providers.prometheus_url)
+        assert one(series, "gen_ai_client_operation_duration_seconds_count", gen_ai_operation_name="chat") == 1
+        assert one(series, "gen_ai_client_token_usage_sum", gen_ai_token_type="reasoning") == REASONING_TOKENS
+        # and a real Prometheus scrapes it
+        with start_prometheus({"client": [providers.prometheus_url.split("/")[2]]}) as prom:
+            result = prom.wait_for('gen_ai_client_token_usage_sum{gen_ai_token_type="reasoning"}')
+            assert float(result[0]["value"][1]) == REASONING_TOKENS
+            assert result[0]["metric"]["gen_ai_request_model"] == "scripted"
+    finally:
+        providers.shutdown()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(providers.prometheus_url, timeout=1)
 
 
 def test_otlp_grpc_export(full_server):
@@ -195,7 +225,7 @@ def test_otlp_grpc_export(full_server):
         providers.shutdown()
         spans = [s for req in received for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
         assert [s.name for s in spans] == ["chat scripted"]
-        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+        assert _attrs(spans[0])[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
         assert metric_requests, "metrics were not exported over gRPC"
     finally:
         server.stop(None)
@@ -230,3 +260,16 @@ def test_black_holed_collector_does_not_grow_memory(black_hole):
     # plus at most one batch in flight to the collector and its encoding (~3 MB): all constant.
     assert grown < 10_000_000, f"memory grew by {grown} bytes"
     assert time.monotonic() - started < 10
+
+
+def test_prometheus_port_from_the_standard_variable_and_a_clear_error_when_taken(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+    providers = llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    try:
+        assert providers.prometheus_url == f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(providers.prometheus_url, timeout=5).status_code == 200
+        with pytest.raises(OSError, match="pick another prometheus_port"):
+            llamatelemetry.configure(prometheus=True, otlp=False, set_global=False)
+    finally:
+        providers.shutdown()

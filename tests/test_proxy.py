@@ -14,12 +14,12 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind
 
-from llamatelemetry.provision.model import ANSWER_TEXT, REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import ANSWER_TEXT, REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import TcpTap, running_gateway
 
 HI = [{"role": "user", "content": "Say hello."}]
-REASONING = len(REASONING_PIECES)
+REASONING = REASONING_TOKENS  # reasoning text plus its <think> markers
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,11 @@ def test_openai_stream_is_not_changed_by_the_proxy(fresh):
     assert all(c.usage is None for c in chunks)
     a = fresh.wait_for_spans(1)[0].attributes
     assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING and a[sc.STREAM_CUT_SHORT] is False
+    # Token counts all the same, from the last chunk's llama.cpp timings.
+    timings = chunks[-1].model_extra["timings"]
+    assert a[sc.USAGE_OUTPUT_TOKENS] == timings["predicted_n"] == THINKING_COMPLETION_TOKENS
+    assert a[sc.USAGE_INPUT_TOKENS] == timings["prompt_n"] + timings["cache_n"]
+    assert a[sc.USAGE_CACHE_READ_INPUT_TOKENS] == timings["cache_n"]
 
 
 def test_anthropic_messages(fresh):

@@ -44,6 +44,9 @@ COVERED_ELSEWHERE = {
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
     "llamatelemetry top": "tests/test_top_terminal.py runs it in tmux (80x24, --exporter/--gateway at the test's ports)",
+    'claude -p "hello"': "tests/test_proxy.py drives the gateway with the anthropic SDK, the /v1/messages protocol Claude Code "
+                         "speaks (Claude Code itself needs npm and a long-context model: not run in CI)",
+    "aider --model openai/my-model": "tests/test_proxy.py drives the gateway with the openai SDK, which aider uses through LiteLLM",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
@@ -51,7 +54,9 @@ SETUP_PREFIXES = ("export ", "mkdir -p models")
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(index, full_server, tmp_path):
     code = PYTHON_BLOCKS[index]
-    env = {**os.environ, "LLAMA_SERVER_URL": full_server.base_url, "OTEL_METRIC_EXPORT_INTERVAL": "100000"}
+    env = {**os.environ, "LLAMA_SERVER_URL": full_server.base_url, "OTEL_METRIC_EXPORT_INTERVAL": "100000",
+           # the Prometheus example's port (9464 by default) may be taken on a shared machine
+           "OTEL_EXPORTER_PROMETHEUS_PORT": str(free_port())}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"README python block {index} failed:\n{code}\n{proc.stderr}"
 
@@ -95,6 +100,30 @@ def _run_exporter_command() -> None:
         proc.wait(timeout=10)
 
 
+def _run_proxy_command() -> None:
+    """The README's command as written; ports from the environment. Whatever runs on :8080 (usually
+    nothing here), the gateway must start, answer its admin /health and either forward or say 502."""
+    port, admin = free_port(), free_port()
+    argv = "llamatelemetry proxy --upstream http://127.0.0.1:8080".split()
+    env = {**os.environ, "LLAMATELEMETRY_PROXY_PORT": str(port), "LLAMATELEMETRY_PROXY_ADMIN_PORT": str(admin)}
+    proc = subprocess.Popen([sys.executable, "-m", "llamatelemetry.cli", *argv[1:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{admin}/health", timeout=5).text == "ok"
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "proxy did not start"
+                time.sleep(0.2)
+        resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert resp.status_code == 200 or (resp.status_code == 502 and "http://127.0.0.1:8080" in resp.text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def _run_bench(script: str, *args: str) -> None:
     proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,6 +136,8 @@ RUN_HERE = {
     "python benchmarks/bench_client.py": lambda: _run_bench("benchmarks/bench_client.py", "--calls", "3", "--rounds", "1"),
     "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--rounds", "3"),
     "python benchmarks/bench_top.py": lambda: _run_bench("benchmarks/bench_top.py", "--seconds", "4"),
+    "llamatelemetry proxy --upstream http://127.0.0.1:8080": _run_proxy_command,
+    "python benchmarks/bench_proxy.py": lambda: _run_bench("benchmarks/bench_proxy.py", "--short", "5", "--long", "1"),
 }
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind
 
-from llamatelemetry.provision.model import REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.recorder import (
     EndedCall, Recorder, accumulator_for, context_from_headers, model_label, operation_for,
@@ -63,13 +63,13 @@ def test_non_streamed_json_gives_a_server_span_in_the_incoming_trace(full_server
     a = span.attributes
     assert a[sc.USER_AGENT_ORIGINAL] == "aider/0.80" and a[sc.CLIENT_NAME] == "aider"
     assert a[sc.USAGE_OUTPUT_TOKENS] == THINKING_COMPLETION_TOKENS == data["usage"]["completion_tokens"]
-    assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == len(REASONING_PIECES)
+    assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
     for name in (sc.METRIC_OPERATION_DURATION, sc.METRIC_SERVER_REQUEST_DURATION, sc.METRIC_SERVER_TIME_PER_OUTPUT_TOKEN):
         assert tel.histogram_count(name, **CLIENT) == 1, name
-    assert tel.histogram_sum(sc.METRIC_TOKEN_USAGE, **{**CLIENT, sc.TOKEN_TYPE: "reasoning"}) == len(REASONING_PIECES)
+    assert tel.histogram_sum(sc.METRIC_TOKEN_USAGE, **{**CLIENT, sc.TOKEN_TYPE: "reasoning"}) == REASONING_TOKENS
     assert not tel.points(sc.METRIC_SERVER_TIME_TO_FIRST_TOKEN), "not observable without a stream"
     (call,) = ended
-    assert call.outcome.output_tokens == THINKING_COMPLETION_TOKENS and call.reasoning_tokens == len(REASONING_PIECES)
+    assert call.outcome.output_tokens == THINKING_COMPLETION_TOKENS and call.reasoning_tokens == REASONING_TOKENS
     assert call.error_type is None and call.duration > 0 and call.metric_attributes[sc.CLIENT_NAME] == "aider"
 
 
@@ -119,3 +119,19 @@ def test_model_label_is_alias_or_basename():
     assert model_label("/home/me/models/Qwen3-4B-Q4_K_M.gguf") == "Qwen3-4B-Q4_K_M.gguf"
     assert model_label("C:\\models\\gemma.gguf") == "gemma.gguf"
     assert model_label("scripted") == "scripted"
+
+
+def test_server_without_alias_spans_and_labels_use_the_file_basename(llama_server_factory, scripted_model, tel):
+    from llamatelemetry import LlamaCppClient
+
+    server = llama_server_factory(alias=None)
+    with LlamaCppClient(server.base_url, **tel.providers) as c:
+        model_id = c.models.list().data[0].id
+        assert "/" in model_id, "llama-server names the model by its path when there is no --alias"
+        c.chat_completion(messages=HI, max_tokens=64)
+    span = tel.only_span()
+    assert span.name == f"chat {scripted_model.name}"
+    assert span.attributes[sc.REQUEST_MODEL] == scripted_model.name
+    assert span.attributes[sc.RESPONSE_MODEL] == model_id, "the full id stays on the span"
+    (point,) = tel.points(sc.METRIC_OPERATION_DURATION)
+    assert point.attributes[sc.REQUEST_MODEL] == point.attributes[sc.RESPONSE_MODEL] == scripted_model.name

@@ -9,13 +9,13 @@ import logging
 import pytest
 
 from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, instrument
-from llamatelemetry.provision.model import ANSWER_PIECES, REASONING_PIECES, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.model import ANSWER_PIECES, REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 
 from telemetry_helpers import RecordingServer, Telemetry
 
 HI = [{"role": "user", "content": "hi"}]
-N_REASONING = len(REASONING_PIECES)
+N_REASONING = REASONING_TOKENS  # thinking text + </think> + "\n\n" (see telemetry/reasoning.py)
 
 
 @pytest.fixture

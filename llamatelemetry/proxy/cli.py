@@ -41,6 +41,11 @@ examples:
   llamatelemetry proxy --upstream http://127.0.0.1:8080 --min-max-tokens 1500
 """
 
+ENV_LISTEN = "LLAMATELEMETRY_PROXY_LISTEN"
+ENV_PORT = "LLAMATELEMETRY_PROXY_PORT"
+ENV_ADMIN_PORT = "LLAMATELEMETRY_PROXY_ADMIN_PORT"
+ENV_MIN_MAX_TOKENS = "LLAMATELEMETRY_PROXY_MIN_MAX_TOKENS"
+
 log = logging.getLogger("llamatelemetry.proxy")
 
 
@@ -81,16 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--upstream", type=_url, metavar="URL",
                         help=f"the llama-server to forward to, served on --port [${BASE_URL_ENV} or {DEFAULT_BASE_URL}]")
-    parser.add_argument("--listen", default=PROXY_DEFAULT_HOST, metavar="HOST",
-                        help=f"address to listen on, for every port (default {PROXY_DEFAULT_HOST}; 0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=_port, default=PROXY_DEFAULT_PORT,
-                        help=f"port forwarding to --upstream (default {PROXY_DEFAULT_PORT})")
-    parser.add_argument("--admin-port", type=_port, default=PROXY_ADMIN_DEFAULT_PORT,
-                        help=f"port of /metrics, /api/recent, /health (default {PROXY_ADMIN_DEFAULT_PORT})")
+    parser.add_argument("--listen", default=os.environ.get(ENV_LISTEN, PROXY_DEFAULT_HOST), metavar="HOST",
+                        help=f"address to listen on, for every port (default {PROXY_DEFAULT_HOST}; 0.0.0.0 exposes it) [{ENV_LISTEN}]")
+    parser.add_argument("--port", type=_port, default=_port(os.environ.get(ENV_PORT, str(PROXY_DEFAULT_PORT))),
+                        help=f"port forwarding to --upstream (default {PROXY_DEFAULT_PORT}) [{ENV_PORT}]")
+    parser.add_argument("--admin-port", type=_port, default=_port(os.environ.get(ENV_ADMIN_PORT, str(PROXY_ADMIN_DEFAULT_PORT))),
+                        help=f"port of /metrics, /api/recent, /health (default {PROXY_ADMIN_DEFAULT_PORT}) [{ENV_ADMIN_PORT}]")
     parser.add_argument("--route", type=_route, action="append", default=[], metavar="PORT=URL",
                         help="one more port forwarding to another llama-server (repeatable)")
-    parser.add_argument("--min-max-tokens", type=_positive, metavar="N",
-                        help="raise a max_tokens below N on chat/messages requests to N (off by default; recorded on the span)")
+    env_floor = os.environ.get(ENV_MIN_MAX_TOKENS)
+    parser.add_argument("--min-max-tokens", type=_positive, metavar="N", default=_positive(env_floor) if env_floor else None,
+                        help=f"raise a max_tokens below N on chat/messages requests to N (off by default; recorded on the span) [{ENV_MIN_MAX_TOKENS}]")
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"), metavar="URL",
                         help="export spans and metrics over OTLP here too [OTEL_EXPORTER_OTLP_ENDPOINT]")
     parser.add_argument("--recent", type=_positive, default=200, metavar="N",

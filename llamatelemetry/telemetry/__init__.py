@@ -1,6 +1,7 @@
-"""OpenTelemetry spans and metrics for llamatelemetry clients (see :mod:`.semconv` for every name)."""
+"""OpenTelemetry spans and metrics for llamatelemetry clients and the gateway (see :mod:`.semconv` for every name)."""
 
 from .configure import configure
 from .instrumentation import Telemetry, instrument, uninstrument
+from .recorder import Recorder
 
-__all__ = ["Telemetry", "configure", "instrument", "uninstrument"]
+__all__ = ["Recorder", "Telemetry", "configure", "instrument", "uninstrument"]

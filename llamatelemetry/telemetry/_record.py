@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -22,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import errors, types
+from . import reasoning as rc
 from . import semconv as sc
 
 if TYPE_CHECKING:
@@ -60,6 +62,11 @@ class Outcome:
     chunks: int | None = None
     chunk_gaps: list[float] = field(default_factory=list)
     cut_short: bool = False
+    # reasoning-token counting (llamatelemetry.telemetry.reasoning)
+    server_reasoning_tokens: int | None = None
+    stream_position: int | None = None
+    has_tool_calls: bool = False
+    reasoning_count_method: str | None = None
 
 
 def _usage_into(outcome: Outcome, usage: dict[str, Any] | None) -> None:
@@ -70,6 +77,7 @@ def _usage_into(outcome: Outcome, usage: dict[str, Any] | None) -> None:
     outcome.output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or {}
     outcome.cached_tokens = details.get("cached_tokens", usage.get("cache_read_input_tokens"))
+    outcome.server_reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
 
 
 def _timings(timings: types.Timings | None) -> dict[str, Any] | None:
@@ -86,6 +94,7 @@ def outcome_of_result(result: Any) -> Outcome:
             if result.choices:
                 msg = result.choices[0].message
                 out.content, out.reasoning = msg.content or "", msg.reasoning_content or ""
+                out.has_tool_calls = bool(msg.tool_calls)
         else:
             out.content = "".join(c.text for c in result.choices)
         usage = result.usage
@@ -93,11 +102,14 @@ def outcome_of_result(result: Any) -> Outcome:
             out.input_tokens, out.output_tokens = usage.prompt_tokens, usage.completion_tokens
             if usage.prompt_tokens_details is not None:
                 out.cached_tokens = usage.prompt_tokens_details.cached_tokens
+            if usage.completion_tokens_details is not None:
+                out.server_reasoning_tokens = usage.completion_tokens_details.reasoning_tokens
         out.timings = _timings(result.timings)
     elif isinstance(result, types.Message):
         out.response_id, out.response_model = result.id or None, result.model or None
         out.finish_reasons = [result.stop_reason] if result.stop_reason else []
         out.content, out.reasoning = result.text, result.thinking
+        out.has_tool_calls = any(block.type == "tool_use" for block in result.content)
         if result.usage is not None:
             # Anthropic's input_tokens excludes cache reads; semconv's input tokens include them.
             cached = result.usage.cache_read_input_tokens
@@ -161,10 +173,53 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
         finish_reasons=[acc.finish_reason] if acc.finish_reason else [],
         content=acc.content, reasoning=acc.reasoning, timings=acc.timings,
         first_chunk_at=acc.first_chunk_at, first_content_at=acc.first_content_at, chunks=acc.chunks, chunk_gaps=acc.chunk_gaps,
-        cut_short=not acc.finished,
+        cut_short=not acc.finished, has_tool_calls=acc.has_tool_calls,
+        stream_position=acc.first_content_predicted_n - 1 if acc.first_content_predicted_n is not None else None,
     )
     _usage_into(out, acc.usage)
+    if out.output_tokens is None and acc.timings and acc.finished:  # the last chunk's timings are the totals
+        _usage_from_timings(out, acc.timings)
     return out
+
+
+def _usage_from_timings(out: Outcome, timings: dict[str, Any]) -> None:
+    """Token counts from llama-server's ``timings`` when a stream carries no ``usage``.
+
+    A stream has ``usage`` only if the caller asked (``stream_options.include_usage``); the OpenAI
+    SDK, aider and Continue do not by default, and a gateway must not change their requests. The
+    last chunk always has ``timings``: ``predicted_n`` tokens generated, ``prompt_n`` evaluated
+    plus ``cache_n`` reused from the prompt cache — the same numbers ``usage`` would carry.
+    """
+    predicted, prompt, cached = timings.get("predicted_n"), timings.get("prompt_n"), timings.get("cache_n")
+    if isinstance(predicted, int):
+        out.output_tokens = predicted
+    if isinstance(prompt, int):
+        out.input_tokens = prompt + (cached if isinstance(cached, int) else 0)
+    if isinstance(cached, int):
+        out.cached_tokens = cached
+
+
+#: model id -> label, bounded (ids come from responses, so a misbehaving server could send many).
+_LABELS: dict[str, str] = {}
+
+
+def model_label(model: str) -> str:
+    """The name spans and metric labels use for a model: the alias, or the GGUF file's basename.
+
+    llama-server reports the full file path as the model id when it runs without ``--alias``;
+    that path is high-cardinality noise in a span name or a label (it stays in ``gen_ai.response.model``).
+
+    Example::
+
+        model_label("/models/Qwen3-4B-Q4_K_M.gguf")  # "Qwen3-4B-Q4_K_M.gguf"
+    """
+    found = _LABELS.get(model)
+    if found is None:
+        found = os.path.basename(model.replace("\\", "/")) if ("/" in model or "\\" in model) else model
+        found = found or model
+        if len(_LABELS) < 1024:
+            _LABELS[model] = found
+    return found
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -194,8 +249,6 @@ class CallRecord:
         metric_attributes: "Mapping[str, AttributeValue] | None" = None,
         on_end: "Callable[[EndedCall], None] | None" = None,
     ) -> None:
-        from .recorder import model_label
-
         self.started = time.monotonic()  # before the request is sent
         self.telemetry = recorder
         self.path = path
@@ -291,6 +344,8 @@ class CallRecord:
             self.telemetry.duration.record(duration, attrs.base, context=self.context)
             if self.telemetry.server_request_duration is not None:
                 self.telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
+            if self.telemetry.usage_counters:
+                self._record_latest_usage(Outcome(), attrs, None)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric failed while recording an error", exc_info=True)
         self._notify(EndedCall(self.operation, self.model, Outcome(), duration, None, None, None, False, error_type,
@@ -321,7 +376,7 @@ class CallRecord:
         ended = time.monotonic()  # before the token count: the count is not part of the call's duration
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
-            reasoning_tokens = self._count_now(outcome.reasoning)
+            reasoning_tokens = rc.count_outcome(outcome, self._count_now)
             self._finish(outcome, reasoning_tokens, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
@@ -333,7 +388,7 @@ class CallRecord:
         ended = time.monotonic()
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
-            reasoning_tokens = await self._count_async(outcome.reasoning)
+            reasoning_tokens = await rc.acount_outcome(outcome, self._count_async)
             self._finish(outcome, reasoning_tokens, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
@@ -349,10 +404,8 @@ class CallRecord:
         ended = time.monotonic()
         try:
             outcome = outcome_of_stream(acc)
-            reasoning_tokens = None
             # No network I/O from a finalizer, and an async counter cannot be awaited here.
-            if not self.in_finalizer:
-                reasoning_tokens = self._count_now(outcome.reasoning)
+            reasoning_tokens = rc.count_outcome(outcome, None if self.in_finalizer else self._count_now)
             self._finish(outcome, reasoning_tokens, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
@@ -365,7 +418,7 @@ class CallRecord:
         outcome = None
         try:
             outcome = outcome_of_stream(acc)
-            reasoning_tokens = await self._count_async(outcome.reasoning)
+            reasoning_tokens = await rc.acount_outcome(outcome, self._count_async)
             self._finish(outcome, reasoning_tokens, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
@@ -437,8 +490,6 @@ class CallRecord:
             self._end_span(ended)
         response_label = None
         if out.response_model:
-            from .recorder import model_label
-
             response_label = model_label(out.response_model)
         attrs = telemetry.metric_attributes(self.operation, self.model, response_label, error_type, self.extra_metric_attributes)
         try:
@@ -446,7 +497,7 @@ class CallRecord:
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric instrument failed; the span was already ended", exc_info=True)
         if exhausted:
-            self._warn_exhausted(reasoning_tokens)
+            self._warn_exhausted(reasoning_tokens, out.finish_reasons)
         self._notify(EndedCall(self.operation, self.model, out, duration, ttft, per_token, reasoning_tokens, exhausted,
                                error_type, attrs.base))
 
@@ -482,12 +533,17 @@ class CallRecord:
         """The newer conventions: usage counters (with modality) plus per-operation token histograms."""
         counters = self.telemetry.usage_counters
         histograms = self.telemetry.operation_tokens
-        if out.input_tokens is not None:
-            counters["input"].add(out.input_tokens, attrs.usage)
-            histograms["input"].record(out.input_tokens, attrs.base)
-        if out.output_tokens is not None:
-            counters["output"].add(out.output_tokens, attrs.usage)
-            histograms["output"].record(out.output_tokens, attrs.base)
+        # Those conventions record every operation, failed ones included: 0 (modality "unknown") when
+        # no usage arrived. Reasoning and cached counts that are unknown stay out: 0 would be a guess.
+        unknown = None
+        for key, value in (("input", out.input_tokens), ("output", out.output_tokens)):
+            if value is None:
+                unknown = unknown or {**attrs.usage, sc.TOKEN_MODALITY: sc.TOKEN_MODALITY_UNKNOWN}
+                counters[key].add(0, unknown)
+                histograms[key].record(0, attrs.base)
+            else:
+                counters[key].add(value, attrs.usage)
+                histograms[key].record(value, attrs.base)
         if out.cached_tokens is not None:
             counters["cached"].add(out.cached_tokens, attrs.usage)
         if reasoning_tokens is not None:
@@ -517,6 +573,7 @@ class CallRecord:
             attrs[sc.USAGE_CACHE_READ_INPUT_TOKENS] = out.cached_tokens
         if reasoning_tokens is not None:
             attrs[sc.USAGE_REASONING_OUTPUT_TOKENS] = reasoning_tokens
+            attrs[sc.REASONING_COUNT_METHOD] = out.reasoning_count_method or "unknown"
         if ttft is not None:
             attrs[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
         if out.first_content_at is not None:
@@ -540,13 +597,16 @@ class CallRecord:
             attrs[sc.OUTPUT_MESSAGES] = _truncate(json.dumps([message], ensure_ascii=False), self.telemetry.content_limit)
         span.set_attributes(attrs)
 
-    def _warn_exhausted(self, reasoning_tokens: int | None) -> None:
+    def _warn_exhausted(self, reasoning_tokens: int | None, finish_reasons: list[str]) -> None:
         max_tokens = self.body.get("max_tokens")
         spent = f"{reasoning_tokens} reasoning tokens" if reasoning_tokens is not None else "its whole output"
+        # Say the server's own words: chat says finish_reason=length, /v1/messages stop_reason=max_tokens.
+        reason = next((r for r in finish_reasons if r in _LENGTH_REASONS), "length")
+        reported = f"stop_reason={reason}" if self.path == "/v1/messages" else f"finish_reason={reason}"
         warn_logger.warning(
             "llama-server returned an empty answer: the model spent %s thinking and hit max_tokens=%s "
-            "(finish_reason=length) before writing any visible content. Raise max_tokens, lower the "
+            "(%s) before writing any visible content. Raise max_tokens, lower the "
             "reasoning budget (reasoning_budget_tokens / llama-server --reasoning-budget), or turn thinking "
             "off (chat_template_kwargs={'enable_thinking': False}).",
-            spent, max_tokens if max_tokens is not None else "(server default)",
+            spent, max_tokens if max_tokens is not None else "(server default)", reported,
         )

@@ -6,8 +6,10 @@ application configured. This helper is for applications that have none yet.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -16,9 +18,9 @@ Protocol = Literal["http/protobuf", "grpc"]
 
 #: Bounded export: at most this long per export attempt.
 EXPORT_TIMEOUT_SECONDS = 3.0
-#: At shutdown (process exit), queued spans are flushed for at most this long, then dropped:
-#: with a collector that never answers, draining a full queue would otherwise take one export
-#: timeout per batch (4 batches x 3 s).
+#: At shutdown (process exit), queued spans and metrics are flushed for at most this long, then
+#: dropped: with a collector that never answers, draining a full queue would otherwise take one
+#: export timeout per batch (4 batches x 3 s), and the metrics' final export another 3 s.
 SHUTDOWN_FLUSH_SECONDS = 2.0
 
 
@@ -58,18 +60,71 @@ def _bounded_span_processor(exporter: Any) -> Any:
 
 @dataclass
 class TelemetryProviders:
-    """The providers :func:`configure` created; call :meth:`shutdown` to flush at exit."""
+    """The providers :func:`configure` created; call :meth:`shutdown` to flush (it also runs at exit).
+
+    ``prometheus_url`` is where the client's metrics can be scraped when ``prometheus_port`` was given.
+    """
 
     tracer_provider: Any
     meter_provider: Any
+    prometheus_url: str | None = None
+    _prometheus_server: Any = None
+    _shut_down: bool = False
 
-    def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+    def shutdown(self, timeout_seconds: float = SHUTDOWN_FLUSH_SECONDS) -> None:
+        """Flush and stop both providers, waiting at most ``timeout_seconds`` in total (whatever the collector does).
+
+        Spans and metrics are flushed side by side; what is not exported by the deadline is dropped.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if self._prometheus_server is not None:
+            self._prometheus_server.shutdown()
+            self._prometheus_server.server_close()
+        deadline = time.monotonic() + timeout_seconds
+        workers = [threading.Thread(target=_quietly, args=(provider.shutdown,), daemon=True, name="llamatelemetry-shutdown")
+                   for provider in (self.tracer_provider, self.meter_provider)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            # An export stuck on a black-holed collector is abandoned (a daemon thread) at the deadline.
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def force_flush(self, timeout_millis: int = 5000) -> None:
         self.tracer_provider.force_flush(timeout_millis)
         self.meter_provider.force_flush(timeout_millis)
+
+
+def _quietly(action: Any) -> None:
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - shutting down: nothing useful to raise
+        pass
+
+
+def _prometheus_reader(host: str, port: int) -> tuple[Any, Any, str]:
+    """A metric reader whose metrics are served for scraping on ``host:port`` (its own registry)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"prometheus_port must be 0..65535, got {port}")
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as exc:
+        raise ImportError(
+            "prometheus_port= needs opentelemetry-exporter-prometheus: pip install 'llamatelemetry[prometheus]'"
+        ) from exc
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve Prometheus metrics on {host}:{port} ({exc}); pick another prometheus_port= "
+            "or set $OTEL_EXPORTER_PROMETHEUS_PORT"
+        ) from exc
+    bound_port = server.server_address[1]
+    return reader, server, f"http://{host}:{bound_port}/metrics"
 
 
 def _resource(service_name: str | None) -> Any:
@@ -101,6 +156,10 @@ def configure(
     console: bool = False,
     export_interval_seconds: float | None = None,
     set_global: bool = True,
+    otlp: bool = True,
+    prometheus: bool = False,
+    prometheus_port: int | None = None,
+    prometheus_host: str | None = None,
     metric_readers: Sequence[Any] = (),
 ) -> TelemetryProviders:
     """Create tracer and meter providers exporting over OTLP, honouring the ``OTEL_*`` variables.
@@ -113,8 +172,14 @@ def configure(
         console: print spans and metrics to stdout instead of exporting (local debugging).
         export_interval_seconds: metric export interval (``$OTEL_METRIC_EXPORT_INTERVAL``, default 60 s).
         set_global: install the providers as the global ones (what most applications want).
-        metric_readers: more metric readers beside the OTLP one, e.g. a Prometheus reader
-            (the gateway serves its admin ``/metrics`` this way).
+        otlp: export over OTLP (default). ``otlp=False`` with ``prometheus_port`` serves metrics only.
+        prometheus: also serve the metrics for Prometheus to scrape (needs ``llamatelemetry[prometheus]``)
+            at ``http://{prometheus_host}:{prometheus_port}/metrics``, see ``providers.prometheus_url``.
+        prometheus_port: that endpoint's port (implies ``prometheus=True``; 0 picks a free one); default
+            ``$OTEL_EXPORTER_PROMETHEUS_PORT`` or 9464, the OpenTelemetry Prometheus exporter's port.
+        prometheus_host: address to bind it to; default ``$OTEL_EXPORTER_PROMETHEUS_HOST`` or 127.0.0.1.
+        metric_readers: more metric readers of the caller's own, e.g. a Prometheus reader on a
+            registry it serves itself (the gateway's admin ``/metrics``).
 
     Export never blocks the application: spans go through a bounded batch queue (dropped,
     never buffered without bound, when the collector is down) with a short export timeout.
@@ -134,10 +199,14 @@ def configure(
     chosen = protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     interval_ms = export_interval_seconds * 1000 if export_interval_seconds else None
 
+    span_exporter: Any = None
+    metric_exporter: Any = None
     if console:
         # Bind to the current sys.stdout (the SDK's default is whatever stdout was at import time).
-        span_exporter: Any = ConsoleSpanExporter(out=sys.stdout)
-        metric_exporter: Any = ConsoleMetricExporter(out=sys.stdout)
+        span_exporter = ConsoleSpanExporter(out=sys.stdout)
+        metric_exporter = ConsoleMetricExporter(out=sys.stdout)
+    elif not otlp:
+        pass
     elif chosen == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -154,12 +223,26 @@ def configure(
     else:
         raise ValueError(f"unknown OTLP protocol {chosen!r}; use 'http/protobuf' or 'grpc'")
 
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(_bounded_span_processor(span_exporter))
-    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
-                                           export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader, *metric_readers])
+    readers: list[Any] = []
+    if metric_exporter is not None:
+        readers.append(PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval_ms,
+                                                     export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000))
+    readers.extend(metric_readers)
+    prometheus_server = prometheus_url = None
+    if prometheus or prometheus_port is not None:
+        port = prometheus_port if prometheus_port is not None else int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT") or 9464)
+        host = prometheus_host or os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "127.0.0.1"
+        reader, prometheus_server, prometheus_url = _prometheus_reader(host, port)
+        readers.append(reader)
+    # Our own exit hook replaces the SDK's: its shutdown waits on each exporter's timeout in turn
+    # (up to ~6 s with a black-holed collector); ours flushes both side by side within 2 s.
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    if span_exporter is not None:
+        tracer_provider.add_span_processor(_bounded_span_processor(span_exporter))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    providers = TelemetryProviders(tracer_provider, meter_provider, prometheus_url, prometheus_server)
+    atexit.register(providers.shutdown)
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
-    return TelemetryProviders(tracer_provider, meter_provider)
+    return providers

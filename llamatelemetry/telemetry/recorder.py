@@ -33,7 +33,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .._accumulate import Accumulator, accumulator_for
 from . import semconv as sc
-from ._record import CallRecord, EndedCall, Outcome, error_type_of, outcome_of_json
+from ._record import CallRecord, EndedCall, Outcome, error_type_of, model_label, outcome_of_json
 
 __all__ = [
     "Accumulator", "CallRecord", "EndedCall", "MetricAttributes", "Outcome", "Recorder", "TokenCounter",
@@ -77,28 +77,6 @@ def context_from_headers(headers: Mapping[str, str]) -> Context:
         record = recorder.start(path, body, kind=SpanKind.SERVER, parent=context_from_headers(request.headers))
     """
     return propagate.extract(headers)
-
-
-_labels: dict[str, str] = {}
-
-
-def model_label(model: str) -> str:
-    """The name spans and metric labels use for a model: the alias, or the GGUF file's basename.
-
-    llama-server reports the full file path as the model id when it runs without ``--alias``;
-    that path is high-cardinality noise in a span name or a label (it stays in ``gen_ai.response.model``).
-
-    Example::
-
-        model_label("/models/Qwen3-4B-Q4_K_M.gguf")  # "Qwen3-4B-Q4_K_M.gguf"
-    """
-    found = _labels.get(model)
-    if found is None:
-        found = os.path.basename(model.replace("\\", "/")) if ("/" in model or "\\" in model) else model
-        found = found or model
-        if len(_labels) < 1024:
-            _labels[model] = found
-    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,9 @@ LLAMACPP_TIMING_ATTRIBUTES = {f: f"llamacpp.timings.{f}" for f in LLAMACPP_TIMIN
 TIME_TO_FIRST_CONTENT = "llamatelemetry.response.time_to_first_content"
 TIME_PER_OUTPUT_TOKEN = "llamatelemetry.response.time_per_output_token"
 REASONING_BUDGET_EXHAUSTED = "llamatelemetry.reasoning.budget_exhausted"
+#: How gen_ai.usage.reasoning.output_tokens was counted: server, exhausted, stream_position,
+#: output_minus_answer or reasoning_text (see llamatelemetry.telemetry.reasoning).
+REASONING_COUNT_METHOD = "llamatelemetry.reasoning.count_method"
 STREAM_CUT_SHORT = "llamatelemetry.stream.cut_short"
 STREAM_CHUNKS = "llamatelemetry.stream.chunks"
 EVENT_REASONING_BUDGET_EXHAUSTED = "llamatelemetry.reasoning.budget_exhausted"
@@ -105,6 +108,8 @@ METRIC_INFERENCE_OPERATION_INPUT_TOKENS = "gen_ai.client.inference.operation.inp
 METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS = "gen_ai.client.inference.operation.output_tokens"
 TOKEN_MODALITY = "gen_ai.token.modality"
 TOKEN_MODALITY_TEXT = "text"
+#: Recorded with a 0 when an operation got no usage (failed, or cut short before usage arrived).
+TOKEN_MODALITY_UNKNOWN = "unknown"
 
 
 def latest_experimental(env: "dict[str, str] | None" = None) -> bool:

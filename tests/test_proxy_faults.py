@@ -1,0 +1,144 @@
+"""The gateway under stress and faults, against real llama-servers: streaming as it arrives,
+client disconnects, an upstream killed mid-stream, an upstream that is down, 32 concurrent streams."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from llamatelemetry.provision.model import ANSWER_TEXT, THINKING_COMPLETION_TOKENS
+from llamatelemetry.provision.server import free_port
+from llamatelemetry.telemetry import semconv as sc
+from proxy_helpers import running_gateway
+
+HI = [{"role": "user", "content": "Say hello."}]
+#: A long real stream: the scripted model loops through its script when EOS is ignored (it fits the
+#: scripted model's 2048-token context with the prompt).
+LONG = 2000
+
+
+@pytest.fixture(scope="module")
+def four_slots(llama_server_factory):
+    """4 slots, each with room for a long generation."""
+    return llama_server_factory("--metrics", parallel=4)
+
+
+@pytest.fixture(scope="module")
+def proxy(four_slots):
+    with running_gateway(four_slots.base_url) as gw:
+        yield gw
+
+
+@pytest.fixture()
+def fresh(proxy):
+    proxy.exporter.clear()
+    return proxy
+
+
+def _slots(server) -> list[dict]:
+    return httpx.get(server.base_url + "/slots").json()
+
+
+def _decoded(slot: dict) -> int:
+    token = slot.get("next_token")
+    token = token[0] if isinstance(token, list) else token
+    return int((token or {}).get("n_decoded", 0))
+
+
+def test_first_chunk_arrives_long_before_the_stream_ends(fresh):
+    body = {"messages": HI, "max_tokens": LONG, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    reads: list[float] = []
+    started = time.monotonic()
+    with httpx.stream("POST", fresh.url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        for _ in resp.iter_raw():
+            reads.append(time.monotonic() - started)
+    total = reads[-1]
+    print(f"{LONG}-token stream: first bytes {reads[0] * 1000:.1f} ms, end {total * 1000:.1f} ms, {len(reads)} reads")
+    assert reads[0] < total / 5, f"first bytes after {reads[0]:.3f}s of {total:.3f}s: buffered?"
+    assert len(reads) > 100, "events should arrive as they are generated, not in a few big blocks"
+    a = fresh.wait_for_spans(1)[0].attributes
+    assert a[sc.USAGE_OUTPUT_TOKENS] == LONG
+    assert a[sc.STREAM_CUT_SHORT] is False
+
+
+def test_client_disconnect_frees_the_slot(fresh, four_slots):
+    body = {"messages": HI, "max_tokens": LONG, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", fresh.url + "/v1/chat/completions", json=body) as resp:
+            chunks = resp.iter_raw()
+            for _ in range(5):
+                next(chunks)
+            assert any(s["is_processing"] for s in _slots(four_slots)), "the stream should occupy a slot"
+        left_at = time.monotonic()  # leaving the block closed our connection mid-stream
+    while any(s["is_processing"] for s in _slots(four_slots)):
+        assert time.monotonic() - left_at < 2.0, "the slot is still generating after the client left"
+        time.sleep(0.02)
+    decoded = max(_decoded(s) for s in _slots(four_slots))
+    assert decoded < LONG / 2, f"llama-server generated {decoded} of {LONG} tokens: the upstream request was not closed at once"
+    a = fresh.wait_for_spans(1)[0].attributes
+    assert a[sc.STREAM_CUT_SHORT] is True and sc.ERROR_TYPE not in a  # cut short by the client, not a failure
+
+
+def test_upstream_killed_mid_stream(llama_server_factory):
+    server = llama_server_factory(parallel=1)
+    with running_gateway(server.base_url) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        stream = client.chat.completions.create(model="scripted", messages=HI, max_tokens=LONG, stream=True,
+                                                extra_body={"ignore_eos": True})
+        received = 0
+        with pytest.raises(openai.APIError) as caught:
+            for _ in stream:
+                received += 1
+                if received == 5:
+                    server.process.kill()
+        assert server.base_url in str(caught.value.message)
+        span = gw.wait_for_spans(1)[0]
+        assert span.attributes[sc.ERROR_TYPE] == "StreamInterruptedError"
+        assert span.attributes[sc.STREAM_CUT_SHORT] is True
+        assert gw.wait_for_recent(1)[0].error_type == "StreamInterruptedError"
+
+
+def test_upstream_down_answers_502_in_each_dialect():
+    down = f"http://127.0.0.1:{free_port()}"
+    with running_gateway(down) as gw:
+        with pytest.raises(openai.InternalServerError) as oai:
+            openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+                model="m", messages=HI)
+        assert oai.value.status_code == 502 and down in oai.value.message
+        assert oai.value.body["code"] == 502 and oai.value.body["type"] == "server_error"  # OpenAI error object
+        with pytest.raises(anthropic.APIStatusError) as anth:
+            anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0).messages.create(
+                model="m", max_tokens=8, messages=HI)
+        assert anth.value.status_code == 502 and down in anth.value.message
+        assert anth.value.body["type"] == "error" and anth.value.body["error"]["type"] == "api_error"
+        native = httpx.get(gw.url + "/slots")  # a non-inference path: same error, counted, no span
+        assert native.status_code == 502 and down in native.json()["error"]["message"]
+        spans = gw.wait_for_spans(2)
+        assert {s.attributes[sc.ERROR_TYPE] for s in spans} == {"APIConnectionError"}
+        assert {s.attributes[sc.CLIENT_NAME] for s in spans} == {"openai-python", "anthropic-python"}
+        recent = gw.wait_for_recent(3)
+        assert [r.status for r in recent] == [None, None, None]
+        assert {r.error_type for r in recent} == {"APIConnectionError"}
+
+
+def test_32_concurrent_streams_across_4_slots(fresh, four_slots):
+    client = openai.OpenAI(base_url=fresh.url + "/v1", api_key="x", max_retries=0)
+
+    def one(_: int) -> tuple[str, int]:
+        chunks = list(client.chat.completions.create(model="scripted", messages=HI, max_tokens=64, stream=True,
+                                                     stream_options={"include_usage": True}))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage.completion_tokens
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert results == [(ANSWER_TEXT, THINKING_COMPLETION_TOKENS)] * 32
+    spans = fresh.wait_for_spans(32)
+    assert [s.attributes[sc.USAGE_OUTPUT_TOKENS] for s in spans] == [THINKING_COMPLETION_TOKENS] * 32
+    assert not any(s.attributes[sc.STREAM_CUT_SHORT] for s in spans)
+    assert not any(s["is_processing"] for s in _slots(four_slots))
