@@ -366,3 +366,6 @@ def test_metrics_md_lists_exactly_what_the_exporter_emits(full_server) -> None: 
     assert set(documented) - set(emitted) - set(CONDITIONAL) == set(), "in METRICS.md but not emitted"
     wrong = {n: (documented[n], t) for n, t in emitted.items() if documented[n] != t}
     assert not wrong, f"type in METRICS.md vs emitted: {wrong}"
+    # ... and the real promtool finds nothing to complain about (names, suffixes, HELP, duplicates)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

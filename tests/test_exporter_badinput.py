@@ -334,3 +334,23 @@ def test_busy_slots_per_decode_is_a_gauge_whatever_type_the_build_gives() -> Non
         page = f"# TYPE llamacpp:n_busy_slots_per_decode {upstream}\nllamacpp:n_busy_slots_per_decode 1.5\n"
         fams, _ = TargetView(parse_target("t=http://127.0.0.1:1"))._metrics(page.encode())
         assert [(f.name, f.type, f.samples[0].name) for f in fams] == [("llamacpp_n_busy_slots_per_decode", "gauge", "llamacpp_n_busy_slots_per_decode")]
+
+
+@pytest.mark.parametrize("spec, base", [
+    ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080"),
+    ("http://127.0.0.1:8080/v1/", "http://127.0.0.1:8080"),
+    ("127.0.0.1:8080/v1", "http://127.0.0.1:8080"),
+    ("https://llm.example:443/api/v1", "https://llm.example:443/api"),  # a llama-server behind a path prefix
+    ("http://127.0.0.1:8080/v10", "http://127.0.0.1:8080/v10"),  # only a whole /v1 segment is the OpenAI suffix
+])
+def test_openai_style_v1_urls_are_accepted_as_the_client_accepts_them(spec: str, base: str) -> None:
+    from llamatelemetry.exporter.targets import parse_target
+
+    assert parse_target(spec).base_url == base
+
+
+def test_a_v1_target_is_scraped_like_the_plain_url(fakes, exporter) -> None:  # noqa: ANN001
+    fake = fakes()  # a well-behaved llama-server at the root
+    app = exporter({"t": fake.url + "/v1"})
+    assert one(scrape(app.url), "llamatelemetry_target_up", target="t") == 1
+    assert sorted(p.split("?")[0] for p in fake.paths) == ["/metrics", "/props", "/slots"]

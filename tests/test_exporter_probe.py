@@ -163,3 +163,37 @@ def test_file_sd_adds_and_removes_llama_servers(probe_app: ExporterApp, full_ser
         sd_file.write_text(json.dumps([{"targets": [first_addr]}]))  # remove it: its series go stale
         prom.wait_for(f'llamatelemetry_target_up{{target="{second_addr}"}}', lambda r: r == [], timeout=30)
         assert prom.query(up.format(first_addr)), "the remaining server must still be scraped"
+
+
+def test_a_probed_local_llama_server_gets_its_gpu_memory_and_energy_on_metrics(full_server) -> None:  # noqa: ANN001
+    from fake_nvml import FakeNVML, FakeProcess
+
+    nvml = FakeNVML()
+    nvml.gpus[0].processes.append(FakeProcess(full_server.pid, 2 << 30))
+    with ExporterApp(ExporterConfig(targets=[], port=0, timeout=1.0), nvml=nvml) as app:
+        name = host_port(full_server.base_url)
+        assert not pick(scrape(app.url), "llamatelemetry_target_energy_joules_total")  # not probed yet: unknown
+        assert probe(app, name).status_code == 200
+        scrape(app.url)  # first reading after the probe: the baseline
+        nvml.gpus[0].energy_mj += 3_000
+        series = scrape(app.url)
+    assert one(series, "llamatelemetry_target_energy_joules_total", target=name) == 3.0
+    assert one(series, "llamatelemetry_gpu_target_memory_used_bytes", target=name) == 2 << 30
+
+
+def test_cli_probe_flags_build_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from llamatelemetry.exporter import cli
+
+    def config(*argv: str):  # noqa: ANN202
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        return cli.build_config(parser.parse_args(list(argv)))
+
+    monkeypatch.delenv("LLAMATELEMETRY_EXPORTER_TARGETS", raising=False)
+    monkeypatch.setenv("LLAMATELEMETRY_EXPORTER_PROBE_ALLOW", "10.0.*:8080, gpu-*:*")
+    probe_only = config("--probe-only")
+    assert probe_only.targets == [] and probe_only.probe_allow == ["10.0.*:8080", "gpu-*:*"]
+    assert config("--probe-allow", "a:1", "--probe-allow", "b:2").probe_allow == ["a:1", "b:2"]  # flags replace the variable
+    assert config().targets  # without --probe-only the usual default target stays

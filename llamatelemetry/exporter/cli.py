@@ -67,9 +67,12 @@ def _env_bool(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_list(name: str) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", os.environ.get(name, "")) if t]
+
+
 def _env_targets() -> list[str]:
-    raw = os.environ.get(ENV_TARGETS, "")
-    return [t for t in re.split(r"[,\s]+", raw) if t]
+    return _env_list(ENV_TARGETS)
 
 
 def _positive_float(text: str) -> float:
@@ -135,7 +138,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no static target: /metrics serves only the GPUs and self-metrics, llama-servers are scraped "
                              "through /probe?target=URL as Prometheus' service discovery decides")
     parser.add_argument("--probe-allow", action="append", metavar="HOST:PORT", dest="probe_allow",
-                        default=[p for p in re.split(r"[,\s]+", os.environ.get(ENV_PROBE_ALLOW, "")) if p],
                         help=f"only let /probe scrape targets matching this host:port pattern (shell wildcards, e.g. "
                              f"'10.0.*:8080'); repeat for several. Without it /probe scrapes any http(s) URL and never "
                              f"sends the API key [{ENV_PROBE_ALLOW}, comma-separated]")
@@ -152,7 +154,7 @@ def build_config(args: argparse.Namespace) -> Any:
     return ExporterConfig(
         targets=targets, host=args.listen, port=args.port, api_key=args.api_key or None, timeout=args.timeout,
         gpu=not args.no_gpu, gpu_processes=not args.no_gpu_processes, gpu_pcie=args.gpu_pcie,
-        max_response_bytes=args.max_response_bytes, probe_allow=list(args.probe_allow or []),
+        max_response_bytes=args.max_response_bytes, probe_allow=args.probe_allow or _env_list(ENV_PROBE_ALLOW),
     )
 
 

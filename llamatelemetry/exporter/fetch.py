@@ -169,14 +169,20 @@ class Fetcher:
         start = time.perf_counter()
         endpoints = ("metrics", "slots", "props") if with_props else ("metrics", "slots")
         results: dict[str, Fetched] = {}
-        try:
-            async with asyncio.timeout(self.timeout):
-                answers = await asyncio.gather(*(self.get(target.url("/" + ep)) for ep in endpoints))
-                results.update(zip(endpoints, answers))
-                decided = any(a.status in (200, 503) for a in answers) or all(a.status is None for a in answers)
-                if not decided:  # e.g. /metrics and /slots both 501 (started without --metrics, with --no-slots)
-                    results["health"] = await self.get(target.url("/health"))
-        except TimeoutError:
+
+        async def read(endpoint: str) -> None:
+            results[endpoint] = await self.get(target.url("/" + endpoint))
+
+        async def read_all() -> None:
+            await asyncio.gather(*(read(ep) for ep in endpoints))
+            answers = list(results.values())
+            decided = any(a.status in (200, 503) for a in answers) or all(a.status is None for a in answers)
+            if not decided:  # e.g. /metrics and /slots both 501 (started without --metrics, with --no-slots)
+                await read("health")
+
+        try:  # answers that came in time are kept when another endpoint of the target is too slow
+            await asyncio.wait_for(read_all(), self.timeout)
+        except asyncio.TimeoutError:
             for ep in endpoints:
                 results.setdefault(ep, Fetched(error=f"timed out after {self.timeout:g}s"))
         return TargetSnapshot(target, results, time.perf_counter() - start)

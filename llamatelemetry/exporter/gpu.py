@@ -103,9 +103,11 @@ class GpuCollector:
         self._logged_down = False
         self._static: dict[str, str] = {}
         self.energy = EnergyLedger()
+        self._listening: dict[str, set[int]] = {}  # per target: its port's listening socket inodes, read once per scrape
         self._util_seen: dict[str, int] = {}  # per GPU uuid: newest process-utilisation sample read (NVML µs)
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
+        self._init_error = "NVML not initialised"
 
     def add_target(self, target: Target) -> None:
         """Also attribute GPU memory and energy to ``target`` (one that /probe scraped), when it is local."""
@@ -119,7 +121,7 @@ class GpuCollector:
             return None
         now = time.monotonic()
         if now < self._next_init:
-            return "NVML not initialised (waiting to retry)"
+            return f"{self._init_error} (retried every {self.retry_interval:g}s)"
         try:
             self.nvml.nvmlInit()
             self._static = {
@@ -137,7 +139,8 @@ class GpuCollector:
                 self._logged_down = True
             else:
                 log.debug("NVML init retry failed: %s", exc)
-            return f"nvmlInit failed: {exc}"
+            self._init_error = f"nvmlInit failed: {exc}"
+            return self._init_error
         if self._logged_down:
             log.info("GPU collection is up again: NVML initialised")
         self._logged_down = False
@@ -220,6 +223,9 @@ class GpuCollector:
             "shared by SM utilisation with other targets on the same GPU), in joules since the exporter started.",
             labels=["target"])
 
+        # /proc/net/tcp{,6} is read once per target and scrape, not once per target and GPU: on a busy host
+        # (many connections, TIME_WAIT included) each read is a noticeable part of the GPU collection.
+        self._listening = {t.name: procnet.listening_inodes(t.port or 0, t.local_addresses) for t in self.targets}
         for index in range(n.nvmlDeviceGetCount()):
             h = n.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(n.nvmlDeviceGetUUID(h))
@@ -316,7 +322,7 @@ class GpuCollector:
         on_gpu: dict[str, int] = {}
         for target in self.targets:
             assert target.port is not None
-            listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses)
+            listener = procnet.find_listener_pid(target.port, usage.keys(), target.local_addresses, inodes=self._listening.get(target.name))
             if listener is None:
                 continue
             on_gpu[target.name] = listener

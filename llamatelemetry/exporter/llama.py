@@ -225,7 +225,7 @@ class TargetView:
             out.append(_reexport(fam, self.target.name))
         # Not an error of the target (its llamacpp_* series are fine), but worth one log line per change:
         # another exporter, or this exporter itself, behind a target URL would otherwise add duplicate families.
-        self._note("foreign", None if not foreign else (
+        self._note("/metrics (foreign families)", None if not foreign else (
             f"/metrics has {len(foreign)} families that are not llama-server's (e.g. {foreign[0]}); they are dropped. "
             "Is this target really a llama-server?"))
         return out, None

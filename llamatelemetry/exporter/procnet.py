@@ -78,9 +78,14 @@ def pid_owns_inode(pid: int, inodes: set[int], proc: str = "/proc") -> bool:
     return False
 
 
-def find_listener_pid(port: int, candidate_pids: Iterable[int], addresses: Iterable[str] | None = None, proc: str = "/proc") -> int | None:
-    """The PID among ``candidate_pids`` that listens on ``port``, or ``None``."""
-    inodes = listening_inodes(port, addresses, proc)
+def find_listener_pid(port: int, candidate_pids: Iterable[int], addresses: Iterable[str] | None = None, proc: str = "/proc",
+                      inodes: set[int] | None = None) -> int | None:
+    """The PID among ``candidate_pids`` that listens on ``port``, or ``None``.
+
+    ``inodes``: the port's listening socket inodes when the caller already read them (see :func:`listening_inodes`).
+    """
+    if inodes is None:
+        inodes = listening_inodes(port, addresses, proc)
     if not inodes:
         return None
     for pid in candidate_pids:

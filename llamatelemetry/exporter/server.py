@@ -123,8 +123,8 @@ class ExporterApp:
         self.collector = ExporterCollector(self.targets, self.fetcher, self.runner, self.gpu)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._metrics_app = make_wsgi_app(self.registry)
-        self._probe_views: OrderedDict[str, TargetView] = OrderedDict()
+        self._metrics_app: WsgiApp = make_wsgi_app(self.registry)
+        self._probe_views: OrderedDict[str, tuple[Target, TargetView]] = OrderedDict()
         self._probe_lock = threading.Lock()
         self._httpd: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -140,7 +140,8 @@ class ExporterApp:
             return [b"only GET\n"]
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return self._metrics_app(environ, start_response)
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
         if path == "/probe":
             return self._probe(environ, start_response)
         if path == "/health":
@@ -155,27 +156,34 @@ class ExporterApp:
         if len(specs) != 1:
             return _text(start_response, "400 Bad Request", "give exactly one target: /probe?target=http://HOST:PORT\n")
         try:
-            target = parse_target(specs[0])
+            target, view = self._probe_target(specs[0])
         except TargetSpecError as exc:
             return _text(start_response, "400 Bad Request", f"{exc}\n")
         if not probe_target_allowed(target, self.config.probe_allow):
             return _text(start_response, "403 Forbidden",
                          f"{target.name} is not allowed by --probe-allow {' '.join(self.config.probe_allow)}\n")
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: self._probe_view(target)}))
-        return make_wsgi_app(registry)(environ, start_response)
+        registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: view}))
+        body: Iterable[bytes] = make_wsgi_app(registry)(environ, start_response)
+        return body
 
-    def _probe_view(self, target: Target) -> TargetView:
+    def _probe_target(self, spec: str) -> tuple[Target, TargetView]:
+        """The parsed target and its memory across scrapes (cached /props, logged problems, counters).
+
+        Parsed once per spec (parsing may resolve the host to tell whether it is local); the least
+        recently probed of more than :data:`PROBE_MEMORY` specs are forgotten.
+        """
         with self._probe_lock:
-            view = self._probe_views.pop(target.base_url + "?" + target.query, None)
-            if view is None:
-                view = TargetView(target)
+            known = self._probe_views.pop(spec, None)
+            if known is None:
+                target = parse_target(spec)
+                known = (target, TargetView(target))
                 if self.gpu is not None:  # a llama-server on this node: its GPU share shows on /metrics
                     self.gpu.add_target(target)
-            self._probe_views[target.base_url + "?" + target.query] = view
+            self._probe_views[spec] = known
             while len(self._probe_views) > PROBE_MEMORY:
                 self._probe_views.popitem(last=False)
-            return view
+            return known
 
     def index_html(self) -> str:
         """The index page: endpoints, targets and whether GPU collection really works."""
@@ -199,8 +207,9 @@ class ExporterApp:
     def url(self) -> str:
         """Base URL the exporter serves on, e.g. ``http://127.0.0.1:9183``."""
         assert self._httpd is not None, "not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
+        address = self._httpd.server_address
+        host, port = str(address[0]), int(address[1])
+        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
     def start(self) -> "ExporterApp":
         """Bind the listen address and serve from a background thread."""
