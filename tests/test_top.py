@@ -26,7 +26,7 @@ from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port
 from llamatelemetry.top.app import PANELS, TopApp
 from llamatelemetry.top.model import Model
-from llamatelemetry.top.render import fmt_rate
+from llamatelemetry.top.render import fmt_rate, fmt_seconds
 from llamatelemetry.top.sources import Sources
 
 
@@ -448,14 +448,17 @@ def test_clients_and_recent_requests_from_the_gateway_under_sdk_traffic(exporter
         assert an_row[3] == str(sum(u.output_tokens for u in sent["anthropic"]))
         assert an_row[6] == "0" and an_row[7] == "0"
         assert not any("reverse" in s for s in _styles(app.panels["clients"].rows["anthropic-python"][6]))
-        # TTFT: only the stream has one; both percentiles lie in the histogram bucket holding the real value.
+        # TTFT: only the stream has one, so the window's histogram holds exactly one observation.
         ttft = next(r["ttft_s"] for r in gateway.recent() if r["stream"])
         client = next(c for c in view.clients if c.client == "openai-python")
         assert client.ttft_p50_s is not None and client.ttft_p95_s is not None
         bounds = sorted({float(s.labels["le"]) for s in second.gateway.metrics.series("gen_ai_server_time_to_first_token_seconds_bucket")})  # type: ignore[union-attr]
         upper = next(b for b in bounds if ttft <= b)
         lower = max([b for b in bounds if b < upper], default=0.0)
-        assert lower <= client.ttft_p50_s <= client.ttft_p95_s <= upper
+        # One observation in (lower, upper]: PromQL's interpolation puts p50 half-way and p95 at 95 % of the bucket.
+        assert client.ttft_p50_s == pytest.approx(lower + (upper - lower) * 0.5)
+        assert client.ttft_p95_s == pytest.approx(lower + (upper - lower) * 0.95)
+        assert oa_row[4] == fmt_seconds(client.ttft_p50_s) and oa_row[5] == fmt_seconds(client.ttft_p95_s)
 
         # Recent requests, newest first: the two anthropic ones, the 400, the empty answer with its mark ...
         recent = [row(app, "recent", k) for k in keys(app, "recent")[:8]]
@@ -508,3 +511,44 @@ def test_upstream_killed_behind_the_gateway(exporter: ExporterApp, llama_server_
             oa.close()
     finally:
         proxy.stop()
+
+
+def test_sources_that_answer_nonsense_show_as_down(exporter: ExporterApp) -> None:
+    """Faults a real exporter or gateway cannot produce (a fake peer): a truncated metrics page, a recent list that
+    is not JSON, a 500. Each is a state in the header, the rest of the view keeps working."""
+    from http.server import BaseHTTPRequestHandler
+
+    from loopback import LoopbackHTTPServer
+
+    class Broken(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            body, status = {"/metrics": (b'llamatelemetry_proxy_requests_total{a="b', 200)}.get(self.path.split("?")[0], (b"oops", 500))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with LoopbackHTTPServer(Broken) as broken:
+        app = TopApp(Sources(exporter.url, broken.url), interval=3600)
+
+        async def scenario(pilot: Pilot[None]) -> None:
+            await refresh(pilot, app)
+            status = str(app.query_one("#status").render())
+            assert "exporter up" in status and "gateway DOWN (not Prometheus text" in status
+            assert row(app, "servers", "main")[1] == "ok"
+            assert "is down" in str(app.panels["clients"].message.render())
+            assert app.is_running
+
+        run_app(app, scenario)
+
+    with LoopbackHTTPServer(Broken) as broken:
+        app = TopApp(Sources(broken.url + "/nothing", no_gateway()), interval=3600)
+
+        async def scenario_500(pilot: Pilot[None]) -> None:
+            await refresh(pilot, app)
+            assert "exporter DOWN (HTTP 500)" in str(app.query_one("#status").render())
+
+        run_app(app, scenario_500)
