@@ -552,3 +552,24 @@ def test_sources_that_answer_nonsense_show_as_down(exporter: ExporterApp) -> Non
             assert "exporter DOWN (HTTP 500)" in str(app.query_one("#status").render())
 
         run_app(app, scenario_500)
+
+
+def test_gpu_panel_says_when_nvml_is_down(servers: dict[str, LlamaServer]) -> None:
+    """The exporter with the real NVML on a machine without an NVIDIA driver: GPU collection down, said in the panel."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has a working NVIDIA driver")
+    except pynvml.NVMLError:
+        pass
+    with ExporterApp(ExporterConfig(targets=[f"main={servers['main'].base_url}"], port=0, timeout=1.0)) as exp:
+        app = TopApp(Sources(exp.url, no_gateway()), interval=3600)
+
+        async def scenario(pilot: Pilot[None]) -> None:
+            await refresh(pilot, app)
+            assert keys(app, "gpu") == []
+            assert "GPU collection down" in str(app.panels["gpu"].message.render())
+            assert row(app, "servers", "main")[1] == "ok"
+
+        run_app(app, scenario)

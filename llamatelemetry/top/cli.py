@@ -86,30 +86,26 @@ def view_as_json(view: object) -> str:
     return json.dumps(dataclasses.asdict(view), indent=2, default=str)  # type: ignore[call-overload]
 
 
-def print_text(view: object, out: TextIO, width: int | None = None) -> None:
-    """Print every panel of a view as plain tables (what ``--once`` shows)."""
+def print_text(view: object, out: TextIO) -> None:
+    """Print every panel of a view as the terminal UI draws it (what ``--once`` shows)."""
     from rich.console import Console
-    from rich.table import Table
 
     from .model import View
-    from .render import COLUMNS, TITLES, panel_messages, rows_for, status_line
+    from .render import COLUMNS, panel_messages, rows_for, status_line, table_lines
 
     assert isinstance(view, View)
-    console = Console(file=out, width=width, no_color=not out.isatty() or "NO_COLOR" in os.environ, highlight=False,
-                      force_terminal=out.isatty() or None, soft_wrap=False)
+    color = out.isatty() and "NO_COLOR" not in os.environ
+    console = Console(file=out, no_color=not color, force_terminal=color or None, highlight=False, soft_wrap=True)
     console.print(status_line(view))
     messages = panel_messages(view)
     for panel_id, rows in rows_for(view).items():
-        table = Table(*COLUMNS[panel_id], title=TITLES[panel_id], title_justify="left", box=None, pad_edge=False,
-                      show_edge=False)
-        for _, cells in rows:
-            table.add_row(*cells)
+        header, lines = table_lines(COLUMNS[panel_id], [cells for _, cells in rows])
         console.print()
+        console.print(header)
+        for line in lines:
+            console.print(line)
         if messages[panel_id] is not None:
-            console.print(f"{TITLES[panel_id]}: {messages[panel_id]}")
-            if not rows:
-                continue
-        console.print(table)
+            console.print(f" {messages[panel_id]}")
 
 
 def run(args: argparse.Namespace) -> int:
