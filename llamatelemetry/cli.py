@@ -9,6 +9,7 @@ Example::
     llamatelemetry exporter --target http://127.0.0.1:8080
     llamatelemetry-exporter --target http://127.0.0.1:8080      # alias, handy in containers
     llamatelemetry proxy --upstream http://127.0.0.1:8080        # tracing gateway on :8089
+    llamatelemetry top                                          # live view of exporter + gateway
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "exporter": "llamatelemetry.exporter.cli",
     "demo": "llamatelemetry.demo",
     "proxy": "llamatelemetry.proxy.cli",
+    "top": "llamatelemetry.top.cli",
 }
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 HELP = "run a self-contained demo: llama-server + exporter + traced requests, then a summary"
 
@@ -235,6 +235,29 @@ def _through_proxy(base_url: str, api_key: str | None, telemetry: _DemoTelemetry
                 print(f"      client={client} kind=SERVER (the gateway's span)")
 
 
+@contextlib.contextmanager
+def _serving_gateway(base_url: str) -> Iterator[Any]:
+    """A gateway kept running with ``--serve``, with its own metrics on its admin port (what ``top`` reads);
+    ``None`` when the gateway's extra is not installed."""
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        from .proxy import Gateway, GatewayConfig, Route
+        from .telemetry.configure import local_providers
+    except ImportError:
+        yield None
+        return
+    registry = CollectorRegistry()
+    providers = local_providers("llamatelemetry-demo-gateway", metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        with Gateway(GatewayConfig(routes=[Route(0, base_url)], admin_port=0), tracer_provider=providers.tracer_provider,
+                     meter_provider=providers.meter_provider, registry=registry) as gateway:
+            yield gateway
+    finally:
+        providers.shutdown()
+
+
 def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) -> None:
     from . import LlamaCppClient, errors
     from .exporter.server import ExporterApp, ExporterConfig
@@ -273,8 +296,16 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
             telemetry.meter_provider.force_flush(5000)
             print(f"\nTelemetry exported over OTLP to {args.otlp_endpoint}.")
         if args.serve:
-            print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics. Ctrl-C to stop.")
-            stop.wait()
+            with _serving_gateway(base_url) as gateway:
+                if gateway is None:
+                    print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics. Ctrl-C to stop.")
+                    top = f"llamatelemetry top --exporter {exporter.url}"
+                else:
+                    print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics, gateway {gateway.urls[0]} "
+                          f"(point your agents here; admin {gateway.admin_url}). Ctrl-C to stop.")
+                    top = f"llamatelemetry top --exporter {exporter.url} --gateway {gateway.admin_url}"
+                print(f"Live view: run `{top}` in another terminal.", flush=True)
+                stop.wait()
     finally:
         exporter.stop()
         telemetry.shutdown()

