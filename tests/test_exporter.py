@@ -386,4 +386,6 @@ def test_readme_scrape_snippet_is_a_valid_prometheus_config_matching_the_alerts(
     check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     job = yaml.safe_load(snippet.group(1))["scrape_configs"][0]["job_name"]
-    assert f'job="{job}"' in (root / "collector" / "alerts.yml").read_text()  # the exporter-down alert matches this job
+    # The exporter-down alert (`up{job...} == 0`) must select this job, whether it names it or matches a pattern.
+    selectors = re.findall(r'up\{job(=~?)"([^"]+)"\}', (root / "collector" / "alerts.yml").read_text())
+    assert any(job == value if op == "=" else re.fullmatch(value, job) for op, value in selectors), selectors
