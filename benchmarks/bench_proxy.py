@@ -126,7 +126,21 @@ def _proxy(upstream: str) -> Iterator[tuple[str, str, int]]:
 
 
 def _stream(client: httpx.Client, url: str, max_tokens: int, ignore_eos: bool) -> tuple[float, float, int]:
-    """(seconds to first byte, seconds to the end, completion tokens) of one streamed chat."""
+    """(seconds to first byte, seconds to the end, completion tokens) of one streamed chat.
+
+    llama-server sometimes drops a fresh connection before answering ("Server disconnected without
+    sending a response", see reference notes): nothing was processed, so that attempt is sent again.
+    """
+    for attempt in range(3):
+        try:
+            return _stream_once(client, url, max_tokens, ignore_eos)
+        except httpx.RemoteProtocolError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _stream_once(client: httpx.Client, url: str, max_tokens: int, ignore_eos: bool) -> tuple[float, float, int]:
     body = {"messages": MESSAGES, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, **EXTRA}
     if ignore_eos:
         body["ignore_eos"] = True

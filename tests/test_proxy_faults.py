@@ -142,3 +142,41 @@ def test_32_concurrent_streams_across_4_slots(fresh, four_slots):
     assert [s.attributes[sc.USAGE_OUTPUT_TOKENS] for s in spans] == [THINKING_COMPLETION_TOKENS] * 32
     assert not any(s.attributes[sc.STREAM_CUT_SHORT] for s in spans)
     assert not any(s["is_processing"] for s in _slots(four_slots))
+
+
+def test_no_small_write_stalls(fresh, four_slots):
+    """Each SSE event is a small write: with Nagle's algorithm on, the first one would wait for the client's
+    delayed ACK (40 ms on Linux). The gateway's first byte must come within a few ms of llama-server's."""
+    import statistics
+
+    body = {"messages": HI, "max_tokens": 8, "stream": True, "chat_template_kwargs": {"enable_thinking": False}}
+    first: dict[str, list[float]] = {"direct": [], "proxy": []}
+    with httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=2.0)) as client:
+        for _ in range(25):
+            for name, url in (("direct", four_slots.base_url), ("proxy", fresh.url)):
+                started = time.monotonic()
+                with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+                    chunks = resp.iter_raw()
+                    next(chunks)
+                    first[name].append(time.monotonic() - started)
+                    for _ in chunks:
+                        pass
+    added = statistics.median(first["proxy"]) - statistics.median(first["direct"])
+    assert added < 0.02, f"the gateway added {added * 1000:.1f} ms to the first byte"
+
+
+def test_idle_client_connection_outlives_the_clients_keep_alive(fresh):
+    """httpx (and the SDKs on it) reuse an idle connection for up to 5 s: if the gateway closed idle
+    connections at 5 s too, a reused one could be closed under the client's next request."""
+    import http.client
+
+    host, port = fresh.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        time.sleep(6)  # longer than any client's idle reuse window
+        conn.request("GET", "/health")  # the same socket: http.client never reconnects by itself
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

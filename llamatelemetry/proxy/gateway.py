@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from .._defaults import PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST
 from .admin import admin_app
-from .forward import ProxyApp, upstream_client
+from .forward import ProxyApp, upstream_client, upstream_transport
 from .observe import Observer
 from .recent import DEFAULT_RECENT_LIMIT, RecentRequests
 
@@ -55,8 +55,11 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say they are
+    # TCP; with it on, each small SSE write waits for the client's delayed ACK (40 ms on Linux).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -68,10 +71,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: How long an idle client connection stays open. Longer than clients keep idle connections
+#: (httpx and the SDKs on it: 5 s), so a client never reuses one the gateway is closing at that very
+#: moment ("Server disconnected without sending a response" — llama-server's own quirk at 5 s vs 5 s).
+CLIENT_KEEP_ALIVE_SECONDS = 75
+
+
 def _uvicorn_config(app: Any) -> uvicorn.Config:
     # No Server/Date headers of our own: llama-server's are forwarded. No lifespan: nothing to set up.
     return uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                          server_header=False, date_header=False)
+                          server_header=False, date_header=False, timeout_keep_alive=CLIENT_KEEP_ALIVE_SECONDS)
 
 
 class Gateway:
@@ -116,10 +125,11 @@ class Gateway:
 
     async def serve(self) -> None:
         """Serve until :meth:`shutdown` (or ``should_exit`` on the servers) — call inside an event loop."""
-        http = upstream_client()
+        transport = upstream_transport()
+        http = upstream_client(transport)
         self.observer = Observer(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, http=http,
                                  recent=self.recent, capture_content=self.config.capture_content)
-        apps = [ProxyApp(route.upstream, http, self.observer, min_max_tokens=self.config.min_max_tokens)
+        apps = [ProxyApp(route.upstream, transport, self.observer, min_max_tokens=self.config.min_max_tokens)
                 for route in self.config.routes]
         self._servers = [_Server(_uvicorn_config(app)) for app in apps]
         admin = _Server(_uvicorn_config(admin_app(self.registry, self.recent)))
