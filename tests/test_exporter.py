@@ -369,3 +369,23 @@ def test_metrics_md_lists_exactly_what_the_exporter_emits(full_server) -> None: 
     # ... and the real promtool finds nothing to complain about (names, suffixes, HELP, duplicates)
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_readme_scrape_snippet_is_a_valid_prometheus_config_matching_the_alerts(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("## The sidecar exporter", 1)[1]
+    snippet = re.search(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert snippet is not None
+    (tmp_path / "prometheus.yml").write_text(snippet.group(1))
+    for rules in ("alerts.yml", "recording_rules.yml"):
+        shutil.copy(root / "collector" / rules, tmp_path / rules)
+    check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    job = yaml.safe_load(snippet.group(1))["scrape_configs"][0]["job_name"]
+    # The exporter-down alert (`up{job...} == 0`) must select this job, whether it names it or matches a pattern.
+    selectors = re.findall(r'up\{job(=~?)"([^"]+)"\}', (root / "collector" / "alerts.yml").read_text())
+    assert any(job == value if op == "=" else re.fullmatch(value, job) for op, value in selectors), selectors

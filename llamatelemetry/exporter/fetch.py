@@ -100,8 +100,9 @@ class Fetcher:
 
     ``timeout`` is the per-target deadline in seconds (a target's endpoints are fetched in
     parallel, so it bounds the whole target); ``max_bytes`` caps each response body;
-    ``api_key`` is sent as ``Authorization: Bearer`` and never logged. Create it on the loop
-    that will use it (the client binds to that loop).
+    ``api_key`` is sent as ``Authorization: Bearer`` and never logged. ``transport`` replaces
+    httpx's (tests inject faults a real server cannot produce). Use one Fetcher from one event
+    loop (the exporter's fetch loop): the client's connections belong to it.
     """
 
     def __init__(self, *, timeout: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES, api_key: str | None = None,
@@ -143,8 +144,8 @@ class Fetcher:
             try:
                 return await self._get_once(url)
             except httpx.RemoteProtocolError:
-                # Seen with llama-server: a fresh connection closed before any response byte. Nothing
-                # was answered, so one retry (within the same deadline) is safe.
+                # Seen with llama-server: a fresh connection closed before any response byte. A GET is
+                # safe to repeat, so one retry (within the same deadline) hides it.
                 return await self._get_once(url)
         except _TooLarge as exc:
             return Fetched(error=str(exc))
