@@ -163,3 +163,20 @@ def test_no_small_write_stalls(fresh, four_slots):
                         pass
     added = statistics.median(first["proxy"]) - statistics.median(first["direct"])
     assert added < 0.02, f"the gateway added {added * 1000:.1f} ms to the first byte"
+
+
+def test_idle_client_connection_outlives_the_clients_keep_alive(fresh):
+    """httpx (and the SDKs on it) reuse an idle connection for up to 5 s: if the gateway closed idle
+    connections at 5 s too, a reused one could be closed under the client's next request."""
+    import http.client
+
+    host, port = fresh.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        time.sleep(6)  # longer than any client's idle reuse window
+        conn.request("GET", "/health")  # the same socket: http.client never reconnects by itself
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 from fake_nvml import FakeNVML, FakeProcess
+from gateway_process import GatewayProcess
 from textual.pilot import Pilot
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def servers(llama_server_factory) -> dict[str, LlamaServer]:  # noqa: ANN001
     """Two llama-servers of our own: 'main' (2 slots) and 'victim' (killed by a test)."""
-    # main's slots hold 16k tokens: an ignore_eos stream then runs for seconds before the context is full.
-    return {"main": llama_server_factory("--metrics", parallel=2, ctx_size=16384), "victim": llama_server_factory("--metrics")}
+    # main's slots hold 64k tokens: an ignore_eos stream then runs for many seconds before the context is full.
+    return {"main": llama_server_factory("--metrics", parallel=2, ctx_size=65536), "victim": llama_server_factory("--metrics")}
 
 
 @pytest.fixture(scope="module")
@@ -54,51 +55,6 @@ def exporter(servers: dict[str, LlamaServer], nvml: FakeNVML) -> Iterator[Export
     config = ExporterConfig(targets=[f"{name}={s.base_url}" for name, s in servers.items()], port=0, timeout=1.0)
     with ExporterApp(config, nvml=nvml) as running:
         yield running
-
-
-class GatewayProcess:
-    """``llamatelemetry proxy`` as a user runs it (a subprocess), in front of one llama-server."""
-
-    def __init__(self, upstream: str) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream, "--port", str(self.port),
-             "--admin-port", str(self.admin_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.admin_url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the gateway did not start: {self.process.stderr.read() if self.process.stderr else ''}")
-            time.sleep(0.1)
-
-    def recent(self) -> list[dict[str, Any]]:
-        return httpx.get(self.admin_url + "/api/recent", timeout=5).json()["requests"]
-
-    def wait_recorded(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """Telemetry is recorded after the answer went out: wait until ``count`` requests are in /api/recent."""
-        deadline = time.monotonic() + timeout
-        while len(items := self.recent()) < count:
-            assert time.monotonic() < deadline, f"only {len(items)} of {count} requests recorded"
-            time.sleep(0.05)
-        return items
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import openai
 import pytest
 from fake_nvml import FakeNVML, FakeProcess
-from test_top import GatewayProcess
+from gateway_process import GatewayProcess
 from tmux_helpers import TmuxSession
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig

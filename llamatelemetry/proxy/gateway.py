@@ -71,10 +71,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: How long an idle client connection stays open. Longer than clients keep idle connections
+#: (httpx and the SDKs on it: 5 s), so a client never reuses one the gateway is closing at that very
+#: moment ("Server disconnected without sending a response" — llama-server's own quirk at 5 s vs 5 s).
+CLIENT_KEEP_ALIVE_SECONDS = 75
+
+
 def _uvicorn_config(app: Any) -> uvicorn.Config:
     # No Server/Date headers of our own: llama-server's are forwarded. No lifespan: nothing to set up.
     return uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                          server_header=False, date_header=False)
+                          server_header=False, date_header=False, timeout_keep_alive=CLIENT_KEEP_ALIVE_SECONDS)
 
 
 class Gateway:
