@@ -187,6 +187,10 @@ class Exchange:
         """No upstream response at all (down, refused, or the connection dropped before an answer)."""
         self._fail(None, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
 
+    def client_left(self) -> None:
+        """The client disconnected before the (non-streamed) answer came; the upstream request was closed."""
+        self._fail(None, ConnectionAbortedError(f"the client disconnected before {self.upstream} answered"))
+
     def cut_short(self, status: int, exc: httpx.HTTPError) -> None:
         """A non-streamed body broke off mid-way."""
         self._fail(status, StreamInterruptedError(f"upstream {self.upstream} closed mid-response: {exc!r}"))
