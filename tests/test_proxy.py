@@ -7,6 +7,7 @@ script (20 reasoning tokens), read back from the gateway's SERVER span.
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -185,6 +186,18 @@ def test_joins_incoming_trace_and_passes_context_upstream(full_server):
         sent = bytes(tap.to_server).decode("latin-1").lower()
         assert f"traceparent: 00-{trace_id}-{format(span.context.span_id, '016x')}-01" in sent
         assert parent_id not in sent  # replaced, not duplicated
+
+
+def test_requests_without_a_model_are_named_by_the_server_model(full_server):
+    """Like the client: a body without "model" gets the upstream's model (looked up once, in the background)."""
+    with running_gateway(full_server.base_url) as gw:
+        for sent in range(1, 30):  # the first request triggers the lookup; later ones use its answer
+            httpx.post(gw.url + "/v1/chat/completions", json={"messages": HI, "max_tokens": 64})
+            span = gw.wait_for_spans(sent)[-1]
+            if span.name != "chat":
+                break
+            time.sleep(0.1)
+        assert span.name == "chat scripted" and span.attributes[sc.REQUEST_MODEL] == "scripted"
 
 
 def test_client_name_header_overrides_user_agent(fresh):

@@ -180,3 +180,26 @@ def test_idle_client_connection_outlives_the_clients_keep_alive(fresh):
         assert conn.getresponse().status == 200
     finally:
         conn.close()
+
+
+def test_client_leaving_before_a_non_streamed_answer_frees_the_slot(fresh, four_slots):
+    """Not only streams: a client that gives up waiting for a long non-streamed answer stops the generation."""
+    import json as _json
+    import socket
+
+    body = _json.dumps({"messages": HI, "max_tokens": LONG, "ignore_eos": True}).encode()
+    host, port = fresh.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 5
+        while not any(s["is_processing"] for s in _slots(four_slots)):
+            assert time.monotonic() < deadline, "the request never reached a slot"
+            time.sleep(0.01)
+    left_at = time.monotonic()
+    while any(s["is_processing"] for s in _slots(four_slots)):
+        assert time.monotonic() - left_at < 2.0, "the slot is still generating after the client left"
+        time.sleep(0.02)
+    assert max(_decoded(s) for s in _slots(four_slots)) < LONG / 2
+    a = fresh.wait_for_spans(1)[0].attributes
+    assert a[sc.ERROR_TYPE] == "ConnectionAbortedError"

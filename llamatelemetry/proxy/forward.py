@@ -110,26 +110,26 @@ class ProxyApp:
         request = httpx.Request(scope["method"], self._target(scope), headers=headers, content=body,
                                 extensions=_TIMEOUT_EXTENSION)
         try:
-            upstream = await self._send(request)
+            answer = await self._exchange_until_disconnect(request, receive)
         except httpx.HTTPError as exc:
             message = (f"llamatelemetry proxy could not reach the upstream llama-server at {self.upstream} "
                        f"({type(exc).__name__}: {exc}); check that it is running and that --upstream/--route points at it")
             exchange.unreachable(exc)
             await _json_response(path, 502, message)(scope, receive, send)
             return
+        if answer is None:  # the client left before the answer: the upstream request is already closed
+            exchange.client_left()
+            return
+        upstream, raw = answer
         out_headers = response_headers(upstream.headers.raw)
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+        if raw is None:
             await _RelayedStream(upstream, out_headers, exchange, path, self.upstream)(scope, receive, send)
             return
-        try:
-            raw = b"".join([chunk async for chunk in upstream.aiter_raw()])
-        except httpx.HTTPError as exc:
-            exchange.cut_short(upstream.status_code, exc)
+        if isinstance(raw, httpx.HTTPError):
+            exchange.cut_short(upstream.status_code, raw)
             await _json_response(path, 502, f"llamatelemetry proxy: the upstream llama-server at {self.upstream} "
-                                 f"closed the connection mid-response ({type(exc).__name__}); check its log")(scope, receive, send)
+                                 f"closed the connection mid-response ({type(raw).__name__}); check its log")(scope, receive, send)
             return
-        finally:
-            await upstream.aclose()
         response = Response(raw, status_code=upstream.status_code)
         if not any(name == b"content-length" for name, _ in out_headers) and "content-length" in response.headers:
             out_headers.append((b"content-length", str(len(raw)).encode()))
@@ -137,6 +137,49 @@ class ProxyApp:
         await response(scope, receive, send)
         # After the client has its answer: parsing the body for telemetry costs it nothing.
         exchange.answered(upstream.status_code, upstream.headers, raw)
+
+    async def _exchange_until_disconnect(
+        self, request: httpx.Request, receive: Receive,
+    ) -> tuple[httpx.Response, bytes | httpx.HTTPError | None] | None:
+        """Send upstream and, unless it streams, read the whole body — or give up the moment the client leaves.
+
+        Returns None when the client disconnected first (the upstream request is then closed, which
+        stops llama-server generating), else the response and its body (None for an SSE stream, relayed
+        by :class:`_RelayedStream`, which watches for the disconnect itself; an ``httpx.HTTPError`` when
+        the body broke off).
+        """
+        result: list[tuple[httpx.Response, bytes | httpx.HTTPError | None]] = []
+        failure: list[httpx.HTTPError] = []
+        # Exceptions are kept, not raised, inside the task group: anyio would wrap them in an ExceptionGroup.
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()  # the client left: abandon the upstream request
+
+            group.start_soon(watch)
+            try:
+                upstream = await self._send(request)
+            except httpx.HTTPError as exc:
+                failure.append(exc)
+            else:
+                try:
+                    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                        result.append((upstream, None))
+                    else:
+                        try:
+                            result.append((upstream, b"".join([chunk async for chunk in upstream.aiter_raw()])))
+                        except httpx.HTTPError as exc:
+                            result.append((upstream, exc))
+                finally:
+                    if not result or result[0][1] is not None:  # not handed over as a stream: done with it
+                        with anyio.CancelScope(shield=True):
+                            await upstream.aclose()
+            group.cancel_scope.cancel()  # stop watching: from here the response owns receive()
+        if failure:
+            raise failure[0]
+        return result[0] if result else None
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:

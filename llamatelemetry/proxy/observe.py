@@ -51,6 +51,8 @@ METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
 ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
 #: A reasoning-token count must not keep a finished request's telemetry waiting for long.
 TOKEN_COUNT_TIMEOUT = 2.0
+#: How often to retry a failed lookup of the upstream's model (for requests that name none).
+MODEL_LOOKUP_RETRY_SECONDS = 30.0
 
 
 def parse_json_body(path: str, body: bytes) -> dict[str, Any] | None:
@@ -98,6 +100,9 @@ class Observer:
         )
         self._recorders: dict[str, Recorder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: upstream -> its model id (from /v1/models), for requests that name none (as the client does).
+        self._default_models: dict[str, str] = {}
+        self._model_lookup_at: dict[str, float] = {}
 
     def recorder_for(self, upstream: str) -> Recorder:
         """The recorder for one upstream (its address and port are span and metric attributes)."""
@@ -108,6 +113,25 @@ class Observer:
                              meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
             self._recorders[upstream] = found
         return found
+
+    def default_model(self, upstream: str, authorization: str | None) -> str | None:
+        """The upstream's model for requests that name none; looked up once in the background (None until then)."""
+        found = self._default_models.get(upstream)
+        if found is None and time.monotonic() - self._model_lookup_at.get(upstream, -MODEL_LOOKUP_RETRY_SECONDS) >= MODEL_LOOKUP_RETRY_SECONDS:
+            self._model_lookup_at[upstream] = time.monotonic()
+            self.spawn(self._look_up_model(upstream, authorization))
+        return found
+
+    async def _look_up_model(self, upstream: str, authorization: str | None) -> None:
+        headers = {"authorization": authorization} if authorization else {}
+        try:
+            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=TOKEN_COUNT_TIMEOUT)
+            response.raise_for_status()
+            model = response.json()["data"][0]["id"]
+            if isinstance(model, str) and model:
+                self._default_models[upstream] = model
+        except Exception:  # noqa: BLE001 - spans are then named by operation only; retried later
+            log.debug("could not look up the model of %s", upstream, exc_info=True)
 
     def begin(self, scope: Mapping[str, Any], upstream: str, body: dict[str, Any] | None, *,
               max_tokens_raised_from: int | None = None) -> "Exchange":
@@ -159,8 +183,12 @@ class Exchange:
             span_attributes[sc.USER_AGENT_ORIGINAL] = self.user_agent
         if raised_from is not None:
             span_attributes[ATTR_MAX_TOKENS_RAISED_FROM] = raised_from
+        default_model = None
+        if not (self.body or {}).get("model"):
+            default_model = self.observer.default_model(self.upstream, self.authorization)
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
+            default_model=default_model,
             count_tokens=self._count_tokens, span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
@@ -186,6 +214,10 @@ class Exchange:
     def unreachable(self, exc: httpx.HTTPError) -> None:
         """No upstream response at all (down, refused, or the connection dropped before an answer)."""
         self._fail(None, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
+
+    def client_left(self) -> None:
+        """The client disconnected before the (non-streamed) answer came; the upstream request was closed."""
+        self._fail(None, ConnectionAbortedError(f"the client disconnected before {self.upstream} answered"))
 
     def cut_short(self, status: int, exc: httpx.HTTPError) -> None:
         """A non-streamed body broke off mid-way."""
