@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from llamatelemetry.provision.server import free_port
+from llamatelemetry.provision.server import free_port, stop_process
 
 
 class GatewayProcess:
@@ -54,12 +54,6 @@ class GatewayProcess:
         return items
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self.process.stderr:
             self.process.stderr.close()

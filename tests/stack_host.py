@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from llamatelemetry import LlamaCppClient
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
-from llamatelemetry.provision.server import LlamaServer, free_port
+from llamatelemetry.provision.server import LlamaServer, free_port, stop_process
 from stack_helpers import source_missing
 
 try:  # the fake NVML lives in tests/ once the exporter branch is merged
@@ -169,12 +169,7 @@ class ProxyTraffic:
     def stop(self) -> None:
         self.stop_event.set()
         self.thread.join(timeout=30)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass

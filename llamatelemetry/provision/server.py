@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .build import ensure_llama_server
 
@@ -27,6 +27,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(process: "subprocess.Popen[Any]", timeout: float = 10.0) -> None:
+    """Terminate a child process, then kill it if it has not exited within ``timeout`` seconds.
+
+    Example::
+
+        stop_process(subprocess.Popen(["sleep", "60"]))
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class LlamaServerStartError(RuntimeError):
@@ -110,13 +127,8 @@ class LlamaServer:
         raise LlamaServerStartError(f"llama-server not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self._log.close()
 
     def __enter__(self) -> "LlamaServer":
