@@ -432,3 +432,27 @@ def test_traces_to_metrics_has_queries() -> None:
     t2m = tempo["jsonData"]["tracesToMetrics"]
     assert t2m["queries"] and all("$__tags" in q["query"] for q in t2m["queries"])
     assert {"key": "service.name", "value": "job"} in t2m["tags"]
+
+
+def test_gateway_command_is_understood_by_the_real_cli() -> None:
+    """The compose gateway parses with the proxy's own CLI, forwards to the llama-server service and exports to the collector."""
+    import argparse
+
+    from llamatelemetry.proxy.cli import add_arguments, routes_from_args
+
+    service = compose()["services"]["gateway"]
+    assert service["image"] == compose()["services"]["exporter"]["image"]  # the image the exporter service builds
+    assert service["entrypoint"] == ["llamatelemetry"] and service["command"][0] == "proxy"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(service["command"][1:])
+    assert args.listen == "0.0.0.0"
+    [(port, upstream)] = routes_from_args(args)
+    host = upstream.split("://")[1].split(":")[0]
+    assert host in compose()["services"] and upstream.endswith(":8080")
+    assert args.otlp_endpoint.startswith("http://collector:")
+    assert port_of(load_yaml(COLLECTOR / "otel-collector.yaml")["receivers"]["otlp"]["protocols"]["http"]["endpoint"]) == int(args.otlp_endpoint.rsplit(":", 1)[1])
+    published = {p.split(":")[-1] for p in service["ports"]}
+    assert {str(port), str(args.admin_port)} <= published
+    # Its metrics reach Prometheus through the collector only: no scrape job for the admin port.
+    assert not any(t.endswith(":9184") for ts in _scrape_targets().values() for t in ts)
