@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exporter-port", type=int, default=0,
                         help="port for the sidecar exporter (default: a free port)")
     parser.add_argument("--serve", action="store_true",
-                        help="keep llama-server and the exporter running after the summary, until Ctrl-C")
+                        help="keep llama-server, the exporter and a gateway running after the summary, until Ctrl-C "
+                             "(prints the matching 'llamatelemetry top' command)")
 
 
 # --- telemetry the demo can both print and export -------------------------------------------

@@ -145,13 +145,19 @@ def test_slot_processing_is_seen_during_a_request(app: ExporterApp, full_server)
 
     threading.Thread(target=generate, daemon=True).start()
     seen = 0.0
+    generating = 0.0
     deadline = time.monotonic() + 20
-    while not done.is_set() and time.monotonic() < deadline and not seen:
+    while not done.is_set() and time.monotonic() < deadline and not (seen and generating):
         s = scrape(app.url)
         seen = sum(pick(s, "llamatelemetry_slot_processing", target="full").values())
+        generating = sum(pick(s, "llamatelemetry_slot_generated_tokens", target="full").values()) if seen else 0.0
     done.wait(60)
     assert seen == 1
-    assert sum(pick(scrape(app.url), "llamatelemetry_slot_processing", target="full").values()) == 0
+    assert generating > 0  # tokens of the running request
+    after = scrape(app.url)
+    assert sum(pick(after, "llamatelemetry_slot_processing", target="full").values()) == 0
+    # llama-server resets n_decoded when a request ends: idle slots read 0, not the last request's count.
+    assert set(pick(after, "llamatelemetry_slot_generated_tokens", target="full").values()) == {0.0}
 
 
 def test_bare_server_reports_disabled_endpoints(app: ExporterApp) -> None:

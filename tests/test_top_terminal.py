@@ -118,6 +118,13 @@ def test_what_a_person_sees_at_80x24(exporter: ExporterApp, gateway: GatewayProc
         assert float(client[1]) > 0 and int(client[6]) >= 1 and client[7] == "0"  # req/min, empty answers, no errors
         empty = [line.split() for line in lines if line.split()[:1] == ["EMPTY"]]
         assert empty and all(cells[2:4] == ["openai-python", "chat/completions"] and cells[5] == "5" for cells in empty)
+        # Streamed rows (a TTFT) carry token counts too: the gateway fills them from llama-server's timings.
+        header = next(line for line in lines if line.lstrip().startswith("RECENT")).split()
+        col = {name: header.index(name) - 1 for name in ("in", "out", "think", "TTFT")}  # rows have no "RECENT" cell
+        recent = [line.split() for line in lines if line.split()[:1] != ["EMPTY"] and len(line.split()) >= 8
+                  and line.split()[1:2] == ["openai-python"]]
+        streamed = [cells for cells in recent if cells[col["TTFT"]] != "–"]
+        assert streamed and all(cells[col[c]].isdigit() for cells in streamed for c in ("in", "out", "think")), screen
         if os.environ.get("LLAMATELEMETRY_TOP_SCREENSHOT"):  # a few more seconds of history for the picture
             time.sleep(6)
             Path(os.environ["LLAMATELEMETRY_TOP_SCREENSHOT"]).write_text(term.screen())

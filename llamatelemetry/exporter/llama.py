@@ -257,7 +257,7 @@ class TargetView:
         size = GaugeMetricFamily("llamatelemetry_slot_context_size_tokens", "Context size of the slot, in tokens.", labels=labels)
         used = GaugeMetricFamily("llamatelemetry_slot_context_tokens", "Tokens currently held in the slot's context (prompt plus generated).", labels=labels)
         ratio = GaugeMetricFamily("llamatelemetry_slot_context_utilization_ratio", "Tokens in context divided by the slot's context size (0-1).", labels=labels)
-        generated = GaugeMetricFamily("llamatelemetry_slot_generated_tokens", "Tokens generated so far by the slot's current (or last) request.", labels=labels)
+        generated = GaugeMetricFamily("llamatelemetry_slot_generated_tokens", "Tokens generated so far by the request the slot is processing; 0 once it ends (llama-server resets it).", labels=labels)
         for index, slot in enumerate(slots):
             slot_id = str(slot.get("id", index))
             lv = [self.target.name, slot_id]

@@ -41,7 +41,7 @@ It reads the exporter's /metrics ({DEFAULT_EXPORTER_URL}) and the gateway's admi
 /metrics would reset its throughput gauges under the exporter. Either source may be down; the view
 says so and keeps going.
 
-Keys: q quit, tab next panel, z zoom the panel, p pause.
+Keys: q quit, tab next panel, z zoom the panel, p pause, r refresh now.
 """
 
 
