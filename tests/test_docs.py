@@ -159,3 +159,42 @@ def test_relative_links_resolve(path: Path) -> None:
 def test_slug_matches_github_for_headings_with_code() -> None:
     assert _slug("The gateway: `llamatelemetry proxy`") == "the-gateway-llamatelemetry-proxy"
     assert _slug("Scaling out: many GPU hosts, Kubernetes") == "scaling-out-many-gpu-hosts-kubernetes"
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def _reached(extra: str, extras: dict[str, list[str]]) -> set[str]:
+    """Requirement names an extra brings in, its ``llamatelemetry[...]`` references followed."""
+    names: set[str] = set()
+    for requirement in extras[extra]:
+        own = re.match(r"llamatelemetry\[(.*)\]", requirement)
+        if own:
+            for sub in own.group(1).split(","):
+                names |= _reached(sub.strip(), extras)
+        else:
+            names.add(re.split(r"[<>=;!\[ ]", requirement, maxsplit=1)[0].lower())
+    return names
+
+
+def test_extras_are_consistent() -> None:
+    extras = _extras()
+    runtime = set(extras) - {"all", "test", "bench"}
+    assert set(re.match(r"llamatelemetry\[(.*)\]", extras["all"][0]).group(1).split(",")) == runtime  # type: ignore[union-attr]
+    for name, requirements in extras.items():  # nothing listed twice, directly or through another extra
+        direct = [re.split(r"[<>=;!\[ ]", r, maxsplit=1)[0].lower() for r in requirements if not r.startswith("llamatelemetry[")]
+        via_others = set().union(*(_reached(sub.strip(), extras) for r in requirements if r.startswith("llamatelemetry[")
+                                   for sub in r[len("llamatelemetry["):-1].split(",")))
+        assert len(direct) == len(set(direct)) and not set(direct) & via_others, f"[{name}] repeats {set(direct) & via_others}"
+    # what the tests import from outside the standard library and the tests folder
+    import tomllib
+
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    test_deps = _reached("test", extras) | {re.split(r"[<>=;!\[ ]", r, maxsplit=1)[0].lower() for r in core}
+    for module, dist in {"yaml": "pyyaml", "openai": "openai", "anthropic": "anthropic", "textual": "textual",
+                         "kubernetes_validate": "kubernetes-validate", "prometheus_client": "prometheus-client",
+                         "grpc": "opentelemetry-exporter-otlp-proto-grpc", "pytest": "pytest", "httpx": "httpx"}.items():
+        assert dist in test_deps, f"tests import {module}: [test] must bring {dist}"
