@@ -53,6 +53,7 @@ def test_routes_admin_and_clean_exit(full_server, bare_server):
         assert proc.wait(timeout=10) == 0
         out = proc.stdout.read()
         assert f"http://127.0.0.1:{port} -> {full_server.base_url}" in out and f"http://127.0.0.1:{admin}/metrics" in out
+        assert "other machines" not in out  # loopback by default: nothing to warn about
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -67,6 +68,20 @@ def test_port_in_use_fails_clearly(full_server):
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"127.0.0.1:{port}" in proc.stderr and "pick another port" in proc.stderr
+
+
+def test_listening_beyond_loopback_is_announced():
+    port, admin = free_port(), free_port()
+    proc = _start("--upstream", f"http://127.0.0.1:{free_port()}", "--listen", "0.0.0.0", "--port", str(port),
+                  "--admin-port", str(admin))
+    try:
+        _wait_up(f"http://127.0.0.1:{admin}/health", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "listening on 0.0.0.0: other machines can use llama-server through it" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_bad_route_is_rejected():

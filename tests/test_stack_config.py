@@ -306,6 +306,21 @@ def test_grafana_dashboard_provider_path_is_mounted() -> None:
     assert home.startswith(path + "/") and (DASHBOARDS / home[len(path) + 1:]).is_file()
 
 
+def test_no_long_running_service_runs_as_root() -> None:
+    """Our image has a non-root USER (next test); llama.cpp's image does not, so compose sets one. The
+    other images (collector 10001, Prometheus nobody, Tempo 10001, Grafana 472) are non-root upstream.
+    The only root container is tempo-init: a one-shot chown of Tempo's volume that then exits."""
+    services = compose()["services"]
+    for name in ("llama-server",):
+        user = str(services[name].get("user", ""))
+        assert user and user.split(":")[0] not in {"0", "root"}, f"{name} runs as root"
+    for name in ("exporter", "gateway"):
+        assert services[name].get("image") == services["exporter"]["image"] and "user" not in services[name]
+    root = {name for name, service in services.items() if str(service.get("user", "")).split(":")[0] in {"0", "root"}}
+    assert root == {"tempo-init"}
+    assert "restart" not in services["tempo-init"] and services["tempo-init"]["entrypoint"][0] == "chown"
+
+
 # ------------------------------------------------------------------------------------------ Dockerfile
 def test_dockerfile_builds_a_non_root_exporter_image() -> None:
     text = (ROOT / "Dockerfile").read_text()

@@ -123,6 +123,16 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
+def _is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -159,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
         for url, route in zip(gateway.urls, routes):
             print(f"llamatelemetry proxy: {url} -> {route.upstream}", flush=True)
         print(f"llamatelemetry proxy: admin {gateway.admin_url}/metrics /api/recent /health", flush=True)
+        if not _is_loopback(args.listen):
+            print(f"llamatelemetry proxy: listening on {args.listen}: other machines can use llama-server through it "
+                  "and read /api/recent; put authentication in front of it", flush=True)
         await gateway.serve()
 
     try:
