@@ -198,3 +198,31 @@ def test_extras_are_consistent() -> None:
                          "kubernetes_validate": "kubernetes-validate", "prometheus_client": "prometheus-client",
                          "grpc": "opentelemetry-exporter-otlp-proto-grpc", "pytest": "pytest", "httpx": "httpx"}.items():
         assert dist in test_deps, f"tests import {module}: [test] must bring {dist}"
+
+
+def _dashboard_titles() -> set[str]:
+    import json
+
+    titles: set[str] = set()
+
+    def walk(node: dict) -> None:  # type: ignore[type-arg]
+        for panel in node.get("panels", []):
+            titles.add(panel.get("title", ""))
+            walk(panel)
+
+    for path in (ROOT / "dashboards").glob("*.json"):
+        board = json.loads(path.read_text())
+        titles.add(board["title"])
+        walk(board)
+    return titles
+
+
+GRAFANA_WORDS = {"Related metrics", "Traces in Tempo"}  # Grafana features and links, not our panels
+
+
+@pytest.mark.parametrize("path", sorted(DOCS), ids=lambda p: str(p.relative_to(ROOT)))
+def test_panels_named_in_docs_exist(path: Path) -> None:
+    """Docs name dashboard panels in italics (*Slot occupancy*): each must be a real panel or dashboard."""
+    names = {re.sub(r"\s+", " ", n) for n in re.findall(r"(?<![\w*])\*([A-Z][^*]+?)\*(?![\w*])", DOCS[path])}
+    missing = names - _dashboard_titles() - GRAFANA_WORDS
+    assert not missing, f"{path.name} names panels no dashboard has: {missing}"
