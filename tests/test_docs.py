@@ -226,3 +226,29 @@ def test_panels_named_in_docs_exist(path: Path) -> None:
     names = {re.sub(r"\s+", " ", n) for n in re.findall(r"(?<![\w*])\*([A-Z][^*]+?)\*(?![\w*])", DOCS[path])}
     missing = names - _dashboard_titles() - GRAFANA_WORDS
     assert not missing, f"{path.name} names panels no dashboard has: {missing}"
+
+
+def _documented_admin_names() -> set[str]:
+    section = _section("Admin `/metrics` names", (ROOT / "docs" / "proxy.md").read_text())
+    names: set[str] = set()
+    for row in re.findall(r"^\| (`[^|]*)\|", section, flags=re.M):
+        for name in re.findall(r"`([a-z_]+)(?:_\*|_\{[a-z,]+\})?`", row):
+            names.add(re.sub(r"_(total|bucket|sum|count)$", "", name))
+    return names
+
+
+def test_proxy_md_admin_metric_names_are_what_the_gateway_serves(full_server) -> None:  # noqa: ANN001
+    """docs/proxy.md's table of admin /metrics names, against the running gateway's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    from proxy_helpers import running_gateway
+
+    hi = [{"role": "user", "content": "hi"}]
+    with running_gateway(full_server.base_url) as gw:
+        httpx.post(gw.url + "/v1/chat/completions", json={"messages": hi, "max_tokens": 64}, timeout=30)
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json={"messages": hi, "max_tokens": 8, "stream": True}) as r:
+            r.read()  # a stream that runs out of max_tokens while thinking: TTFT, per-token, budget exhausted
+        gw.wait_for_recent(2)
+        text = httpx.get(gw.admin_url + "/metrics", timeout=10).text
+    served = {family.name for family in text_string_to_metric_families(text)} - {"target_info"}
+    assert served == _documented_admin_names(), f"only served: {served - _documented_admin_names()}, only documented: {_documented_admin_names() - served}"
