@@ -45,10 +45,8 @@ from .recent import RecentRequest, RecentRequests
 
 log = logging.getLogger("llamatelemetry.proxy")
 
-#: The gateway's own counter: every forwarded request, inference or not.
-METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
-#: Span attribute set when ``--min-max-tokens`` raised the client's budget: the value the client sent.
-ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
+METRIC_PROXY_REQUESTS = sc.METRIC_PROXY_REQUESTS
+ATTR_MAX_TOKENS_RAISED_FROM = sc.PROXY_MAX_TOKENS_RAISED_FROM
 #: A reasoning-token count must not keep a finished request's telemetry waiting for long.
 TOKEN_COUNT_TIMEOUT = 2.0
 #: How often to retry a failed lookup of the upstream's model (for requests that name none).

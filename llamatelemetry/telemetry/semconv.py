@@ -93,6 +93,10 @@ SERVER_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 
 # -- who is calling (set by a gateway) --
 USER_AGENT_ORIGINAL = "user_agent.original"
 CLIENT_NAME = "llamatelemetry.client.name"
+#: Set by the gateway when ``--min-max-tokens`` raised the client's budget: the value the client sent.
+PROXY_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
+#: The gateway's own counter: every forwarded request, inference or not.
+METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
 
 # -- the newer GenAI conventions (open-telemetry/semantic-conventions-genai, model/gen-ai/token-metrics.yaml) --
 #: Opt-in switch defined by the conventions: a comma-separated list in this variable.
