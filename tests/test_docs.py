@@ -252,3 +252,18 @@ def test_proxy_md_admin_metric_names_are_what_the_gateway_serves(full_server) ->
         text = httpx.get(gw.admin_url + "/metrics", timeout=10).text
     served = {family.name for family in text_string_to_metric_families(text)} - {"target_info"}
     assert served == _documented_admin_names(), f"only served: {served - _documented_admin_names()}, only documented: {_documented_admin_names() - served}"
+
+
+def test_readme_constructor_line_is_the_real_signature() -> None:
+    import inspect
+
+    from llamatelemetry import LlamaCppClient
+
+    line = re.search(r"Constructor: `LlamaCppClient\((.*?)\)`", README, flags=re.S)
+    assert line
+    written = {p.split("=")[0].strip(): p.split("=")[1].strip() for p in line.group(1).replace("\n", " ").split(",") if "=" in p}
+    real = inspect.signature(LlamaCppClient.__init__).parameters
+    assert set(written) == set(real) - {"self"}
+    for name, default in written.items():
+        if default != "...":
+            assert default == repr(real[name].default), f"{name}: README {default}, code {real[name].default!r}"
