@@ -1,7 +1,8 @@
 """`llamatelemetry proxy` with the official openai and anthropic SDKs against a real llama-server.
 
-Every count asserted here is the server's own (the SDK's ``usage``) or the scripted model's
-script (20 reasoning tokens), read back from the gateway's SERVER span.
+Every count asserted here is the server's own (the SDK's ``usage``) or the scripted model's script
+(``REASONING_TOKENS``: 22 reasoning tokens, its thinking markers included), read back from the
+gateway's SERVER span.
 """
 
 from __future__ import annotations
