@@ -267,3 +267,31 @@ def test_readme_constructor_line_is_the_real_signature() -> None:
     for name, default in written.items():
         if default != "...":
             assert default == repr(real[name].default), f"{name}: README {default}, code {real[name].default!r}"
+
+
+def test_default_ports_line_matches_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamatelemetry import _defaults
+    from llamatelemetry.top import cli as top_cli
+
+    line = re.search(r"Default ports, all on 127\.0\.0\.1:(.*?)\n\n", README, flags=re.S)
+    assert line
+    text = " ".join(line.group(1).split())
+    assert f"llama-server {urlsplit_port(_defaults.DEFAULT_BASE_URL)}" in text
+    assert f"gateway {_defaults.PROXY_DEFAULT_PORT} (admin {_defaults.PROXY_ADMIN_DEFAULT_PORT})" in text
+    assert f"exporter {_defaults.EXPORTER_DEFAULT_PORT}" in text
+    prometheus = re.search(r"Prometheus endpoint (\d+)", text)
+    assert prometheus and f"or {prometheus.group(1)})" in (ROOT / "llamatelemetry" / "telemetry" / "configure.py").read_text()
+    # top's defaults are the exporter's and the gateway admin's ports
+    for variable in ("LLAMATELEMETRY_TOP_EXPORTER", "LLAMATELEMETRY_TOP_GATEWAY"):
+        monkeypatch.delenv(variable, raising=False)
+    parser = argparse.ArgumentParser()
+    top_cli.add_arguments(parser)
+    args = parser.parse_args([])
+    assert urlsplit_port(args.exporter) == _defaults.EXPORTER_DEFAULT_PORT
+    assert urlsplit_port(args.gateway) == _defaults.PROXY_ADMIN_DEFAULT_PORT
+
+
+def urlsplit_port(url: str) -> int | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).port
