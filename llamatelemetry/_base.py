@@ -142,7 +142,7 @@ def retry_delay(attempt: int, retry_after: str | None = None) -> float:
             return MAX_RETRY_AFTER_SECONDS
         if math.isfinite(seconds):
             return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-    return min(0.25 * (2**attempt), 8.0) * (0.75 + random.random() * 0.5)
+    return min(0.25 * 2.0**attempt, 8.0) * (0.75 + random.random() * 0.5)
 
 
 def should_retry_status(status_code: int) -> bool:

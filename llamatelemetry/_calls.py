@@ -34,7 +34,7 @@ def _with_usage(stream: bool, stream_options: Mapping[str, Any] | None) -> tuple
     return options, False
 
 
-def request_token_positions(call: Call) -> None:
+def request_token_positions(call: "Call[Any]") -> None:
     """Ask llama-server for the running token count in every chunk of a streamed chat (telemetry only).
 
     ``"timings_per_token": true`` adds ``timings.predicted_n`` (tokens generated so far) to each

@@ -48,7 +48,7 @@ logger = logging.getLogger("llamatelemetry")
 TimeoutTypes = float | httpx.Timeout | None
 
 
-def _accumulator_for(call: Call) -> Accumulator:
+def _accumulator_for(call: "Call[Any]") -> Accumulator:
     return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage, show_timings=call.caller_wants_timings)
 
 
@@ -59,7 +59,7 @@ MODEL_LOOKUP_RETRY_SECONDS = 30.0
 HEALTH_TIMEOUT = 5.0
 
 
-def _token_count_call(text: str) -> Call:
+def _token_count_call(text: str) -> "Call[list[int]]":
     # The tokenize request itself, sent directly (no retries, no span): it only serves telemetry.
     return _calls.tokenize(text, parse_special=False)
 
@@ -146,7 +146,7 @@ class _ClientBase:
 
     _count_tokens: Callable[[str], Any]  # sync or async, defined by each client
 
-    def _start_record(self, call: Call) -> "CallRecord | None":
+    def _start_record(self, call: "Call[Any]") -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
@@ -155,7 +155,7 @@ class _ClientBase:
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
         return record
 
-    def _needs_default_model(self, call: Call) -> bool:
+    def _needs_default_model(self, call: "Call[Any]") -> bool:
         return (
             call.operation is not None and self._telemetry is not None and self._default_model is None
             and isinstance(call.body, dict) and "model" not in call.body
@@ -172,7 +172,7 @@ class _ClientBase:
     def _url(self, path: str) -> str:
         return self._settings.base_url + path
 
-    def _parse(self, call: Call, content: bytes) -> Any:
+    def _parse(self, call: "Call[Any]", content: bytes) -> Any:
         if call.raw_text:
             return call.parse(content.decode("utf-8", "replace"))
         return call.parse(decode_json(content, call.path))
@@ -233,7 +233,7 @@ class LlamaCppClient(_ClientBase, ClientMethods):
 
     # -- plumbing --
 
-    def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
+    def _send(self, call: "Call[Any]", trace_headers: dict[str, str] | None) -> httpx.Response:
         headers = self._request_headers
         if trace_headers:
             headers = {**headers, **trace_headers} if headers else trace_headers
@@ -263,7 +263,7 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         finally:
             response.close()
 
-    def _execute(self, call: Call) -> Any:
+    def _execute(self, call: "Call[Any]") -> Any:
         if self._needs_default_model(call):
             self._lookup_default_model()
         record = self._start_record(call)
@@ -381,7 +381,7 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         self.health = _AsyncHealth(self)
 
 
-    async def _send(self, call: Call, trace_headers: dict[str, str] | None) -> httpx.Response:
+    async def _send(self, call: "Call[Any]", trace_headers: dict[str, str] | None) -> httpx.Response:
         headers = self._request_headers
         if trace_headers:
             headers = {**headers, **trace_headers} if headers else trace_headers
@@ -411,7 +411,7 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         finally:
             await response.aclose()
 
-    async def _execute(self, call: Call) -> Any:
+    async def _execute(self, call: "Call[Any]") -> Any:
         if self._needs_default_model(call):
             await self._lookup_default_model()
         record = self._start_record(call)

@@ -20,9 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "typing_cases"
 
 
+#: One fresh cache per test run: a cache left by an earlier checkout can hide errors in changed code.
+_CACHE_DIR: Path | None = None
+
+
 def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    global _CACHE_DIR
+    if _CACHE_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _CACHE_DIR = Path(tempfile.mkdtemp(prefix="llamatelemetry-mypy-"))
+        atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+    return subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(_CACHE_DIR), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_package_type_checks():

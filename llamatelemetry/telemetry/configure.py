@@ -37,7 +37,8 @@ def _bounded_span_processor(exporter: Any) -> Any:
         def export(self, spans: Any) -> SpanExportResult:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 return SpanExportResult.FAILURE
-            return exporter.export(spans)
+            result: SpanExportResult = exporter.export(spans)
+            return result
 
         def shutdown(self) -> None:
             exporter.shutdown()
@@ -53,7 +54,7 @@ def _bounded_span_processor(exporter: Any) -> Any:
 
         def shutdown(self) -> None:
             self.deadline_exporter.deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-            super().shutdown()
+            super().shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
 
     return BoundedBatchSpanProcessor()
 
