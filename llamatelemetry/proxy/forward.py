@@ -54,6 +54,8 @@ UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
 #: never send on a connection it is closing (see ``_base.DEFAULT_LIMITS``).
 UPSTREAM_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
 _TIMEOUT_EXTENSION = {"timeout": UPSTREAM_TIMEOUT.as_dict()}
+#: Bound on parsed upstream URLs kept (paths and query strings come from clients).
+_MAX_CACHED_TARGETS = 256
 
 
 def upstream_transport() -> httpx.AsyncHTTPTransport:
@@ -84,11 +86,21 @@ class ProxyApp:
         self.transport = transport
         self.observer = observer
         self.min_max_tokens = min_max_tokens
+        self._targets: dict[bytes, httpx.URL] = {}
 
     def _target(self, scope: Scope) -> httpx.URL:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string") or b""
-        return self._base.copy_with(raw_path=self._base_path + raw_path + (b"?" + query if query else b""))
+        key = raw_path + (b"?" + query if query else b"")
+        # httpx parses and validates every URL it builds (~30 us); clients call the same few paths
+        # over and over, and an httpx.URL is immutable, so one parsed URL per path serves them all.
+        found = self._targets.get(key)
+        if found is None:
+            found = self._base.copy_with(raw_path=self._base_path + key)
+            if len(self._targets) >= _MAX_CACHED_TARGETS:
+                self._targets.clear()
+            self._targets[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan and websockets: llama-server speaks neither
