@@ -236,10 +236,10 @@ class _RelayedStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self._relay_until_disconnect(receive, send)
         finally:
-            # Runs when the stream ended, failed, or the client went away (Starlette cancelled
-            # the relay on http.disconnect). Closing the upstream response closes its connection,
+            # Runs when the stream ended, failed, or the client went away (the relay was cancelled
+            # on http.disconnect). Closing the upstream response closes its connection,
             # which makes llama-server stop generating and free the slot. Shielded: we may be
             # inside a cancelled scope, where an unshielded await would be cancelled at once.
             with anyio.CancelScope(shield=True):
@@ -247,3 +247,24 @@ class _RelayedStream(StreamingResponse):
                 await self.upstream.aclose()
             self.exchange.stream_ended(self.upstream.status_code, self.upstream_error,
                                        client_left=not self.upstream_finished and self.upstream_error is None)
+
+    async def _relay_until_disconnect(self, receive: Receive, send: Send) -> None:
+        """Starlette's relay loop (``stream_response``), cancelled the moment the client disconnects.
+
+        What ``StreamingResponse.__call__`` does, with two asyncio tasks instead of its anyio task
+        group: the group costs ~80 us per response here (anyio 4 formats the task's repr on every
+        cancel), against ~7 us (see ``ProxyApp._exchange_until_disconnect``).
+        """
+        relay = asyncio.ensure_future(self.stream_response(send))
+        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not relay.done():  # the client left (or we are being cancelled): stop relaying at once
+                relay.cancel()
+                await asyncio.wait((relay,))
+        if watch.done() and not watch.cancelled() and watch.exception() is not None:
+            log.debug("watching for the client's disconnect failed", exc_info=watch.exception())
+        if not relay.cancelled() and relay.exception() is not None:
+            raise relay.exception()  # type: ignore[misc]
