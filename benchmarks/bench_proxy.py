@@ -109,9 +109,10 @@ def _proxy(upstream: str, tree: str | None = None) -> Iterator[tuple[str, str, i
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER")}
     if tree:
         env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
+    # `python -m` puts the working directory first on sys.path: run in `tree`, or this checkout would win.
     proc = subprocess.Popen([sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream,
                              "--port", str(port), "--admin-port", str(admin)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tree)
     try:
         deadline = time.monotonic() + 30
         while True:
