@@ -103,12 +103,16 @@ def _litellm(upstream: str, path: str | None) -> Iterator[tuple[str, int] | None
 
 
 @contextlib.contextmanager
-def _proxy(upstream: str) -> Iterator[tuple[str, str, int]]:
+def _proxy(upstream: str, tree: str | None = None) -> Iterator[tuple[str, str, int]]:
+    """``llamatelemetry proxy`` in its own process; from the checkout ``tree`` instead of this one if given."""
     port, admin = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER")}
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
+    # `python -m` puts the working directory first on sys.path: run in `tree`, or this checkout would win.
     proc = subprocess.Popen([sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream,
                              "--port", str(port), "--admin-port", str(admin)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER")})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tree)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -170,6 +174,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=10, help=f"{LONG_TOKENS}-token streams per variant")
     parser.add_argument("--litellm", action="store_true", help="also run LiteLLM's proxy on the same requests (needs litellm[proxy])")
     parser.add_argument("--litellm-path", metavar="DIR", help="where litellm[proxy] was installed with pip --target")
+    parser.add_argument("--baseline", metavar="DIR", help="also run the proxy of another checkout (before/after in "
+                        "one run), e.g. `git archive main | tar -x -C /tmp/base`")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -178,6 +184,9 @@ def main() -> None:
         peer = stack.enter_context(_litellm(upstream, args.litellm_path)) if args.litellm else None
         targets = {"direct": upstream, "proxy": proxy}
         pids = {"proxy": pid}
+        admins = {"proxy": admin}
+        if args.baseline:
+            targets["baseline"], admins["baseline"], pids["baseline"] = stack.enter_context(_proxy(upstream, args.baseline))
         if peer is not None:
             targets["litellm"], pids["litellm"] = peer
         ttfb: dict[str, list[float]] = {name: [] for name in targets}
@@ -208,10 +217,11 @@ def main() -> None:
                     if name in pids:
                         cpu_long[name] += _cpu_seconds(pids[name]) - before
         time.sleep(0.5)
-        seen = httpx.get(admin + "/api/recent", params={"limit": 100000}).json()["requests"]
-        streams = [r for r in seen if r["endpoint"] == "/v1/chat/completions"]
-        assert len(streams) == 3 + args.short + args.long, f"the proxy recorded {len(streams)} streams"
-        assert all(r["output_tokens"] for r in streams), "every proxied stream should have its token count"
+        for name, admin_url in admins.items():
+            seen = httpx.get(admin_url + "/api/recent", params={"limit": 100000}).json()["requests"]
+            streams = [r for r in seen if r["endpoint"] == "/v1/chat/completions"]
+            assert len(streams) == 3 + args.short + args.long, f"{name} recorded {len(streams)} streams"
+            assert all(r["output_tokens"] for r in streams), f"every stream through {name} should have its token count"
 
     d_ttfb, d_long = statistics.median(ttfb["direct"]), statistics.median(long_total["direct"])
     print(f"llama-server {upstream}; {args.short} short and {args.long} x {LONG_TOKENS}-token streams per variant, interleaved\n")
@@ -221,7 +231,8 @@ def main() -> None:
         t, total = statistics.median(ttfb[name]), statistics.median(long_total[name])
         diff = "" if name == "direct" else f"+{(t - d_ttfb) * 1000:.2f} ms"
         cpu = "" if name not in pids else f"{cpu_short[name] / args.short * 1000:.2f} ms / {cpu_long[name] / args.long * 1000:.1f} ms"
-        label = {"direct": "direct", "proxy": "llamatelemetry proxy", "litellm": "LiteLLM proxy"}[name]
+        label = {"direct": "direct", "proxy": "llamatelemetry proxy", "litellm": "LiteLLM proxy",
+                 "baseline": f"llamatelemetry proxy from {args.baseline}"}[name]
         print(f"| {label} | {t * 1000:.2f} ms | {diff} | {total * 1000:.1f} ms | {total / d_long:.3f}x | {cpu} |")
     p_ttfb, p_long = statistics.median(ttfb["proxy"]), statistics.median(long_total["proxy"])
     per_chunk = cpu_long["proxy"] / args.long / LONG_TOKENS

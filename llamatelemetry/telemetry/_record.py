@@ -41,6 +41,10 @@ _REQUEST_PARAMS = (
     ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY),
 )
 _LENGTH_REASONS = ("length", "max_tokens")
+#: Chunk gaps recorded per slice when a stream ends in an event loop. Each OTel SDK histogram
+#: measurement costs ~17 us (attribute cleaning and hashing), so recording a 1000-chunk stream's
+#: gaps in one go would hold the loop ~17 ms — every other stream relayed or read on it would wait.
+_GAPS_PER_SLICE = 64
 
 
 @dataclass(slots=True)
@@ -419,11 +423,37 @@ class CallRecord:
         try:
             outcome = outcome_of_stream(acc)
             reasoning_tokens = await rc.acount_outcome(outcome, self._count_async)
-            self._finish(outcome, reasoning_tokens, error, ended)
+            gap_attributes = self._finish(outcome, reasoning_tokens, error, ended, gaps_later=True)
         except Exception:  # noqa: BLE001
             self._give_up()
+            return
         except BaseException as exc:  # cancelled (anyio/asyncio) while counting: end with what we saw
             self._finish_quietly(outcome if outcome is not None else Outcome(), None, error or exc, ended)
+            raise
+        if gap_attributes is not None:
+            await self._arecord_gaps(outcome.chunk_gaps, gap_attributes)
+
+    async def _arecord_gaps(self, gaps: list[float], attributes: Mapping[str, Any]) -> None:
+        """Record the stream's chunk gaps a slice at a time, letting the event loop run in between."""
+        import anyio  # httpx's own dependency; works under asyncio and trio alike
+
+        histogram = self.telemetry.time_per_output_chunk
+        done = 0
+        try:
+            while done < len(gaps):
+                for gap in gaps[done:done + _GAPS_PER_SLICE]:
+                    histogram.record(gap, attributes)
+                done += _GAPS_PER_SLICE
+                if done < len(gaps):
+                    await anyio.sleep(0)
+        except Exception:  # noqa: BLE001 - the span already ended; a failing instrument loses only this metric
+            logger.debug("llamatelemetry: recording chunk gaps failed", exc_info=True)
+        except BaseException:  # cancelled between slices: record the rest now, then let it propagate
+            try:
+                for gap in gaps[done:]:
+                    histogram.record(gap, attributes)
+            except Exception:  # noqa: BLE001
+                logger.debug("llamatelemetry: recording chunk gaps failed", exc_info=True)
             raise
 
     def _finish_quietly(self, outcome: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float) -> None:
@@ -460,9 +490,12 @@ class CallRecord:
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: on_end hook failed", exc_info=True)
 
-    def _finish(self, out: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float) -> None:
+    def _finish(self, out: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float,
+                gaps_later: bool = False) -> Mapping[str, Any] | None:
+        """End the span, then record the metrics; with ``gaps_later`` the chunk gaps are left to the
+        caller, who gets the attributes to record them with (None: nothing left to record)."""
         if self._ended:
-            return
+            return None
         self._ended = True
         duration = ended - self.started
         telemetry = self.telemetry
@@ -493,16 +526,18 @@ class CallRecord:
             response_label = model_label(out.response_model)
         attrs = telemetry.metric_attributes(self.operation, self.model, response_label, error_type, self.extra_metric_attributes)
         try:
-            self._record_metrics(out, attrs, duration, ttft, per_token, reasoning_tokens, exhausted, error is None)
+            self._record_metrics(out, attrs, duration, ttft, per_token, reasoning_tokens, exhausted, error is None,
+                                 record_gaps=not gaps_later)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric instrument failed; the span was already ended", exc_info=True)
         if exhausted:
             self._warn_exhausted(reasoning_tokens, out.finish_reasons)
         self._notify(EndedCall(self.operation, self.model, out, duration, ttft, per_token, reasoning_tokens, exhausted,
                                error_type, attrs.base))
+        return attrs.base if gaps_later and ttft is not None and out.chunk_gaps else None
 
     def _record_metrics(self, out: Outcome, attrs: Any, duration: float, ttft: float | None, per_token: float | None,
-                        reasoning_tokens: int | None, exhausted: bool, succeeded: bool) -> None:
+                        reasoning_tokens: int | None, exhausted: bool, succeeded: bool, record_gaps: bool = True) -> None:
         telemetry = self.telemetry
         if exhausted:
             telemetry.budget_exhausted.add(1, attrs.base)
@@ -520,8 +555,9 @@ class CallRecord:
             self._record_latest_usage(out, attrs, reasoning_tokens)
         if ttft is not None:
             telemetry.time_to_first_chunk.record(ttft, attrs.base)
-            for gap in out.chunk_gaps:  # recorded at the end, not while the caller reads the stream
-                telemetry.time_per_output_chunk.record(gap, attrs.base)
+            if record_gaps:  # recorded at the end, not while the caller reads the stream
+                for gap in out.chunk_gaps:
+                    telemetry.time_per_output_chunk.record(gap, attrs.base)
         if telemetry.server_request_duration is not None:
             telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
             if succeeded and ttft is not None:
