@@ -49,8 +49,12 @@ log = logging.getLogger("llamatelemetry.proxy")
 METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
 #: Span attribute set when ``--min-max-tokens`` raised the client's budget: the value the client sent.
 ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
-#: A reasoning-token count must not keep a finished request's telemetry waiting for long.
-TOKEN_COUNT_TIMEOUT = 2.0
+#: A reasoning-token count must not keep a finished request's telemetry waiting for long. It runs after
+#: the answer went out (the client never waits for it), while llama-server may be busy with other agents'
+#: long prompts: on 2 loaded cores a /tokenize took over 2 s (tests/test_agent_cli.py), so allow 10 s.
+TOKEN_COUNT_TIMEOUT = 10.0
+#: The background lookup of the upstream's model (for requests that name none).
+MODEL_LOOKUP_TIMEOUT = 2.0
 #: How often to retry a failed lookup of the upstream's model (for requests that name none).
 MODEL_LOOKUP_RETRY_SECONDS = 30.0
 
@@ -125,7 +129,7 @@ class Observer:
     async def _look_up_model(self, upstream: str, authorization: str | None) -> None:
         headers = {"authorization": authorization} if authorization else {}
         try:
-            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=TOKEN_COUNT_TIMEOUT)
+            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=MODEL_LOOKUP_TIMEOUT)
             response.raise_for_status()
             model = response.json()["data"][0]["id"]
             if isinstance(model, str) and model:
