@@ -49,12 +49,8 @@ log = logging.getLogger("llamatelemetry.proxy")
 METRIC_PROXY_REQUESTS = "llamatelemetry.proxy.requests"
 #: Span attribute set when ``--min-max-tokens`` raised the client's budget: the value the client sent.
 ATTR_MAX_TOKENS_RAISED_FROM = "llamatelemetry.proxy.max_tokens_raised_from"
-#: A reasoning-token count must not keep a finished request's telemetry waiting for long. It runs after
-#: the answer went out (the client never waits for it), while llama-server may be busy with other agents'
-#: long prompts: on 2 loaded cores a /tokenize took over 2 s (tests/test_agent_cli.py), so allow 10 s.
-TOKEN_COUNT_TIMEOUT = 10.0
-#: The background lookup of the upstream's model (for requests that name none).
-MODEL_LOOKUP_TIMEOUT = 2.0
+#: A reasoning-token count must not keep a finished request's telemetry waiting for long.
+TOKEN_COUNT_TIMEOUT = 2.0
 #: How often to retry a failed lookup of the upstream's model (for requests that name none).
 MODEL_LOOKUP_RETRY_SECONDS = 30.0
 
@@ -129,7 +125,7 @@ class Observer:
     async def _look_up_model(self, upstream: str, authorization: str | None) -> None:
         headers = {"authorization": authorization} if authorization else {}
         try:
-            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=MODEL_LOOKUP_TIMEOUT)
+            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=TOKEN_COUNT_TIMEOUT)
             response.raise_for_status()
             model = response.json()["data"][0]["id"]
             if isinstance(model, str) and model:
@@ -204,14 +200,23 @@ class Exchange:
     async def _count_tokens(self, text: str) -> int | None:
         call = _calls.tokenize(text, parse_special=False)
         headers = {"authorization": self.authorization} if self.authorization else {}
-        try:
-            response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
-                                                     timeout=TOKEN_COUNT_TIMEOUT)
-            response.raise_for_status()
-            return len(response.json()["tokens"])
-        except Exception:  # noqa: BLE001 - a missing count is better than a broken span
-            log.debug("reasoning token count failed", exc_info=True)
+        for attempt in range(2):
+            try:
+                response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
+                                                         timeout=TOKEN_COUNT_TIMEOUT)
+                response.raise_for_status()
+                return len(response.json()["tokens"])
+            except httpx.RemoteProtocolError:
+                # llama-server sometimes closes a keep-alive connection just after a streamed response (9 times
+                # in 40 when /tokenize follows a stream at once): the pooled connection was already closing and
+                # the request went unanswered. /tokenize is idempotent: send it once more, on a new connection.
+                if attempt == 0:
+                    continue
+                log.debug("reasoning token count failed", exc_info=True)
+            except Exception:  # noqa: BLE001 - a missing count is better than a broken span
+                log.debug("reasoning token count failed", exc_info=True)
             return None
+        return None
 
     # -- outcomes reported by the forwarding edge --
 
