@@ -56,8 +56,8 @@ COVERED_ELSEWHERE = {
         "tests/test_deploy_collector.py (no otelcol binary here)",
     "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py validates every manifest (no cluster here)",
     "pip install -e '.[exporter]'": "installation step (the test environment has the exporter extra installed)",
-    'claude -p "hello"': "tests/test_proxy.py drives the gateway with the anthropic SDK, the /v1/messages protocol Claude Code "
-                         "speaks (Claude Code itself needs npm and a long-context model: not run in CI)",
+    'claude -p "Say hello."': "tests/test_agent_cli.py runs this command line (and the exports above it) with Claude Code "
+                              "through a real gateway in front of a real llama-server, offline",
     "aider --model openai/my-model": "tests/test_proxy.py drives the gateway with the openai SDK, which aider uses through LiteLLM",
     "llamatelemetry top": "tests/test_top_terminal.py runs it in tmux (80x24, --exporter/--gateway at the test's ports)",
 }

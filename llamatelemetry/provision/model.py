@@ -243,6 +243,10 @@ class ThinkingScript:
     renames: tuple[tuple[int, str], ...] = ()
     #: Extra chat_template_kwargs a request needs for this family to think.
     template_kwargs: tuple[tuple[str, bool], ...] = ()
+    #: The GGUF's context length (serve with ``-c`` up to this).
+    context_length: int = 2048
+    #: Merge every system message into the first one instead of raising (see :func:`merge_system_messages`).
+    merge_system: bool = False
 
     @property
     def reasoning_tokens(self) -> int:
@@ -269,6 +273,13 @@ class ThinkingScript:
 
     def chat_template_kwargs(self) -> dict[str, bool]:
         return dict(self.template_kwargs)
+
+    def chat_template(self) -> str:
+        """The chat template the model file embeds: the family's real one, patched if ``merge_system``."""
+        from .sdist import sdist_asset
+
+        text = sdist_asset(self.template).read_text()
+        return merge_system_messages(text) if self.merge_system else text
 
 
 #: Gemma 4 with thinking on: the model writes ``<|channel>thought`` … ``<channel|>`` itself.
@@ -315,6 +326,60 @@ DEEPSEEK_R1_SCRIPT = ThinkingScript(
 )
 
 THINKING_SCRIPTS: dict[str, ThinkingScript] = {s.family: s for s in (GEMMA4_SCRIPT, QWEN35_SCRIPT, DEEPSEEK_R1_SCRIPT)}
+
+#: Qwen3.5 for agent CLIs (Claude Code, aider): they send prompts of 10-20k tokens with tool definitions
+#: and several system parts, so this one has a 64k context and a template that merges system messages.
+#: Not in THINKING_SCRIPTS (it is served alone, by tests/test_agent_cli.py).
+AGENT_SCRIPT = ThinkingScript(
+    family="qwen35-agent",
+    vocab=QWEN35_SCRIPT.vocab,
+    template=QWEN35_SCRIPT.template,
+    opener=(),
+    reasoning=QWEN35_SCRIPT.reasoning,
+    closer=QWEN35_SCRIPT.closer,
+    answer=QWEN35_SCRIPT.answer,
+    end=QWEN35_SCRIPT.end,
+    renames=QWEN35_SCRIPT.renames,
+    context_length=65536,
+    merge_system=True,
+)
+
+# Qwen3.5's template renders messages[0] as the system prompt and raises on any later system message.
+_QWEN_FIRST_SYSTEM = "messages[0].role == 'system'"
+_QWEN_FIRST_SYSTEM_CONTENT = "render_content(messages[0].content, false, true)|trim"
+_QWEN_LATER_SYSTEM_RAISE = "{{- raise_exception('System message must be at the beginning.') }}"
+_MERGED_SYSTEM = (
+    "{%- set merged_system = namespace(text='', found=false) %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if message.role == 'system' %}\n"
+    "        {%- set part = render_content(message.content, false, true)|trim %}\n"
+    "        {%- set merged_system.text = merged_system.text + ('\\n\\n' if merged_system.text and part else '') + part %}\n"
+    "        {%- set merged_system.found = true %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+
+
+def merge_system_messages(template: str) -> str:
+    """Patch a Qwen3.5-style chat template to join every system message into one system block.
+
+    The real template raises "System message must be at the beginning." on a second system
+    message; agent CLIs send several (Claude Code's system parts, reminders), so the patched one
+    renders them all, in order, separated by a blank line, where the first one would be.
+
+    Example::
+
+        from llamatelemetry.provision.model import AGENT_SCRIPT
+        text = AGENT_SCRIPT.chat_template()          # the real Qwen3.5 template, patched
+    """
+    for needle in (_QWEN_FIRST_SYSTEM, _QWEN_FIRST_SYSTEM_CONTENT, _QWEN_LATER_SYSTEM_RAISE):
+        if needle not in template:
+            raise ValueError(f"not a Qwen3.5-style template: {needle!r} not found")
+    macro_end = template.index("{%- endmacro %}") + len("{%- endmacro %}\n")
+    patched = template[:macro_end] + _MERGED_SYSTEM + template[macro_end:]
+    patched = patched.replace(_QWEN_FIRST_SYSTEM, "merged_system.found")
+    patched = patched.replace(_QWEN_FIRST_SYSTEM_CONTENT, "merged_system.text")
+    return patched.replace(_QWEN_LATER_SYSTEM_RAISE, "")
 
 _REAL_N_EMBD = 64  # one dimension per script token plus "elsewhere"; scripts stay well below this
 _REAL_LOGIT_SCALE = 16.0
@@ -384,7 +449,7 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     writer.add_name(f"llamatelemetry-scripted-{script.family}")
-    writer.add_context_length(_N_CTX)
+    writer.add_context_length(script.context_length)
     writer.add_embedding_length(_REAL_N_EMBD)
     writer.add_block_count(1)
     writer.add_feed_forward_length(_N_FF)
@@ -401,9 +466,7 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
         value = tokens if key == "tokenizer.ggml.tokens" else field.contents()
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub_type)
-    from .sdist import sdist_asset
-
-    writer.add_chat_template(sdist_asset(script.template).read_text())
+    writer.add_chat_template(script.chat_template())
 
     zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
     ones = np.ones(_REAL_N_EMBD, dtype=np.float32)

@@ -198,14 +198,23 @@ class Exchange:
     async def _count_tokens(self, text: str) -> int | None:
         call = _calls.tokenize(text, parse_special=False)
         headers = {"authorization": self.authorization} if self.authorization else {}
-        try:
-            response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
-                                                     timeout=TOKEN_COUNT_TIMEOUT)
-            response.raise_for_status()
-            return len(response.json()["tokens"])
-        except Exception:  # noqa: BLE001 - a missing count is better than a broken span
-            log.debug("reasoning token count failed", exc_info=True)
+        for attempt in range(2):
+            try:
+                response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
+                                                         timeout=TOKEN_COUNT_TIMEOUT)
+                response.raise_for_status()
+                return len(response.json()["tokens"])
+            except httpx.RemoteProtocolError:
+                # llama-server sometimes closes a keep-alive connection just after a streamed response (9 times
+                # in 40 when /tokenize follows a stream at once): the pooled connection was already closing and
+                # the request went unanswered. /tokenize is idempotent: send it once more, on a new connection.
+                if attempt == 0:
+                    continue
+                log.debug("reasoning token count failed", exc_info=True)
+            except Exception:  # noqa: BLE001 - a missing count is better than a broken span
+                log.debug("reasoning token count failed", exc_info=True)
             return None
+        return None
 
     # -- outcomes reported by the forwarding edge --
 
