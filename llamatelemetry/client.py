@@ -34,6 +34,7 @@ from ._resources import (
     Props, Resource, Slots,
 )
 from .streaming import AsyncStream, Stream
+from ._background import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -146,12 +147,16 @@ class _ClientBase:
 
     _count_tokens: Callable[[str], Any]  # sync or async, defined by each client
 
+    def _let_finish_later(self, record: "CallRecord") -> None:
+        """Give the record this client's background finisher (each client sets its own kind)."""
+
     def _start_record(self, call: "Call[Any]") -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
                                        default_model=self._default_model, count_tokens=self._count_tokens)
         if record is not None:
+            self._let_finish_later(record)
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
         return record
 
@@ -219,6 +224,7 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         # Our own pool carries the default headers, so requests don't merge them on every call.
         self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self._finisher = ThreadFinisher()
         self.chat = Chat(self)
         self.completions = Completions(self)
         self.messages = Messages(self)
@@ -311,8 +317,27 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
+    def _let_finish_later(self, record: "CallRecord") -> None:
+        record.defer = self._finisher.submit
+
+    def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
+
+        A call whose reasoning-token count needs a ``/tokenize`` request returns its result at
+        once; that request and the span's end run on a background thread. Call this before
+        reading spans right after a call (tests, short scripts). ``close()`` and the
+        interpreter's exit wait too (bounded by ``timeout`` / 5 s).
+
+        Example::
+
+            resp = client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+            client.flush_telemetry()  # the call's span has ended, reasoning count included
+        """
+        return self._finisher.flush(timeout)
+
     def close(self) -> None:
-        """Close the connection pool (unless you passed your own ``http_client``)."""
+        """Wait (at most 5 s) for pending telemetry, then close the connection pool (unless you passed your own ``http_client``)."""
+        self._finisher.flush(CLOSE_TIMEOUT)
         if self._owns_http:
             self._http.close()
 
@@ -369,6 +394,7 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self._finisher = TaskFinisher()
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
         self.messages = AsyncMessages(self)
@@ -457,8 +483,26 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
+    def _let_finish_later(self, record: "CallRecord") -> None:
+        record.adefer = self._finisher.submit
+
+    async def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
+
+        A call whose reasoning-token count needs a ``/tokenize`` request returns its result at
+        once; that request and the span's end run in a background task. Await this before
+        reading spans right after a call; ``close()`` awaits it too (bounded by ``timeout`` / 5 s).
+
+        Example::
+
+            resp = await client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+            await client.flush_telemetry()
+        """
+        return await self._finisher.flush(timeout)
+
     async def close(self) -> None:
-        """Close the connection pool (unless you passed your own ``http_client``)."""
+        """Wait (at most 5 s) for pending telemetry, then close the connection pool (unless you passed your own ``http_client``)."""
+        await self._finisher.flush(CLOSE_TIMEOUT)
         if self._owns_http:
             await self._http.aclose()
 

@@ -31,6 +31,7 @@ def client(full_server, tel):
 
 def test_chat_span_has_exact_counts_and_llamacpp_timings(client, tel, full_server):
     resp = client.chat.completions.create(messages=HI, max_tokens=64, temperature=0.5, top_k=40, seed=7, stop=["\n\n\n"])
+    assert client.flush_telemetry()  # the reasoning count's /tokenize lookup runs off the caller's path
     span = tel.only_span()
     a = span.attributes
     assert span.name == "chat scripted"
@@ -113,8 +114,10 @@ def test_exhaustion_in_stream_and_messages(client, tel):
 
 def test_messages_span_counts(client, tel):
     prompt_tokens = client.chat_completion(messages=HI, max_tokens=64).usage.prompt_tokens
+    client.flush_telemetry()
     tel.exporter.clear()
     msg = client.messages.create(messages=HI, max_tokens=64)
+    assert client.flush_telemetry()
     a = tel.only_span().attributes
     # Anthropic's input_tokens excludes cache reads; the span's input tokens include them.
     assert msg.usage.cache_read_input_tokens > 0
@@ -243,6 +246,7 @@ def test_async_parity(full_server, tel):
     async def main():
         async with AsyncLlamaCppClient(full_server.base_url, **tel.providers) as c:
             await c.chat_completion(messages=HI, max_tokens=64)
+            assert await c.flush_telemetry()  # keeps the spans in call order
             stream = await c.chat.completions.create(messages=HI, max_tokens=64, stream=True)
             async with stream:
                 async for _ in stream:

@@ -3,7 +3,9 @@
 A record ends exactly once (``_ended``), whichever comes first: the result, an error, the
 end of a stream, ``close()`` of a stream, or the garbage collection of an abandoned stream.
 The span is ended before any metric is recorded, so a failing instrument cannot lose it, and
-the duration is taken before any extra request (a token count) is made.
+the duration is taken before any extra request (a token count) is made. A client that gives the
+record a finisher (``defer``/``adefer``, see :mod:`llamatelemetry._background`) has that request
+and the span's end run off the caller's path; once handed off, later end calls are no-ops.
 Every public method swallows its own exceptions: telemetry must never break the caller.
 The public entry point is :mod:`llamatelemetry.telemetry.recorder`.
 """
@@ -15,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -260,6 +262,11 @@ class CallRecord:
         self.count_tokens: Any = count_tokens
         self.on_end = on_end
         self.in_finalizer = False
+        #: Set by a client: runs a sync finishing job off the caller's path (False: not taken).
+        self.defer: "Callable[[Callable[[], None]], bool] | None" = None
+        #: Set by an async client: starts a finishing coroutine as a background task (False: not taken).
+        self.adefer: "Callable[[Callable[[], Coroutine[Any, Any, None]]], bool] | None" = None
+        self._handed_off = False
         self._ended = False
         self._span_ended = False
         self.body: Mapping[str, Any] = body if body is not None else {}
@@ -331,7 +338,7 @@ class CallRecord:
         self._fail(str(status_code), message or f"HTTP {status_code}")
 
     def _fail(self, error_type: str, message: str) -> None:
-        if self._ended:
+        if self._ended or self._handed_off:
             return
         self._ended = True
         duration = time.monotonic() - self.started
@@ -373,62 +380,107 @@ class CallRecord:
             return await counted  # type: ignore[no-any-return]
         return counted  # type: ignore[no-any-return]
 
+    def _lookup_pending(self, outcome: Outcome) -> bool:
+        """True when the reasoning count of ``outcome`` needs a request to the server."""
+        return self.count_tokens is not None and rc.needs_lookup(outcome)
+
+    def _hand_off(self, outcome: Outcome, error: BaseException | None, ended: float) -> bool:
+        """Give the lookup and the finish to the client's background finisher (sync); False if none took it."""
+        if self.defer is None or not self._lookup_pending(outcome):
+            return False
+        self._handed_off = True  # from now on the finisher ends the span; later end calls are no-ops
+        if not self.defer(lambda: self._count_and_finish(outcome, error, ended)):
+            self._finish_without_lookup(outcome, error, ended)  # too many pending
+        return True
+
+    def _count_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float) -> None:
+        try:
+            self._finish(outcome, rc.count_outcome(outcome, self._count_now), error, ended)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+
     def end(self, result: Any) -> None:
-        """End the span of a non-streamed call (sync): ``result`` is the typed result or its raw JSON dict."""
-        if self._ended:
+        """End the span of a non-streamed call (sync): ``result`` is the typed result or its raw JSON dict.
+
+        When the reasoning count needs a ``/tokenize`` lookup and the client gave a finisher
+        (:attr:`defer`), the lookup and the span's end run there: the caller does not wait.
+        """
+        if self._ended or self._handed_off:
             return
         ended = time.monotonic()  # before the token count: the count is not part of the call's duration
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
-            reasoning_tokens = rc.count_outcome(outcome, self._count_now)
-            self._finish(outcome, reasoning_tokens, None, ended)
+            if not self._hand_off(outcome, None, ended):
+                self._count_and_finish(outcome, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
     async def aend(self, result: Any) -> None:
         """End the span of a non-streamed call (async): ``result`` is the typed result or its raw JSON dict."""
-        if self._ended:
+        if self._ended or self._handed_off:
             return
         ended = time.monotonic()
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
-            reasoning_tokens = await rc.acount_outcome(outcome, self._count_async)
-            self._finish(outcome, reasoning_tokens, None, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
-        except BaseException:  # cancelled while counting: end with what we have, then let it propagate
-            self._finish_quietly(outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result),
-                                 None, None, ended)
-            raise
+            return
+        if not self._ahand_off(outcome, None, ended, gaps_later=False):
+            # Cancelled while counting: the call itself succeeded, so the span is not an error.
+            await self._acount_and_finish(outcome, None, ended, gaps_later=False, cancel_is_error=False)
 
     def end_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
         """End the span of a stream (sync stream, or any stream being garbage-collected)."""
-        if self._ended:
+        if self._ended or self._handed_off:
             return
         ended = time.monotonic()
         try:
             outcome = outcome_of_stream(acc)
-            # No network I/O from a finalizer, and an async counter cannot be awaited here.
-            reasoning_tokens = rc.count_outcome(outcome, None if self.in_finalizer else self._count_now)
-            self._finish(outcome, reasoning_tokens, error, ended)
+            if self.in_finalizer:
+                # No network I/O from a finalizer, and an async counter cannot be awaited here.
+                self._finish(outcome, rc.count_outcome(outcome, None), error, ended)
+            elif not self._hand_off(outcome, error, ended):
+                self._count_and_finish(outcome, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
     async def aend_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
         """End the span of a stream (async); safe to call from a cancelled task (ends, then re-raises)."""
-        if self._ended:
+        if self._ended or self._handed_off:
             return
         ended = time.monotonic()
-        outcome = None
         try:
             outcome = outcome_of_stream(acc)
+        except Exception:  # noqa: BLE001
+            self._give_up()
+            return
+        if not self._ahand_off(outcome, error, ended, gaps_later=True):
+            await self._acount_and_finish(outcome, error, ended, gaps_later=True, cancel_is_error=True)
+
+    def _ahand_off(self, outcome: Outcome, error: BaseException | None, ended: float, *, gaps_later: bool) -> bool:
+        """Give the lookup and the finish to the client's task finisher (async); False if none took it."""
+        if self.adefer is None or not self._lookup_pending(outcome):
+            return False
+        self._handed_off = True
+
+        async def finish_later() -> None:
+            # A cancelled background task (the loop shutting down) is not the call's error.
+            await self._acount_and_finish(outcome, error, ended, gaps_later=gaps_later, cancel_is_error=False)
+
+        if not self.adefer(finish_later):
+            self._finish_without_lookup(outcome, error, ended)  # too many pending, or no loop
+        return True
+
+    async def _acount_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float, *,
+                                 gaps_later: bool, cancel_is_error: bool) -> None:
+        try:
             reasoning_tokens = await rc.acount_outcome(outcome, self._count_async)
-            gap_attributes = self._finish(outcome, reasoning_tokens, error, ended, gaps_later=True)
+            gap_attributes = self._finish(outcome, reasoning_tokens, error, ended, gaps_later=gaps_later)
         except Exception:  # noqa: BLE001
             self._give_up()
             return
         except BaseException as exc:  # cancelled (anyio/asyncio) while counting: end with what we saw
-            self._finish_quietly(outcome if outcome is not None else Outcome(), None, error or exc, ended)
+            self._finish_quietly(outcome, None, error or (exc if cancel_is_error else None), ended)
             raise
         if gap_attributes is not None:
             await self._arecord_gaps(outcome.chunk_gaps, gap_attributes)
@@ -455,6 +507,13 @@ class CallRecord:
             except Exception:  # noqa: BLE001
                 logger.debug("llamatelemetry: recording chunk gaps failed", exc_info=True)
             raise
+
+    def _finish_without_lookup(self, outcome: Outcome, error: BaseException | None, ended: float) -> None:
+        """End now, counting only by the methods that need no request (the span is never lost)."""
+        try:
+            self._finish(outcome, rc.count_outcome(outcome, None), error, ended)
+        except Exception:  # noqa: BLE001
+            self._give_up()
 
     def _finish_quietly(self, outcome: Outcome, reasoning_tokens: int | None, error: BaseException | None, ended: float) -> None:
         try:

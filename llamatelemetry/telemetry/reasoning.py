@@ -204,6 +204,16 @@ def _settle(out: CountedOutcome, looked_up: int | None) -> int | None:
     return counted.tokens if counted is not None else None
 
 
+def needs_lookup(out: CountedOutcome) -> bool:
+    """True when counting ``out``'s reasoning tokens needs the server to tokenize some text.
+
+    Example::
+
+        if needs_lookup(outcome): ...  # count off the caller's path
+    """
+    return needed_lookup(**_inputs(out)) is not None
+
+
 def count_outcome(out: CountedOutcome, count_tokens: TokenCounter | None) -> int | None:
     """Reasoning tokens of a finished call; sets ``out.reasoning_count_method``.
 
