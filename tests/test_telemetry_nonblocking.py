@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient
+from llamatelemetry._background import ThreadFinisher
 from llamatelemetry.telemetry import semconv as sc
 
 from telemetry_helpers import Telemetry
@@ -151,3 +152,14 @@ def test_script_that_never_closes_the_client_still_exports_the_span(qwen: tuple[
     assert done.returncode == 0, done.stderr
     returned, _, exported = done.stdout.partition("RETURNED")
     assert f'"{sc.USAGE_REASONING_OUTPUT_TOKENS}": {script.reasoning_tokens}' in exported
+
+
+def test_when_too_many_are_pending_the_span_ends_at_once_without_the_lookup(qwen: tuple[Any, Any]) -> None:
+    server, script = qwen
+    tel = Telemetry()
+    with LlamaCppClient(server.base_url, **tel.providers) as client:
+        client._finisher = ThreadFinisher(max_pending=0)  # as if MAX_PENDING lookups were already waiting
+        client.messages.create(messages=HI, max_tokens=64, thinking=THINKING)
+        attrs = tel.only_span().attributes  # ended before the call returned: nothing queued, nothing lost
+    assert attrs[sc.USAGE_OUTPUT_TOKENS] == script.output_tokens
+    assert sc.USAGE_REASONING_OUTPUT_TOKENS not in attrs  # no count rather than a guess
