@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Reasoning the model produces, one token per piece (all distinct: each token has one successor).
 REASONING_PIECES: tuple[str, ...] = (
@@ -116,6 +117,32 @@ def _build_vocab() -> tuple[list[str], list[int], list[str], dict[str, int]]:
     return tokens, [int(t) for t in types], merges, index
 
 
+def _write_one_hot_layer(writer: Any, embd: Any, output: Any, n_embd: int) -> None:
+    """Write the tensors of the one-hot network (one llama block whose weights are all zero) and close the file.
+
+    The embedding and output matrices carry the script; every attention and feed-forward weight is
+    zero, so the residual stream keeps the last token's one-hot vector (see the module docs).
+    """
+    import numpy as np
+
+    zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+    ones = np.ones(n_embd, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", embd)
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", output)
+    writer.add_tensor("blk.0.attn_norm.weight", ones)
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        writer.add_tensor(f"blk.0.{name}.weight", zeros(n_embd, n_embd))
+    writer.add_tensor("blk.0.ffn_norm.weight", ones)
+    writer.add_tensor("blk.0.ffn_gate.weight", zeros(_N_FF, n_embd))
+    writer.add_tensor("blk.0.ffn_up.weight", zeros(_N_FF, n_embd))
+    writer.add_tensor("blk.0.ffn_down.weight", zeros(n_embd, _N_FF))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def write_scripted_model(path: str | os.PathLike[str]) -> Path:
     """Write the scripted reasoning model to ``path`` (GGUF, f32) and return the path."""
     import gguf
@@ -167,22 +194,7 @@ def write_scripted_model(path: str | os.PathLike[str]) -> Path:
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
-    zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
-    ones = np.ones(_N_EMBD, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", output)
-    writer.add_tensor("blk.0.attn_norm.weight", ones)
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        writer.add_tensor(f"blk.0.{name}.weight", zeros(_N_EMBD, _N_EMBD))
-    writer.add_tensor("blk.0.ffn_norm.weight", ones)
-    writer.add_tensor("blk.0.ffn_gate.weight", zeros(_N_FF, _N_EMBD))
-    writer.add_tensor("blk.0.ffn_up.weight", zeros(_N_FF, _N_EMBD))
-    writer.add_tensor("blk.0.ffn_down.weight", zeros(_N_EMBD, _N_FF))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_one_hot_layer(writer, embd, output, _N_EMBD)
     os.replace(tmp, path)  # atomic: concurrent test workers never see a half-written model
     return path
 
@@ -468,22 +480,7 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
         writer.add_key_value(key, value, field.types[0], sub_type)
     writer.add_chat_template(script.chat_template())
 
-    zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
-    ones = np.ones(_REAL_N_EMBD, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", output)
-    writer.add_tensor("blk.0.attn_norm.weight", ones)
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        writer.add_tensor(f"blk.0.{name}.weight", zeros(_REAL_N_EMBD, _REAL_N_EMBD))
-    writer.add_tensor("blk.0.ffn_norm.weight", ones)
-    writer.add_tensor("blk.0.ffn_gate.weight", zeros(_N_FF, _REAL_N_EMBD))
-    writer.add_tensor("blk.0.ffn_up.weight", zeros(_N_FF, _REAL_N_EMBD))
-    writer.add_tensor("blk.0.ffn_down.weight", zeros(_REAL_N_EMBD, _N_FF))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_one_hot_layer(writer, embd, output, _REAL_N_EMBD)
     os.replace(tmp, path)
     return path
 
