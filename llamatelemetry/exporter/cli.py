@@ -19,6 +19,7 @@ import signal
 import threading
 from typing import Any
 
+from .._argtypes import tcp_port
 from .._defaults import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, EXPORTER_DEFAULT_HOST, EXPORTER_DEFAULT_PORT
 
 HELP = "serve llama-server and GPU metrics for Prometheus"
@@ -85,16 +86,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port: use 1-65535 (0 picks a free one)")
-    return value
-
-
 def _byte_count(text: str) -> int:
     try:
         value = int(text)
@@ -116,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default=os.environ.get(ENV_LISTEN, EXPORTER_DEFAULT_HOST), metavar="HOST",
                         help=f"address to serve on; use 0.0.0.0 to expose it beyond this machine (default %(default)s) [{ENV_LISTEN}]")
     # String defaults go through type=, so a bad environment variable gets the same clear message as a bad flag.
-    parser.add_argument("--port", "-p", type=_port, default=os.environ.get(ENV_PORT, str(EXPORTER_DEFAULT_PORT)),
+    parser.add_argument("--port", "-p", type=tcp_port, default=os.environ.get(ENV_PORT, str(EXPORTER_DEFAULT_PORT)),
                         help=f"port to serve on (default %(default)s) [{ENV_PORT}]")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
                         help=f"llama-server API key, sent as 'Authorization: Bearer'; prefer the variable, "

@@ -18,6 +18,7 @@ import signal
 import sys
 from typing import Any, Callable
 
+from .._argtypes import tcp_port
 from .._defaults import (
     BASE_URL_ENV, DEFAULT_BASE_URL, PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST, PROXY_DEFAULT_PORT,
 )
@@ -49,13 +50,6 @@ ENV_MIN_MAX_TOKENS = "LLAMATELEMETRY_PROXY_MIN_MAX_TOKENS"
 log = logging.getLogger("llamatelemetry.proxy")
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be a TCP port (0-65535)")
-    return value
-
-
 def _url(text: str) -> str:
     text = text.strip().rstrip("/")
     if not text.startswith(("http://", "https://")):
@@ -68,9 +62,9 @@ def _route(text: str) -> tuple[int, str]:
     if not sep:
         raise argparse.ArgumentTypeError(f"must be PORT=URL, e.g. 8090=http://127.0.0.1:8081, got {text!r}")
     try:
-        return _port(port), _url(url)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be PORT=URL with a numeric port, got {text!r}") from None
+        return tcp_port(port), _url(url)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"must be PORT=URL ({exc}), got {text!r}") from None
 
 
 def _positive(text: str) -> int:
@@ -88,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the llama-server to forward to, served on --port [${BASE_URL_ENV} or {DEFAULT_BASE_URL}]")
     parser.add_argument("--listen", default=os.environ.get(ENV_LISTEN, PROXY_DEFAULT_HOST), metavar="HOST",
                         help=f"address to listen on, for every port (default {PROXY_DEFAULT_HOST}; 0.0.0.0 exposes it) [{ENV_LISTEN}]")
-    parser.add_argument("--port", type=_port, default=_port(os.environ.get(ENV_PORT, str(PROXY_DEFAULT_PORT))),
+    parser.add_argument("--port", type=tcp_port, default=tcp_port(os.environ.get(ENV_PORT, str(PROXY_DEFAULT_PORT))),
                         help=f"port forwarding to --upstream (default {PROXY_DEFAULT_PORT}) [{ENV_PORT}]")
-    parser.add_argument("--admin-port", type=_port, default=_port(os.environ.get(ENV_ADMIN_PORT, str(PROXY_ADMIN_DEFAULT_PORT))),
+    parser.add_argument("--admin-port", type=tcp_port, default=tcp_port(os.environ.get(ENV_ADMIN_PORT, str(PROXY_ADMIN_DEFAULT_PORT))),
                         help=f"port of /metrics, /api/recent, /health (default {PROXY_ADMIN_DEFAULT_PORT}) [{ENV_ADMIN_PORT}]")
     parser.add_argument("--route", type=_route, action="append", default=[], metavar="PORT=URL",
                         help="one more port forwarding to another llama-server (repeatable)")
