@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -217,6 +218,32 @@ def _error_fields(body: Any) -> tuple[int | None, str | None, str | None]:
     return None, None, None
 
 
+#: The router's own errors about the requested model (llama-server ``server-models.cpp`` at b11434).
+_UNKNOWN_MODEL = re.compile(r"^model '(.*)' not found$", re.S)
+_LOAD_FAILED = re.compile(r"^model name=(.*) failed to load$", re.S)
+_NOT_LOADED = "model is not loaded"
+
+
+def _router_model_error(status_code: int, message: str | None, path: str, common: dict[str, Any]) -> errors.APIStatusError | None:
+    """The typed error for a router's ``model '<x>' not found`` / ``model is not loaded`` / load failure."""
+    if not isinstance(message, str):
+        return None
+    if status_code == 400 and (match := _UNKNOWN_MODEL.match(message)):
+        unknown = errors.UnknownModelError(f"the router has no model {match.group(1)!r} ({path}); "
+                                           "client.models.list() lists the models it has", **common)
+        unknown.model = match.group(1)
+        return unknown
+    if status_code == 400 and message == _NOT_LOADED:
+        return errors.ModelNotLoadedError(f"the model asked for on {path} is not loaded and the router does not "
+                                          "autoload it; call client.models.load(model) first", **common)
+    if status_code >= 500 and (match := _LOAD_FAILED.match(message)):
+        failed = errors.ModelLoadFailedError(f"the router could not load model {match.group(1)!r} for {path} "
+                                             "(its process exited; see model_status.exit_code and the router's log)", **common)
+        failed.model = match.group(1)
+        return failed
+    return None
+
+
 def status_error(status_code: int, content: bytes, settings: Settings, path: str) -> errors.APIStatusError:
     """Map an HTTP error response to the matching exception, keeping llama-server's error JSON."""
     url = settings.base_url + path
@@ -227,6 +254,9 @@ def status_error(status_code: int, content: bytes, settings: Settings, path: str
     code, type_, server_message = _error_fields(body)
     detail = server_message or (body if isinstance(body, str) and body else f"HTTP {status_code}")
     common: dict[str, Any] = dict(status_code=status_code, url=url, body=body, code=code, type=type_, server_message=server_message)
+    router_error = _router_model_error(status_code, server_message, path, common)
+    if router_error is not None:
+        return router_error
     if status_code == 501:
         flag = next((f for prefix, f in _FLAG_FOR_PATH if prefix in path), None)
         hint = f"restart llama-server with {flag}" if flag else "this llama-server build does not offer it"

@@ -233,6 +233,35 @@ def list_models() -> Call[types.ModelList]:
     return Call("GET", "/v1/models", types.ModelList.from_dict)
 
 
+def load_model(model: str) -> Call[bool]:
+    """Start a model of a router (``POST /models/load``; ``llama-server --models-dir``/``--models-preset``).
+
+    Returns as soon as the router has started loading it (True); watch
+    ``client.models.list()`` for its ``status.value`` to become ``loaded``. An unknown model
+    raises :class:`~llamatelemetry.errors.UnknownModelError`, one already running a
+    :class:`~llamatelemetry.errors.BadRequestError`.
+
+    Example::
+
+        client.models.load("coder")
+    """
+    return Call("POST", "/models/load", _succeeded, body={"model": model})
+
+
+def unload_model(model: str) -> Call[bool]:
+    """Stop a running model of a router (``POST /models/unload``), freeing its memory.
+
+    Example::
+
+        client.models.unload("coder")
+    """
+    return Call("POST", "/models/unload", _succeeded, body={"model": model})
+
+
+def _succeeded(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("success") is True
+
+
 def get_props() -> Call[types.Props]:
     """Read server properties (``GET /props``): slots, context size, chat template, build.
 

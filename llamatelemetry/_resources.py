@@ -287,6 +287,8 @@ class Embeddings(Resource):
 
 class Models(Resource):
     list = _endpoint(_calls.list_models)
+    load = _endpoint(_calls.load_model)
+    unload = _endpoint(_calls.unload_model)
 
 
 class Props(Resource):
@@ -619,6 +621,8 @@ class AsyncEmbeddings(AsyncResource):
 
 class AsyncModels(AsyncResource):
     list = _async_endpoint(_calls.list_models)
+    load = _async_endpoint(_calls.load_model)
+    unload = _async_endpoint(_calls.unload_model)
 
 
 class AsyncProps(AsyncResource):

@@ -177,6 +177,21 @@ class _ClientBase:
     def _url(self, path: str) -> str:
         return self._settings.base_url + path
 
+    @staticmethod
+    def _model_status_from(exc: errors.RouterModelError, call: "Call[Any]", response: httpx.Response | None) -> None:
+        """Fill a router error's model (named by the call) and its state (from the router's ``/v1/models``)."""
+        if exc.model is None:
+            named = (call.body or {}).get("model") or (call.params or {}).get("model")
+            exc.model = named if isinstance(named, str) else None
+        if exc.model is None or response is None or response.status_code != 200:
+            return
+        try:
+            for model in types.ModelList.from_dict(response.json()).data:
+                if exc.model == model.id or exc.model in (model.aliases or []):
+                    exc.model_status = model.status
+        except Exception:  # noqa: BLE001 - the error itself matters more than its detail
+            pass
+
     def _parse(self, call: "Call[Any]", content: bytes) -> Any:
         if call.raw_text:
             return call.parse(content.decode("utf-8", "replace"))
@@ -283,6 +298,8 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         except BaseException as exc:
             if record is not None:
                 record.fail(exc)
+            if isinstance(exc, errors.RouterModelError):
+                self._model_status_from(exc, call, self._models_response())
             raise
         finally:
             if record is not None:
@@ -290,6 +307,12 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         if record is not None:
             record.end(result)
         return call.unwrap(result) if call.unwrap is not None else result
+
+    def _models_response(self) -> httpx.Response | None:
+        try:
+            return self._http.get(self._url("/v1/models"), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
+        except httpx.HTTPError:
+            return None
 
     def _lookup_default_model(self) -> None:
         call = _calls.list_models()
@@ -450,6 +473,8 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         except BaseException as exc:
             if record is not None:
                 record.fail(exc)
+            if isinstance(exc, errors.RouterModelError):
+                self._model_status_from(exc, call, await self._models_response())
             raise
         finally:
             if record is not None:
@@ -457,6 +482,12 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         if record is not None:
             await record.aend(result)
         return call.unwrap(result) if call.unwrap is not None else result
+
+    async def _models_response(self) -> httpx.Response | None:
+        try:
+            return await self._http.get(self._url("/v1/models"), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
+        except httpx.HTTPError:
+            return None
 
     async def _lookup_default_model(self) -> None:
         call = _calls.list_models()

@@ -15,7 +15,10 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import ModelStatus
 
 __all__ = [
     "LlamaCppError",
@@ -30,6 +33,10 @@ __all__ = [
     "InternalServerError",
     "ResponseDecodeError",
     "StreamInterruptedError",
+    "RouterModelError",
+    "UnknownModelError",
+    "ModelNotLoadedError",
+    "ModelLoadFailedError",
 ]
 
 
@@ -110,3 +117,37 @@ class ModelLoadingError(APIStatusError):
 
 class InternalServerError(APIStatusError):
     """5xx: llama-server failed while handling the request; its log says why."""
+
+
+# --- router mode (llama-server --models-dir / --models-preset: many models behind one port) ------
+
+class RouterModelError(LlamaCppError):
+    """A call failed because of the model a router was asked for (catch this for all three kinds).
+
+    ``model`` is the model id the call named; ``model_status`` its state as the router reported it
+    right after the failure (None when the router does not know the model or could not be asked).
+
+    Example::
+
+        try:
+            client.chat_completion(model="coder", messages=[{"role": "user", "content": "hi"}])
+        except errors.RouterModelError as exc:
+            print(exc.model, exc.model_status.value if exc.model_status else None)
+    """
+
+    model: str | None = None
+    model_status: "ModelStatus | None" = None
+
+
+class UnknownModelError(BadRequestError, RouterModelError):
+    """400 ``model '<x>' not found``: the router has no such model; ``client.models.list()`` says which it has."""
+
+
+class ModelNotLoadedError(BadRequestError, RouterModelError):
+    """400 ``model is not loaded``: the router does not autoload (``--no-models-autoload`` or ``?autoload=false``);
+    call ``client.models.load(model)`` first."""
+
+
+class ModelLoadFailedError(InternalServerError, RouterModelError):
+    """500 ``model name=<x> failed to load``: the model's process exited while loading;
+    ``model_status.exit_code`` is its exit code, the router's log says why."""

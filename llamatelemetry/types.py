@@ -23,7 +23,7 @@ __all__ = [
     "ChatCompletionMessage", "Choice", "ChatCompletion", "ChoiceDelta", "ChunkChoice", "ChatCompletionChunk",
     "CompletionChoice", "Completion", "ContentBlock", "MessageUsage", "Message", "MessageStreamEvent",
     "Embedding", "EmbeddingUsage", "CreateEmbeddingResponse", "RerankResult", "RerankResponse", "Model",
-    "ModelList", "Props", "Slot", "LoraAdapter", "Health", "HealthStatus",
+    "ModelList", "Props", "Slot", "LoraAdapter", "Health", "HealthStatus", "ModelStatus",
 ]
 
 
@@ -266,14 +266,41 @@ class RerankResponse(Record):
 # --- server state ----------------------------------------------------------------------------------
 
 @dataclass(slots=True, kw_only=True)
+class ModelStatus(Record):
+    """A router-mode model's state (``status`` in ``/v1/models`` of ``llama-server --models-dir``).
+
+    ``value`` is ``loaded``, ``loading``, ``unloaded``, ``sleeping``, ``downloading`` or
+    ``downloaded``; after a failed load ``failed`` is true and ``exit_code`` is the child's.
+
+    Example::
+
+        status = client.models.list().data[0].status
+        if status is not None and status.failed: print(status.value, status.exit_code)
+    """
+
+    value: str = ""
+    args: list[str] | None = None
+    failed: bool = False
+    exit_code: int | None = None
+    preset: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
 class Model(Record):
-    """One entry of ``/v1/models``; ``meta`` has ``n_ctx``, ``n_params``, ``size``, ``n_vocab``..."""
+    """One entry of ``/v1/models``; ``meta`` has ``n_ctx``, ``n_params``, ``size``, ``n_vocab``...
+
+    A router (``llama-server --models-dir``) also fills ``status``, ``aliases``, ``tags`` and ``source``.
+    """
 
     id: str = ""
     object: str = "model"
     created: int | None = None
     owned_by: str | None = None
     meta: dict[str, Any] | None = None
+    status: ModelStatus | None = None
+    aliases: list[str] | None = None
+    tags: list[str] | None = None
+    source: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

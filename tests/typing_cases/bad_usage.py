@@ -23,3 +23,6 @@ async def async_mistakes(client: AsyncLlamaCppClient) -> None:
         print(chunk)
     ids: list[int] = client.tokenize("x")  # error
     print(ids)
+    client.models.load(model=7)  # error
+    loaded: bool = client.models.unload("coder")  # error
+    print(loaded)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, types
+from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, types
 from llamatelemetry.streaming import AsyncStream, Stream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -33,6 +33,15 @@ def sync_usage(client: LlamaCppClient, flag: bool) -> None:
     assert_type(client.detokenize([1, 2]), str)
     assert_type(client.rerank("q", ["a"]), types.RerankResponse)
     assert_type(client.models.list(), types.ModelList)
+    assert_type(client.models.load("coder"), bool)
+    assert_type(client.models.unload("coder"), bool)
+    status = client.models.list().data[0].status
+    assert_type(status, types.ModelStatus | None)
+    try:
+        client.chat_completion(model="coder", messages=HI)
+    except errors.RouterModelError as exc:
+        assert_type(exc.model, str | None)
+        assert_type(exc.model_status, types.ModelStatus | None)
     assert_type(client.props.get(), types.Props)
     assert_type(client.slots.list(), list[types.Slot])
     assert_type(client.lora.list(), list[types.LoraAdapter])
@@ -53,4 +62,6 @@ async def async_usage(client: AsyncLlamaCppClient) -> None:
     assert_type(await client.embed("x"), list[float])
     assert_type(await client.tokenize("x"), list[int])
     assert_type(await client.models.list(), types.ModelList)
+    assert_type(await client.models.load("coder"), bool)
+    assert_type(await client.models.unload("coder"), bool)
     assert_type(await client.health.check(), types.Health)
