@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -218,30 +217,25 @@ def _error_fields(body: Any) -> tuple[int | None, str | None, str | None]:
     return None, None, None
 
 
-#: The router's own errors about the requested model (llama-server ``server-models.cpp`` at b11434).
-_UNKNOWN_MODEL = re.compile(r"^model '(.*)' not found$", re.S)
-_LOAD_FAILED = re.compile(r"^model name=(.*) failed to load$", re.S)
-_NOT_LOADED = "model is not loaded"
+#: What each router-model error says, and what to do about it.
+_ROUTER_HINTS: dict[type[errors.RouterModelError], str] = {
+    errors.UnknownModelError: "the router has no model {model!r} ({path}); client.models.list() lists the models it has",
+    errors.ModelNotLoadedError: ("the model asked for on {path} is not loaded and the router does not autoload it; "
+                                 "call client.models.load(model) first"),
+    errors.ModelLoadFailedError: ("the router could not load model {model!r} for {path} (its process exited; "
+                                  "see model_status.exit_code and the router's log)"),
+}
 
 
 def _router_model_error(status_code: int, message: str | None, path: str, common: dict[str, Any]) -> errors.APIStatusError | None:
     """The typed error for a router's ``model '<x>' not found`` / ``model is not loaded`` / load failure."""
-    if not isinstance(message, str):
+    found = errors.classify_router_error(status_code, message)
+    if found is None:
         return None
-    if status_code == 400 and (match := _UNKNOWN_MODEL.match(message)):
-        unknown = errors.UnknownModelError(f"the router has no model {match.group(1)!r} ({path}); "
-                                           "client.models.list() lists the models it has", **common)
-        unknown.model = match.group(1)
-        return unknown
-    if status_code == 400 and message == _NOT_LOADED:
-        return errors.ModelNotLoadedError(f"the model asked for on {path} is not loaded and the router does not "
-                                          "autoload it; call client.models.load(model) first", **common)
-    if status_code >= 500 and (match := _LOAD_FAILED.match(message)):
-        failed = errors.ModelLoadFailedError(f"the router could not load model {match.group(1)!r} for {path} "
-                                             "(its process exited; see model_status.exit_code and the router's log)", **common)
-        failed.model = match.group(1)
-        return failed
-    return None
+    cls, model = found
+    error = cls(_ROUTER_HINTS[cls].format(model=model, path=path), **common)
+    error.model = model
+    return error  # type: ignore[return-value]
 
 
 def status_error(status_code: int, content: bytes, settings: Settings, path: str) -> errors.APIStatusError:

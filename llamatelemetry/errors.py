@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "UnknownModelError",
     "ModelNotLoadedError",
     "ModelLoadFailedError",
+    "classify_router_error",
 ]
 
 
@@ -137,17 +139,52 @@ class RouterModelError(LlamaCppError):
 
     model: str | None = None
     model_status: "ModelStatus | None" = None
+    #: ``error.type`` on spans and metrics (the client's and the gateway's alike).
+    error_type: str = "model_error"
 
 
 class UnknownModelError(BadRequestError, RouterModelError):
     """400 ``model '<x>' not found``: the router has no such model; ``client.models.list()`` says which it has."""
+
+    error_type = "model_not_found"
 
 
 class ModelNotLoadedError(BadRequestError, RouterModelError):
     """400 ``model is not loaded``: the router does not autoload (``--no-models-autoload`` or ``?autoload=false``);
     call ``client.models.load(model)`` first."""
 
+    error_type = "model_not_loaded"
+
 
 class ModelLoadFailedError(InternalServerError, RouterModelError):
     """500 ``model name=<x> failed to load``: the model's process exited while loading;
     ``model_status.exit_code`` is its exit code, the router's log says why."""
+
+    error_type = "model_load_failed"
+
+
+#: The router's own error messages about the requested model (llama-server ``server-models.cpp``, b11434).
+_UNKNOWN_MODEL = re.compile(r"^model '(.*)' not found$", re.S)
+_LOAD_FAILED = re.compile(r"^model name=(.*) failed to load$", re.S)
+_NOT_LOADED = "model is not loaded"
+
+
+def classify_router_error(status_code: int, message: object) -> "tuple[type[RouterModelError], str | None] | None":
+    """Which router-model error an HTTP error answer is, and the model id its message names (if any).
+
+    Used by the client (to raise the typed error) and the gateway (for ``error.type``).
+
+    Example::
+
+        >>> classify_router_error(400, "model 'coder' not found")
+        (<class 'llamatelemetry.errors.UnknownModelError'>, 'coder')
+    """
+    if not isinstance(message, str):
+        return None
+    if status_code == 400 and (match := _UNKNOWN_MODEL.match(message)):
+        return UnknownModelError, match.group(1)
+    if status_code == 400 and message == _NOT_LOADED:
+        return ModelNotLoadedError, None
+    if status_code >= 500 and (match := _LOAD_FAILED.match(message)):
+        return ModelLoadFailedError, match.group(1)
+    return None

@@ -43,6 +43,7 @@ from .dialect import error_body, stream_error_event
 from .guard import raise_max_tokens
 from .headers import RawHeaders, request_headers, response_headers
 from .observe import Exchange, Observer, parse_json_body
+from .routing import in_client_dialect
 
 log = logging.getLogger("llamatelemetry.proxy")
 
@@ -114,6 +115,8 @@ class ProxyApp:
             raised_from = raise_max_tokens(parsed, path, self.min_max_tokens)
             if raised_from is not None:
                 body = json.dumps(parsed, ensure_ascii=False).encode()
+        if parsed is not None:
+            await self.observer.prepare(scope, self.upstream)  # a router upstream? (asked once, bounded)
         exchange = self.observer.begin(scope, self.upstream, parsed, max_tokens_raised_from=raised_from)
         if exchange.trace_headers:
             # Our span becomes the parent upstream: replace (not add to) the caller's trace context.
@@ -143,6 +146,9 @@ class ProxyApp:
             await _json_response(path, 502, f"llamatelemetry proxy: the upstream llama-server at {self.upstream} "
                                  f"closed the connection mid-response ({type(raw).__name__}); check its log")(scope, receive, send)
             return
+        if upstream.status_code >= 400 and (reshaped := in_client_dialect(path, upstream.status_code, raw)) is not None:
+            # A router's error about the model, in the OpenAI shape on an Anthropic endpoint: say it in the client's.
+            raw, out_headers = reshaped, [h for h in out_headers if h[0] != b"content-length"]
         response = Response(raw, status_code=upstream.status_code)
         if not any(name == b"content-length" for name, _ in out_headers) and "content-length" in response.headers:
             out_headers.append((b"content-length", str(len(raw)).encode()))

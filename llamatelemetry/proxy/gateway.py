@@ -145,6 +145,7 @@ class Gateway:
             await asyncio.gather(*tasks)
         finally:
             await self.observer.drain()
+            await self.observer.aclose()
             await http.aclose()
             self._ready.set()
 

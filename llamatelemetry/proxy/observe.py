@@ -42,6 +42,7 @@ from ..telemetry.recorder import (
 from .clients import CLIENT_NAME_HEADER, client_name
 from .endpoints import http_route
 from .recent import RecentRequest, RecentRequests
+from .routing import ColdStart, Routers, router_error
 
 log = logging.getLogger("llamatelemetry.proxy")
 
@@ -96,6 +97,12 @@ class Observer:
         self.requests = meter.create_counter(
             METRIC_PROXY_REQUESTS, unit="{request}", description="Requests the gateway forwarded, inference or not.",
         )
+        # Router mode: which upstreams are routers, and how long requests waited for their model to load.
+        self.routers = Routers(http)
+        self.load_waits = meter.create_histogram(
+            sc.METRIC_MODEL_LOAD_WAIT, unit="s", explicit_bucket_boundaries_advisory=list(sc.MODEL_LOAD_WAIT_BUCKETS),
+            description="How long requests to a llama-server router waited for their model to load or wake (cold starts).",
+        )
         self._recorders: dict[str, Recorder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: upstream -> its model id (from /v1/models), for requests that name none (as the client does).
@@ -130,6 +137,17 @@ class Observer:
                 self._default_models[upstream] = model
         except Exception:  # noqa: BLE001 - spans are then named by operation only; retried later
             log.debug("could not look up the model of %s", upstream, exc_info=True)
+
+    async def prepare(self, scope: Mapping[str, Any], upstream: str) -> None:
+        """Before an inference request's span starts: know whether the upstream is a router (checked once)."""
+        try:
+            await self.routers.prepare(upstream, _headers(scope).get("authorization"))
+        except Exception:  # noqa: BLE001 - forwarding never waits on telemetry's failures
+            log.debug("router detection failed", exc_info=True)
+
+    async def aclose(self) -> None:
+        """Stop the router watchers (at gateway shutdown)."""
+        await self.routers.aclose()
 
     def begin(self, scope: Mapping[str, Any], upstream: str, body: dict[str, Any] | None, *,
               max_tokens_raised_from: int | None = None) -> "Exchange":
@@ -172,6 +190,7 @@ class Exchange:
         self._line_buffer = b""
         self._unreadable = False
         self._stream_error: BaseException | None = None
+        self.cold_start: ColdStart | None = None
         if operation_for(self.path) is not None:
             self._start_record(headers, max_tokens_raised_from)
 
@@ -182,7 +201,15 @@ class Exchange:
         if raised_from is not None:
             span_attributes[ATTR_MAX_TOKENS_RAISED_FROM] = raised_from
         default_model = None
-        if not (self.body or {}).get("model"):
+        router = self.observer.routers.view(self.upstream)
+        if router is not None:
+            # A router serves many models: the request's own "model" is the routed one (none: the router refuses it).
+            model = (self.body or {}).get("model")
+            self.cold_start = router.cold_start(model if isinstance(model, str) else None)
+            if self.cold_start is not None:
+                span_attributes[sc.MODEL_COLD_START] = True
+                span_attributes[sc.MODEL_STATE_BEFORE] = self.cold_start.state_before
+        elif not (self.body or {}).get("model"):
             default_model = self.observer.default_model(self.upstream, self.authorization)
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
@@ -235,14 +262,18 @@ class Exchange:
         self.status = status
         record = self.record
         try:
+            routed = router_error(status, raw) if status >= 400 else None
+            error_type = routed[0].error_type if routed is not None else None
             if record is None:
-                self._finish(str(status) if status >= 400 else None, None)
+                self._finish(error_type or (str(status) if status >= 400 else None), None)
             elif status >= 400:
-                record.fail_status(status, raw[:500].decode("utf-8", "replace"))  # on_end records the rest
+                record.fail_status(status, raw[:500].decode("utf-8", "replace"), error_type)  # on_end records the rest
             elif headers.get("content-encoding", "identity") != "identity":
                 # Compressed: forwarded as is; not worth decompressing for telemetry.
+                self._loaded()
                 self.observer.spawn(record.aend({}))
             else:
+                self._loaded()
                 self.observer.spawn(record.aend(json.loads(raw)))
         except Exception:  # noqa: BLE001 - e.g. a 200 whose body is not JSON
             log.debug("telemetry could not read a response", exc_info=True)
@@ -251,6 +282,8 @@ class Exchange:
 
     def chunk(self, raw: bytes) -> None:
         """Some SSE bytes were relayed: fold the complete events into the stream's accumulator."""
+        if self.cold_start is not None:
+            self._loaded()  # the first bytes of a stream: the model is up
         acc = self.accumulator
         if acc is None or self._unreadable:
             return
@@ -289,6 +322,20 @@ class Exchange:
                 self.observer.spawn(record.aend_stream(self.accumulator, failure))
         except Exception:  # noqa: BLE001
             log.debug("telemetry failed at the end of a stream", exc_info=True)
+
+    def _loaded(self) -> None:
+        """A cold-started request got its answer: put its load wait on the span and in the histogram (once)."""
+        cold, self.cold_start = self.cold_start, None
+        if cold is None or self.record is None:
+            return
+        try:
+            router = self.observer.routers.view(self.upstream)
+            wait = router.load_wait(cold) if router is not None else time.time() - cold.arrived
+            self.record.span.set_attribute(sc.MODEL_LOAD_WAIT, wait)
+            self.observer.load_waits.record(wait, {sc.REQUEST_MODEL: cold.model, sc.CLIENT_NAME: self.client,
+                                                   sc.MODEL_STATE_BEFORE: cold.state_before})
+        except Exception:  # noqa: BLE001
+            log.debug("could not record a load wait", exc_info=True)
 
     def _fail(self, status: int | None, error: BaseException) -> None:
         self.status = status

@@ -149,7 +149,13 @@ def outcome_of_json(path: str, data: Any) -> Outcome:
 
 
 def error_type_of(exc: BaseException) -> str:
-    """``error.type`` for an exception: the HTTP status for an error answer (semconv), else the class name."""
+    """``error.type`` for an exception: the HTTP status for an error answer (semconv), else the class name.
+
+    A router's errors about the requested model get their own (``model_not_found``...): a 400 alone
+    would not tell them from a malformed request.
+    """
+    if isinstance(exc, errors.RouterModelError):
+        return exc.error_type
     if isinstance(exc, errors.APIStatusError) and exc.status_code:
         return str(exc.status_code)
     return type(exc).__name__
@@ -328,14 +334,15 @@ class CallRecord:
         """End the span for a call that raised before producing a result."""
         self._fail(error_type_of(exc), str(exc))
 
-    def fail_status(self, status_code: int, message: str | None = None) -> None:
-        """End the span for an HTTP error answer (``error.type`` is the status code, as semconv says).
+    def fail_status(self, status_code: int, message: str | None = None, error_type: str | None = None) -> None:
+        """End the span for an HTTP error answer (``error.type`` is the status code, as semconv says,
+        unless ``error_type`` names the error more precisely, e.g. ``model_not_found``).
 
         Example::
 
             record.fail_status(400, "the request exceeds the available context size")
         """
-        self._fail(str(status_code), message or f"HTTP {status_code}")
+        self._fail(error_type or str(status_code), message or f"HTTP {status_code}")
 
     def _fail(self, error_type: str, message: str) -> None:
         if self._ended or self._handed_off:

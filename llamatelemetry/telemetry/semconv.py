@@ -131,3 +131,20 @@ def latest_experimental(env: "dict[str, str] | None" = None) -> bool:
 
 #: Attributes allowed on metrics (low cardinality only).
 METRIC_ATTRIBUTES = (OPERATION_NAME, PROVIDER, REQUEST_MODEL, RESPONSE_MODEL, SERVER_ADDRESS, SERVER_PORT, ERROR_TYPE, CLIENT_NAME)
+
+
+# -- router mode (llama-server --models-dir: many models behind one port; set by the gateway) --
+#: True on a span whose request found its model not loaded (unloaded, loading or asleep) and waited for it.
+MODEL_COLD_START = "llamatelemetry.model.cold_start"
+#: Seconds the request waited for its model to load (or wake), from its arrival to the router's ``loaded``.
+MODEL_LOAD_WAIT = "llamatelemetry.model.load_wait"
+#: The model's router state when the cold-started request arrived: ``unloaded``, ``loading``, ``sleeping``, ``failed``.
+MODEL_STATE_BEFORE = "llamatelemetry.model.state_before"
+#: Histogram (seconds) of those waits, per model (gen_ai.request.model) and client (llamatelemetry.client.name).
+METRIC_MODEL_LOAD_WAIT = "llamatelemetry.model.load_wait"
+#: Advised bucket boundaries for load waits, seconds (a scripted model loads in ~0.1 s, a 30 GB one in a minute).
+MODEL_LOAD_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+#: ``error.type`` of the router's own errors about the requested model (client and gateway alike).
+ERROR_TYPE_MODEL_NOT_FOUND = "model_not_found"
+ERROR_TYPE_MODEL_NOT_LOADED = "model_not_loaded"
+ERROR_TYPE_MODEL_LOAD_FAILED = "model_load_failed"
