@@ -79,3 +79,34 @@ def thinking_servers(llama_server_binary: Path) -> Iterator[dict[str, tuple[Llam
     finally:
         for server, _ in started.values():
             server.stop()
+
+
+# --- router mode (issue 16) ---------------------------------------------------------------------
+from llamatelemetry.provision.router import RouterServer, write_models_dir  # noqa: E402
+
+RouterFactory = Callable[..., RouterServer]
+
+
+@pytest.fixture(scope="session")
+def router_factory(llama_server_binary: Path, scripted_model: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFactory]:
+    """Start llama-servers in router mode on free loopback ports; all are stopped at session end.
+
+    ``router_factory(["a", "b", "c"], broken=["bad"], models_max=1, sleep_idle_seconds=3,
+    extra_args=["--metrics"])`` writes a fresh ``--models-dir`` of scripted models named by file
+    (``broken`` ones are corrupt files whose child exits non-zero) and returns the running
+    :class:`RouterServer`.
+    """
+    started: list[RouterServer] = []
+
+    def start(names: tuple[str, ...] | list[str] = ("alpha", "beta", "gamma"), *, broken: tuple[str, ...] | list[str] = (),
+              wait: bool = True, **kw: object) -> RouterServer:
+        models = write_models_dir(tmp_path_factory.mktemp("router-models"), list(names), source=scripted_model,
+                                  broken=list(broken))
+        router = RouterServer(models, binary=llama_server_binary, **kw)  # type: ignore[arg-type]
+        started.append(router)
+        return router.start(wait=wait)
+
+    yield start
+    for router in started:
+        router.close()
