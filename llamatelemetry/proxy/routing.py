@@ -62,8 +62,8 @@ class RouterView:
         self._loaded_at: dict[str, float] = {}
         watcher.add_listener(self._on_change)
 
-    def _on_change(self, model_id: str, old: str | None, new: str, at: float, exit_code: int | None) -> None:
-        if new == "loaded":
+    def _on_change(self, model_id: str, old_status: str | None, new_status: str, at: float, exit_code: int | None) -> None:
+        if new_status == "loaded":
             self._loaded_at[model_id] = at
 
     def state_of(self, model: str) -> ModelState | None:

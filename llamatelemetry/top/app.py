@@ -33,6 +33,8 @@ __all__ = ["PANELS", "Panel", "TopApp"]
 
 #: Panel ids, top to bottom (also the order ``tab`` visits them).
 PANELS = ("servers", "slots", "clients", "gpu", "recent")
+#: With ``--router``: the router's models panel, shown first (swaps and cold starts are what a shared box is about).
+MODELS_PANEL = "models"
 
 
 class Lines(Widget):
@@ -131,6 +133,7 @@ class TopApp(App[None]):
     #slots .body { max-height: 6; }
     #clients .body { max-height: 6; }
     #gpu .body { max-height: 5; }
+    #models .body { max-height: 5; }
     #recent { height: 1fr; min-height: 4; }
     #recent .body { height: 1fr; }
     Screen.-maximized .panel .body { max-height: 100%; }
@@ -154,7 +157,8 @@ class TopApp(App[None]):
         self.last_snapshot: Snapshot | None = None
         self._wake = asyncio.Event()
         self.refreshes = 0  # views computed (tests wait on this)
-        self.panels = {pid: Panel(pid) for pid in PANELS}
+        panel_ids = ((MODELS_PANEL,) if sources.router is not None else ()) + PANELS
+        self.panels = {pid: Panel(pid) for pid in panel_ids}
         self._status = Lines(Text("reading the exporter and the gateway ..."), id="status")
 
     def compose(self) -> ComposeResult:

@@ -26,6 +26,7 @@ HELP = "live terminal view of llama-servers, slots, agent clients, GPU and recen
 
 ENV_EXPORTER = "LLAMATELEMETRY_TOP_EXPORTER"
 ENV_GATEWAY = "LLAMATELEMETRY_TOP_GATEWAY"
+ENV_ROUTER = "LLAMATELEMETRY_TOP_ROUTER"
 DEFAULT_EXPORTER_URL = f"http://{EXPORTER_DEFAULT_HOST}:{EXPORTER_DEFAULT_PORT}"
 #: The gateway's admin port (``llamatelemetry proxy --admin-port``), where /metrics and /api/recent live.
 DEFAULT_GATEWAY_URL = f"http://{PROXY_DEFAULT_HOST}:{PROXY_ADMIN_DEFAULT_PORT}"
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the llamatelemetry exporter (default %(default)s) [{ENV_EXPORTER}]")
     parser.add_argument("--gateway", default=os.environ.get(ENV_GATEWAY, DEFAULT_GATEWAY_URL), metavar="URL",
                         help=f"the gateway's admin endpoint, llamatelemetry proxy --admin-port (default %(default)s) [{ENV_GATEWAY}]")
+    parser.add_argument("--router", default=os.environ.get(ENV_ROUTER) or None, metavar="URL",
+                        help="a llama-server router (--models-dir): adds a models panel (state, since when, loads, last "
+                             f"load time, requests, cold starts), read from its /models and /models/sse only [{ENV_ROUTER}]")
     parser.add_argument("--interval", "-n", type=_interval, default=1.0, metavar="SECONDS",
                         help="refresh every SECONDS (default %(default)s)")
     parser.add_argument("--window", type=_interval, default=60.0, metavar="SECONDS",
@@ -70,12 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--json", action="store_true", help="like --once, as JSON")
 
 
-async def _two_readings(exporter: str, gateway: str, interval: float, window: float):  # noqa: ANN202
+async def _two_readings(exporter: str, gateway: str, interval: float, window: float, router: str | None = None):  # noqa: ANN202
     from .model import Model
     from .sources import Sources
 
     model = Model(window_seconds=window)
-    async with Sources(exporter, gateway) as sources:
+    async with Sources(exporter, gateway, router_url=router) as sources:
         model.update(await sources.read())
         await asyncio.sleep(interval)
         return model.update(await sources.read())
@@ -118,12 +122,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"llamatelemetry top needs extra packages: pip install 'llamatelemetry[top]' ({exc})", file=sys.stderr)
         return 2
     if args.once or args.json:
-        view = asyncio.run(_two_readings(args.exporter, args.gateway, args.interval, args.window))
+        view = asyncio.run(_two_readings(args.exporter, args.gateway, args.interval, args.window, args.router))
         if args.json:
             print(view_as_json(view))
         else:
             print_text(view, sys.stdout)
         # Scripts can tell "nothing to read" from a working box.
-        return 0 if view.exporter.up or view.gateway.up else 1
-    TopApp(Sources(args.exporter, args.gateway), interval=args.interval, model=Model(window_seconds=args.window)).run()
+        return 0 if view.exporter.up or view.gateway.up or (view.router is not None and view.router.up) else 1
+    TopApp(Sources(args.exporter, args.gateway, router_url=args.router), interval=args.interval, model=Model(window_seconds=args.window)).run()
     return 0

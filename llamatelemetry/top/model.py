@@ -23,9 +23,9 @@ from typing import Callable, Iterable
 
 from ..promtext import Sample
 from .histogram import histogram_quantile
-from .sources import Metrics, Reading, RecentRequest, Snapshot
+from .sources import Metrics, Reading, RecentRequest, Snapshot, merge_labels
 
-__all__ = ["ClientRow", "GpuRow", "GpuTargetRow", "Model", "ServerRow", "SlotRow", "SourceState", "View"]
+__all__ = ["ClientRow", "GpuRow", "GpuTargetRow", "Model", "ModelRow", "ServerRow", "SlotRow", "SourceState", "View"]
 
 #: Server states, as the exporter's ``llamatelemetry_server_state{state}`` one-hot gauge spells them.
 SERVER_STATES = ("ok", "loading", "unreachable", "error")
@@ -92,6 +92,21 @@ class ClientRow:
 
 
 @dataclass(frozen=True)
+class ModelRow:
+    """One model of a llama-server router (``top --router``): its state and swaps, and the gateway's requests for it."""
+
+    model: str
+    state: str  # loaded | loading | unloaded | sleeping | failed | downloading | downloaded
+    since: float  # unix seconds of the last state change seen (or of the first read)
+    loads: int  # since top started following the router
+    load_failures: int
+    last_load_seconds: float | None
+    last_exit_code: int | None
+    requests: float | None  # inference requests the gateway forwarded for it (since the gateway started)
+    cold_starts: float | None  # of which waited for the model to load or wake
+
+
+@dataclass(frozen=True)
 class GpuRow:
     """One GPU (NVML, through the exporter)."""
 
@@ -131,6 +146,9 @@ class View:
     gpu_targets: list[GpuTargetRow] = field(default_factory=list)
     clients: list[ClientRow] = field(default_factory=list)
     recent: list[RecentRequest] = field(default_factory=list)
+    #: The router followed for the models panel (None: no ``--router``).
+    router: SourceState | None = None
+    models: list[ModelRow] = field(default_factory=list)
 
 
 def _key(sample: Sample) -> tuple[str, frozenset[tuple[str, str]]]:
@@ -188,6 +206,8 @@ def _per_second(now: float | None, before: float | None, seconds: float) -> floa
 
 #: Label the gateway puts the client name in (OTel attribute ``llamatelemetry.client.name``).
 CLIENT_LABEL = "llamatelemetry_client_name"
+#: Label of the model a request asked for (OTel attribute ``gen_ai.request.model``).
+MODEL_LABEL = "gen_ai_request_model"
 
 
 def _failed_request(labels: dict[str, str]) -> bool:
@@ -253,6 +273,8 @@ class Model:
             start = self._window_start(snapshot, lambda s: s.gateway)
             self._fill_clients(view, gw.metrics, start, snapshot)
             view.recent = list(gw.recent or [])
+        if snapshot.router is not None:
+            self._fill_models(view, snapshot)
         self._keep(snapshot)
         return view
 
@@ -331,6 +353,23 @@ class Model:
                 target=target,
                 memory_used_bytes=_one(m, "llamatelemetry_gpu_target_memory_used_bytes", target=target),
                 joules_per_token=_ratio(target_energy.get(target), tokens.get(target, 0.0)),
+            ))
+
+    def _fill_models(self, view: View, now: Snapshot) -> None:
+        router = now.router
+        assert router is not None
+        view.router = SourceState("router", router.url, router.up, router.error)
+        gw = now.gateway.metrics if now.gateway.up else None
+        requests = merge_labels(gw.series("gen_ai_server_request_duration_seconds_count"), MODEL_LABEL) if gw else {}
+        cold = merge_labels(gw.series("llamatelemetry_model_load_wait_seconds_count"), MODEL_LABEL) if gw else {}
+        for state in router.models or []:
+            names = (state.id, *state.aliases)
+            view.models.append(ModelRow(
+                model=state.id, state=state.status, since=state.since, loads=state.loads,
+                load_failures=state.load_failures, last_load_seconds=state.last_load_seconds,
+                last_exit_code=state.last_exit_code,
+                requests=math.fsum(requests.get(n, 0.0) for n in names) if gw else None,
+                cold_starts=math.fsum(cold.get(n, 0.0) for n in names) if gw else None,
             ))
 
     def _fill_clients(self, view: View, m: Metrics, start: Snapshot | None, now: Snapshot) -> None:

@@ -17,12 +17,12 @@ from typing import Sequence
 
 from rich.text import Text
 
-from .model import ClientRow, GpuRow, GpuTargetRow, ServerRow, SlotRow, SourceState, View, sparkline
+from .model import ClientRow, GpuRow, GpuTargetRow, ModelRow, ServerRow, SlotRow, SourceState, View, sparkline
 from .sources import RecentRequest
 
 __all__ = [
-    "CLIENT_COLUMNS", "GPU_COLUMNS", "RECENT_COLUMNS", "SERVER_COLUMNS", "SLOT_COLUMNS",
-    "client_cells", "gpu_cells", "gpu_target_cells", "recent_cells", "server_cells", "slot_cells", "status_line",
+    "CLIENT_COLUMNS", "GPU_COLUMNS", "MODEL_COLUMNS", "RECENT_COLUMNS", "SERVER_COLUMNS", "SLOT_COLUMNS",
+    "model_cells", "client_cells", "gpu_cells", "gpu_target_cells", "recent_cells", "server_cells", "slot_cells", "status_line",
 ]
 
 SPARK_WIDTH = 8
@@ -39,6 +39,7 @@ SLOT_COLUMNS = ("SLOTS", "state", "context", "used", "gen")
 CLIENT_COLUMNS = ("CLIENTS", "req/min", "tok in", "tok out", "TTFT p50", "p95", "empty", "errors")
 GPU_COLUMNS = ("GPUS", "util", "memory", "power", "temp", "J/tok")
 RECENT_COLUMNS = ("RECENT", "age", "client", "endpoint", "in", "out", "think", "TTFT", "dur", "status")
+MODEL_COLUMNS = ("MODELS", "state", "since", "loads", "last load", "requests", "cold")
 
 NONE = "–"
 
@@ -161,6 +162,27 @@ def gpu_target_cells(row: GpuTargetRow) -> tuple[Text, ...]:
     )
 
 
+_MODEL_STATE_STYLE = {"loaded": GOOD, "loading": WARN, "sleeping": DIM, "unloaded": DIM, "failed": ALERT}
+
+
+def model_cells(row: ModelRow, now: float) -> tuple[Text, ...]:
+    """Cells for one router model: name, state (``FAILED (exit N)`` in reverse red), how long in it, loads
+    (failed ones marked), the last load's duration, the gateway's requests and cold starts for it."""
+    state = row.state.upper() if row.state == "failed" else row.state
+    if row.state == "failed" and row.last_exit_code is not None:
+        state += f" (exit {row.last_exit_code})"
+    loads = f"{row.loads}" + (f" ({row.load_failures} failed)" if row.load_failures else "")
+    return (
+        Text(_truncate(row.model, 20)),
+        Text(state, style=_MODEL_STATE_STYLE.get(row.state, WARN)),
+        Text(fmt_age(now - row.since)),
+        _alert_if(row.load_failures, loads),
+        Text(fmt_seconds(row.last_load_seconds)),
+        Text(fmt_count(row.requests)),
+        Text(fmt_count(row.cold_starts)),
+    )
+
+
 def fmt_age(seconds: float) -> str:
     """How long ago: ``4s``, ``12m``, ``3h``."""
     seconds = max(0.0, seconds)
@@ -222,6 +244,11 @@ def panel_messages(view: View) -> dict[str, str | None]:
     """Why a panel is empty, per panel id (``None`` when it has rows or nothing needs saying)."""
     exporter_down = None if view.exporter.up else f"exporter {view.exporter.url} is down: no server or GPU data"
     gateway_down = None if view.gateway.up else f"gateway {view.gateway.url} is down (start: llamatelemetry proxy)"
+    models = None
+    if view.router is not None and not view.router.up:
+        models = f"router {view.router.url} is down ({view.router.error})"
+    elif view.router is not None and not view.models:
+        models = "the router lists no models"
     gpu = exporter_down
     if gpu is None and not view.gpus:
         gpu = {"off": "no GPU metrics (exporter started with --no-gpu?)",
@@ -232,6 +259,7 @@ def panel_messages(view: View) -> dict[str, str | None]:
         "clients": gateway_down or (None if view.clients else "no requests through the gateway yet"),
         "gpu": gpu,
         "recent": gateway_down or (None if view.recent else "no requests through the gateway yet"),
+        "models": models,
     }
 
 
@@ -240,8 +268,12 @@ Rows = list[tuple[str, Sequence[Text]]]
 
 def rows_for(view: View) -> dict[str, Rows]:
     """Per panel id, ``(row key, cells)`` in display order — what the UI puts in its tables."""
+    models: dict[str, Rows] = {}
+    if view.router is not None:  # the models panel exists only when top follows a router (--router)
+        models["models"] = [(m.model, model_cells(m, view.wall_time)) for m in view.models]
     return {
         "servers": [(s.target, server_cells(s)) for s in view.servers],
+        **models,
         "slots": [(f"{s.target}#{s.slot}", slot_cells(s)) for s in view.slots],
         "clients": [(c.client, client_cells(c)) for c in view.clients],
         "gpu": _gpu_rows(view),
@@ -285,7 +317,8 @@ def table_lines(columns: Sequence[str], rows: Sequence[Sequence[Text]]) -> tuple
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "servers": SERVER_COLUMNS, "slots": SLOT_COLUMNS, "clients": CLIENT_COLUMNS, "gpu": GPU_COLUMNS, "recent": RECENT_COLUMNS,
+    "models": MODEL_COLUMNS,
 }
 TITLES: dict[str, str] = {
-    "servers": "Servers", "slots": "Slots", "clients": "Clients (gateway)", "gpu": "GPU", "recent": "Recent requests (gateway)",
+    "models": "Models (router)", "servers": "Servers", "slots": "Slots", "clients": "Clients (gateway)", "gpu": "GPU", "recent": "Recent requests (gateway)",
 }

@@ -24,6 +24,7 @@ from typing import Iterable
 import httpx
 
 from ..promtext import PromTextParseError, Sample, parse_prometheus_text
+from .routersource import RouterReading, RouterSource
 
 __all__ = ["Metrics", "Reading", "RecentRequest", "Snapshot", "Sources", "parse_recent"]
 
@@ -34,6 +35,7 @@ GATEWAY_SERIES = (
     "llamatelemetry_reasoning_budget_exhausted_total",
     "gen_ai_server_time_to_first_token_seconds_bucket",
     "gen_ai_server_request_duration_seconds_count",
+    "llamatelemetry_model_load_wait_seconds_count",  # cold starts per model (router upstreams)
 )
 
 #: Largest page read from one endpoint: a misconfigured URL pointing at something huge must not eat memory.
@@ -184,6 +186,8 @@ class Snapshot:
     wall: float
     exporter: Reading
     gateway: Reading
+    #: The router's models (``top --router URL``); None when no router is followed.
+    router: RouterReading | None = None
 
 
 def _describe(exc: BaseException) -> str:
@@ -215,9 +219,13 @@ class Sources:
     each bounded by ``timeout``. Use as an async context manager, or call :meth:`aclose`.
     """
 
-    def __init__(self, exporter_url: str, gateway_url: str, *, timeout: float = 3.0, recent_limit: int = 50) -> None:
+    def __init__(self, exporter_url: str, gateway_url: str, *, timeout: float = 3.0, recent_limit: int = 50,
+                 router_url: str | None = None) -> None:
         self.exporter_url = exporter_url.rstrip("/")
         self.gateway_url = gateway_url.rstrip("/")
+        #: A llama-server router whose models the models panel shows (followed in the background).
+        self.router = RouterSource(router_url).start() if router_url else None
+        self._router_waited = False
         self.recent_limit = recent_limit
         # The exporter waits up to its own --timeout (2 s by default) for a dead llama-server: allow a bit more.
         self._client = httpx.AsyncClient(timeout=timeout, headers={"Accept": "text/plain, application/json"},
@@ -230,6 +238,8 @@ class Sources:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self.router is not None:
+            await asyncio.to_thread(self.router.stop)
         await self._client.aclose()
 
     async def _get(self, url: str, params: dict[str, str | int] | None = None) -> bytes:
@@ -271,7 +281,13 @@ class Sources:
             else:
                 recent_list = recent
             gateway = Reading(self.gateway_url, metrics=gateway_m, recent=recent_list)
-        return Snapshot(time=started, wall=wall, exporter=exporter, gateway=gateway)
+        router = None
+        if self.router is not None:
+            if not self._router_waited:  # the first view shows the models, not "not read yet" (bounded wait, once)
+                self._router_waited = True
+                await asyncio.to_thread(self.router.watcher.wait_synced, 2.0)
+            router = self.router.read()
+        return Snapshot(time=started, wall=wall, exporter=exporter, gateway=gateway, router=router)
 
     async def read_once(self) -> Snapshot:
         """:meth:`read`, then close the client (for one-shot use with ``asyncio.run``)."""

@@ -1,0 +1,120 @@
+"""The client against a real llama-server router: models.list/load/unload (sync and async) and typed router errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import pytest
+
+from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, types
+from llamatelemetry.telemetry import semconv as sc
+from proxy_helpers import running_gateway
+from telemetry_helpers import Telemetry
+
+HI = [{"role": "user", "content": "Say hello."}]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status(client: LlamaCppClient, model: str) -> types.ModelStatus:
+    found = next(m for m in client.models.list().data if m.id == model)
+    assert found.status is not None
+    return found.status
+
+
+@pytest.fixture(scope="module")
+def router(router_factory):
+    return router_factory(["alpha", "beta", "gamma"], broken=["bad"], models_max=1)
+
+
+@pytest.fixture(scope="module")
+def manual_router(router_factory):
+    """A router that never loads on demand (--no-models-autoload)."""
+    return router_factory(["alpha", "beta"], autoload=False)
+
+
+def test_list_shows_router_status_fields(router) -> None:
+    with LlamaCppClient(router.base_url, telemetry=False) as client:
+        models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"alpha", "beta", "gamma", "bad"}
+    alpha = models["alpha"]
+    assert isinstance(alpha.status, types.ModelStatus) and alpha.status.value in ("unloaded", "loaded", "loading", "sleeping")
+    assert alpha.aliases == [] and alpha.source == "models_dir" and isinstance(alpha.status.args, list)
+
+
+def test_load_and_unload_sync(manual_router) -> None:
+    with LlamaCppClient(manual_router.base_url, telemetry=False) as client:
+        assert status(client, "alpha").value == "unloaded"
+        assert client.models.load("alpha") is True
+        wait_for(lambda: status(client, "alpha").value == "loaded", what="alpha loaded")
+        assert client.chat_completion(model="alpha", messages=HI, max_tokens=8).choices[0].message.content
+        with pytest.raises(errors.BadRequestError, match="already running"):
+            client.models.load("alpha")
+        assert client.models.unload("alpha") is True
+        wait_for(lambda: status(client, "alpha").value == "unloaded", what="alpha unloaded")
+        with pytest.raises(errors.BadRequestError, match="not running"):
+            client.models.unload("alpha")
+
+
+def test_load_and_unload_async(manual_router) -> None:
+    async def main() -> None:
+        async with AsyncLlamaCppClient(manual_router.base_url, telemetry=False) as client:
+            assert await client.models.load("beta") is True
+            deadline = time.monotonic() + 60
+            while True:
+                found = next(m for m in (await client.models.list()).data if m.id == "beta")
+                if found.status is not None and found.status.value == "loaded":
+                    break
+                assert time.monotonic() < deadline, "beta never loaded"
+                await asyncio.sleep(0.05)
+            assert await client.models.unload("beta") is True
+            with pytest.raises(errors.ModelNotLoadedError) as not_loaded:
+                await client.chat_completion(model="beta", messages=HI, max_tokens=8)
+            assert not_loaded.value.model == "beta"
+
+    asyncio.run(main())
+
+
+def test_model_not_loaded_carries_model_and_status(manual_router) -> None:
+    with LlamaCppClient(manual_router.base_url, telemetry=False) as client:
+        with pytest.raises(errors.ModelNotLoadedError) as caught:
+            client.chat_completion(model="alpha", messages=HI, max_tokens=8)
+    exc = caught.value
+    assert isinstance(exc, errors.RouterModelError) and isinstance(exc, errors.BadRequestError)
+    assert exc.model == "alpha" and exc.model_status is not None and exc.model_status.value == "unloaded"
+    assert exc.status_code == 400 and "client.models.load" in str(exc)
+
+
+def test_unknown_model_and_failed_load(router) -> None:
+    telemetry = Telemetry()
+    with LlamaCppClient(router.base_url, tracer_provider=telemetry.tracer_provider,
+                        meter_provider=telemetry.meter_provider) as client:
+        with pytest.raises(errors.UnknownModelError) as unknown:
+            client.chat_completion(model="nope", messages=HI, max_tokens=8)
+        assert unknown.value.model == "nope" and unknown.value.model_status is None
+        with pytest.raises(errors.ModelLoadFailedError) as failed:
+            client.chat_completion(model="bad", messages=HI, max_tokens=8)
+        client.flush_telemetry()
+    status_ = failed.value.model_status
+    assert failed.value.model == "bad" and failed.value.status_code == 500
+    assert status_ is not None and status_.failed and status_.exit_code not in (None, 0)
+    # the client's spans carry the same distinct error.type as the gateway's
+    assert [s.attributes[sc.ERROR_TYPE] for s in telemetry.spans()] == [sc.ERROR_TYPE_MODEL_NOT_FOUND,
+                                                                         sc.ERROR_TYPE_MODEL_LOAD_FAILED]
+
+
+def test_anthropic_dialect_router_error_through_the_gateway(router) -> None:
+    """/v1/messages through the gateway: the Anthropic-shaped router error still becomes the typed error."""
+    with running_gateway(router.base_url) as gw, LlamaCppClient(gw.url, telemetry=False) as client:
+        with pytest.raises(errors.UnknownModelError) as unknown:
+            client.messages.create(model="nope", max_tokens=8, messages=HI)
+    assert unknown.value.model == "nope" and unknown.value.body["type"] == "error"

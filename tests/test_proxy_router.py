@@ -1,0 +1,178 @@
+"""The gateway in front of a real llama-server *router* (``--models-dir``, three scripted models, ``--models-max 1``).
+
+What it proves (issue 16, Gateway): the routed model on every span; a request that had to wait
+for its model to load (or wake) is marked ``llamatelemetry.model.cold_start`` with its wait, and
+counted in ``llamatelemetry.model.load_wait`` per model and client — the next request is not; the
+router's own errors reach OpenAI and Anthropic clients in their shapes, with distinct ``error.type``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from llamatelemetry.telemetry import semconv as sc
+from proxy_helpers import ProxyUnderTest, running_gateway
+
+HI = [{"role": "user", "content": "Say hello."}]
+MODELS = ("alpha", "beta", "gamma")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_of(base_url: str, model: str) -> str:
+    data = httpx.get(base_url + "/models", timeout=10).json()["data"]
+    return next(m["status"]["value"] for m in data if m["id"] == model)
+
+
+@pytest.fixture(scope="module")
+def router(router_factory):
+    # --sleep-idle-seconds 3: long enough that back-to-back requests find the model awake on a loaded
+    # machine, short enough that the sleeping test does not wait long.
+    return router_factory(MODELS, broken=["bad"], models_max=1, sleep_idle_seconds=3)
+
+
+@pytest.fixture(scope="module")
+def proxy(router):
+    with running_gateway(router.base_url) as gw:
+        yield gw
+
+
+@pytest.fixture()
+def fresh(proxy: ProxyUnderTest) -> ProxyUnderTest:
+    proxy.exporter.clear()
+    return proxy
+
+
+def _oai(proxy: ProxyUnderTest, name: str = "agent-a") -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0, timeout=120,
+                         default_headers={"X-Client-Name": name})
+
+
+def _anth(proxy: ProxyUnderTest) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.url, api_key="sk-x", max_retries=0, timeout=120)
+
+
+def _last_span(proxy: ProxyUnderTest, count: int):
+    return proxy.wait_for_spans(count)[count - 1]
+
+
+def _load_wait_counts(proxy: ProxyUnderTest) -> dict[tuple[str, str], float]:
+    """(model, client) -> count of llamatelemetry_model_load_wait_seconds, read from the admin /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(proxy.admin_url + "/metrics", timeout=10).text
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "llamatelemetry_model_load_wait_seconds_count":
+                key = (sample.labels["gen_ai_request_model"], sample.labels["llamatelemetry_client_name"])
+                found[key] = found.get(key, 0) + sample.value
+    return found
+
+
+def test_cold_start_marked_once_then_not_and_swap_marks_again(fresh: ProxyUnderTest, router) -> None:
+    oai = _oai(fresh)
+    assert status_of(router.base_url, "alpha") != "loaded"
+    resp = oai.chat.completions.create(model="alpha", messages=HI, max_tokens=8)
+    cold = _last_span(fresh, 1)
+    a = cold.attributes
+    assert a[sc.REQUEST_MODEL] == "alpha" and a[sc.RESPONSE_MODEL] == resp.model
+    assert a[sc.MODEL_COLD_START] is True and a[sc.MODEL_STATE_BEFORE] in ("unloaded", "failed")
+    # the wait is the load (a scripted model: well under a minute, more than nothing)
+    assert 0 < a[sc.MODEL_LOAD_WAIT] < 60
+    assert a[sc.MODEL_LOAD_WAIT] <= (cold.end_time - cold.start_time) / 1e9 + 0.05
+
+    oai.chat.completions.create(model="alpha", messages=HI, max_tokens=8)
+    warm = _last_span(fresh, 2).attributes
+    assert warm[sc.REQUEST_MODEL] == "alpha"
+    assert sc.MODEL_COLD_START not in warm and sc.MODEL_LOAD_WAIT not in warm
+
+    # --models-max 1: beta evicts alpha; the next alpha request loads it again, and is marked again
+    stream = oai.chat.completions.create(model="beta", messages=HI, max_tokens=8, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    beta = _last_span(fresh, 3).attributes
+    assert beta[sc.REQUEST_MODEL] == "beta" and beta[sc.MODEL_COLD_START] is True and beta[sc.MODEL_LOAD_WAIT] > 0
+    wait_for(lambda: status_of(router.base_url, "alpha") == "unloaded", what="alpha evicted")
+    _oai(fresh, "agent-b").chat.completions.create(model="alpha", messages=HI, max_tokens=8)
+    again = _last_span(fresh, 4).attributes
+    assert again[sc.MODEL_COLD_START] is True and again[sc.MODEL_STATE_BEFORE] == "unloaded"
+
+    counts = _load_wait_counts(fresh)
+    assert counts.get(("alpha", "agent-a")) == 1 and counts.get(("beta", "agent-a")) == 1
+    assert counts.get(("alpha", "agent-b")) == 1
+
+
+def test_sleeping_model_wakes_as_a_cold_start(fresh: ProxyUnderTest, router) -> None:
+    oai = _oai(fresh, "sleeper")
+    oai.chat.completions.create(model="gamma", messages=HI, max_tokens=8)
+    wait_for(lambda: status_of(router.base_url, "gamma") == "sleeping", what="gamma asleep")
+    oai.chat.completions.create(model="gamma", messages=HI, max_tokens=8)
+    woke = _last_span(fresh, 2).attributes
+    assert woke[sc.MODEL_COLD_START] is True and woke[sc.MODEL_STATE_BEFORE] == "sleeping"
+    assert woke[sc.MODEL_LOAD_WAIT] >= 0
+    oai.chat.completions.create(model="gamma", messages=HI, max_tokens=8)
+    assert sc.MODEL_COLD_START not in _last_span(fresh, 3).attributes
+
+
+def test_router_errors_in_openai_dialect_with_distinct_error_types(fresh: ProxyUnderTest) -> None:
+    oai = _oai(fresh)
+    with pytest.raises(openai.BadRequestError) as unknown:
+        oai.chat.completions.create(model="nope", messages=HI, max_tokens=8)
+    assert unknown.value.body["message"] == "model 'nope' not found"
+    assert _last_span(fresh, 1).attributes[sc.ERROR_TYPE] == sc.ERROR_TYPE_MODEL_NOT_FOUND
+
+    with pytest.raises(openai.InternalServerError) as failed:
+        oai.chat.completions.create(model="bad", messages=HI, max_tokens=8)
+    assert "failed to load" in failed.value.body["message"]
+    span = _last_span(fresh, 2).attributes
+    assert span[sc.ERROR_TYPE] == sc.ERROR_TYPE_MODEL_LOAD_FAILED and span[sc.MODEL_COLD_START] is True
+
+    # ?autoload=false (per request) on a model that is not running: the router refuses to load it
+    loaded = {m["id"] for m in httpx.get(fresh.url + "/models", timeout=10).json()["data"] if m["status"]["value"] == "loaded"}
+    idle = next(m for m in MODELS if m not in loaded)
+    with pytest.raises(openai.BadRequestError) as not_loaded:
+        oai.chat.completions.create(model=idle, messages=HI, max_tokens=8, extra_query={"autoload": "false"})
+    assert not_loaded.value.body["message"] == "model is not loaded"
+    assert _last_span(fresh, 3).attributes[sc.ERROR_TYPE] == sc.ERROR_TYPE_MODEL_NOT_LOADED
+
+
+def test_router_errors_in_anthropic_dialect(fresh: ProxyUnderTest) -> None:
+    anth = _anth(fresh)
+    with pytest.raises(anthropic.BadRequestError) as unknown:
+        anth.messages.create(model="nope", max_tokens=8, messages=HI)
+    # the Anthropic shape, the router's words kept
+    assert unknown.value.body == {"type": "error", "error": {"type": "invalid_request_error", "message": "model 'nope' not found"}}
+    assert _last_span(fresh, 1).attributes[sc.ERROR_TYPE] == sc.ERROR_TYPE_MODEL_NOT_FOUND
+
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        anth.messages.create(model="bad", max_tokens=8, messages=HI, stream=True)
+    assert failed.value.body["type"] == "error" and failed.value.body["error"]["type"] == "api_error"
+    assert _last_span(fresh, 2).attributes[sc.ERROR_TYPE] == sc.ERROR_TYPE_MODEL_LOAD_FAILED
+
+    # the gateway's request counter carries the same error.type
+    text = httpx.get(fresh.admin_url + "/metrics", timeout=10).text
+    assert 'error_type="model_not_found"' in text and 'error_type="model_load_failed"' in text
+
+
+def test_gateway_never_loads_a_model_itself(router_factory) -> None:
+    """Detecting the router and following its models reads /props, /models and /models/sse only."""
+    quiet = router_factory(["one", "two"], models_max=1)
+    with running_gateway(quiet.base_url) as gw:
+        with pytest.raises(openai.BadRequestError):
+            _oai(gw).chat.completions.create(model="nope", messages=HI, max_tokens=8)  # detection runs here
+        gw.wait_for_spans(1)
+        time.sleep(1.0)
+        assert {status_of(quiet.base_url, m) for m in ("one", "two")} == {"unloaded"}

@@ -1,0 +1,134 @@
+"""``llamatelemetry top --router``: the models panel against a real router (three scripted models, --models-max 1)
+behind the real gateway, driven through Textual's pilot and through ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator
+
+import openai
+import pytest
+from textual.pilot import Pilot
+
+from llamatelemetry.provision.server import free_port
+from llamatelemetry.top.app import TopApp
+from llamatelemetry.top.sources import Sources
+from proxy_helpers import ProxyUnderTest, running_gateway
+
+HI = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def router(router_factory):
+    return router_factory(["alpha", "beta", "gamma"], broken=["bad"], models_max=1, sleep_idle_seconds=30)
+
+
+@pytest.fixture(scope="module")
+def gateway(router) -> Iterator[ProxyUnderTest]:
+    with running_gateway(router.base_url) as gw:
+        yield gw
+
+
+def chat(gw: ProxyUnderTest, model: str) -> None:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120,
+                           default_headers={"X-Client-Name": "top-test"})
+    try:
+        client.chat.completions.create(model=model, messages=HI, max_tokens=4)
+    except openai.APIStatusError:
+        pass  # "bad" fails to load: that is the point
+    finally:
+        client.close()
+
+
+def no_exporter() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def row(app: TopApp, key: str) -> list[str]:
+    cells = [str(cell).strip() for cell in app.panels["models"].rows[key]]
+    drawn = [line.split() for line in app.panels["models"].text.splitlines()]
+    assert " ".join(cells).split() in drawn, f"row {key} is not drawn as {cells}"
+    return cells
+
+
+async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> None:
+    before = app.refreshes
+    await pilot.press("r")
+    deadline = time.monotonic() + timeout
+    while app.refreshes == before:
+        assert time.monotonic() < deadline, "the view did not refresh"
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+def test_models_panel_states_loads_failures_and_requests(router, gateway: ProxyUnderTest) -> None:
+    app = TopApp(Sources(no_exporter(), gateway.admin_url, router_url=router.base_url), interval=3600)
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await refresh(pilot, app)
+        assert app.panels["models"].keys() == ["alpha", "bad", "beta", "gamma"]
+        assert row(app, "beta")[1] in ("unloaded", "loaded", "sleeping")
+        # a swap (alpha, then beta evicts it) and a failed load, all between two refreshes
+        for model in ("alpha", "alpha", "beta", "bad"):
+            await asyncio.to_thread(chat, gateway, model)
+        assert gateway.gateway is not None
+        await asyncio.to_thread(gateway.gateway.drain)
+        deadline = time.monotonic() + 30
+        while True:
+            await refresh(pilot, app)
+            rows = {m: row(app, m) for m in ("alpha", "beta", "bad")}
+            if rows["bad"][1].startswith("FAILED") and rows["alpha"][5] == "2":
+                break
+            assert time.monotonic() < deadline, rows
+            await asyncio.sleep(0.2)
+        alpha, beta, bad = rows["alpha"], rows["beta"], rows["bad"]
+        assert alpha[1] == "unloaded" and alpha[3] == "1" and alpha[6] == "1"  # one load, one cold start, 2 requests
+        assert beta[3] == "1" and beta[4] != "–" and beta[5] == "1" and beta[6] == "1"
+        assert bad[1].startswith("FAILED (exit ") and "failed" in bad[3] and bad[5] == "1"
+        # the panel is the first one, and tab reaches it after the last
+        assert list(app.panels)[0] == "models"
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await scenario(pilot)
+
+    asyncio.run(main())
+
+
+def test_json_and_once_show_the_models(router, gateway: ProxyUnderTest) -> None:
+    env = {**os.environ, "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "llamatelemetry", "top", "--exporter", no_exporter(), "--gateway", gateway.admin_url,
+           "--router", router.base_url, "--interval", "3"]
+    # a load while top --json is between its two readings: the watcher counts it
+    worker = threading.Thread(target=lambda: (time.sleep(1.0), chat(gateway, "gamma")))
+    worker.start()
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=120, env=env)
+    worker.join()
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)
+    assert view["router"]["up"] is True
+    models = {m["model"]: m for m in view["models"]}
+    assert set(models) == {"alpha", "beta", "gamma", "bad"}
+    assert models["gamma"]["loads"] == 1 and models["gamma"]["state"] == "loaded"
+    assert models["gamma"]["last_load_seconds"] > 0
+
+    text = subprocess.run([*cmd, "--once", "--interval", "0.5"], capture_output=True, text=True, timeout=120, env=env)
+    assert text.returncode == 0, text.stderr
+    assert "MODELS" in text.stdout and "gamma" in text.stdout and "loaded" in text.stdout
+
+
+def test_router_down_is_a_state_not_a_crash() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "llamatelemetry", "top", "--exporter", no_exporter(), "--gateway", no_exporter(),
+           "--router", url, "--interval", "0.5", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    view = json.loads(out.stdout)
+    assert view["router"]["up"] is False and view["models"] == [] and out.returncode == 1
