@@ -562,7 +562,73 @@ def proxy() -> Board:
     return b
 
 
+# ------------------------------------------------------------------------------------ Models (router mode)
+#: State codes of the state timeline: one number per state so one series per model can show them all.
+MODEL_STATE_CODES = (("unloaded", 0, "#808080"), ("sleeping", 1, BLUE), ("loading", 2, YELLOW), ("loaded", 3, GREEN),
+                     ("failed", 4, RED))
+
+
+def models() -> Board:
+    """A llama-server router's models: which was loaded when, swaps, load times, and the cold starts clients waited for.
+
+    Exporter series (``llamatelemetry_model_*``, job llamatelemetry) and the gateway's cold-start histogram
+    (``llamatelemetry_model_load_wait_seconds``, job llamatelemetry-proxy).
+    """
+    m = f'target=~"$target", model=~"$model", {H}'
+    gw = f'gen_ai_request_model=~"$model", {H}'
+    variables = [*fleet_vars(), query_var("target", "target", "llamatelemetry_model_state"),
+                 query_var("model", "model", "llamatelemetry_model_state")]
+    b = Board("llamatelemetry-models", "Models (router)",
+              "llama-server router mode (--models-dir / --models-preset): per-model state, swaps, load durations and "
+              "failures from the exporter, and how long requests through the gateway waited for their model to load.",
+              variables, [dashboards_link(), explore_link("Cold starts in Tempo", '{span.llamatelemetry.model.cold_start=true}')])
+    code = " + ".join(f'sum by (cluster, host, target, model) (llamatelemetry_model_state{{{m}, state="{name}"}}) * {value}'
+                      for name, value, _ in MODEL_STATE_CODES if value)
+    b.row("Which model was loaded when")
+    b.panel("state-timeline", "Model state", [q(code, "{{target}} {{model}}")], w=24, h=8, unit="none",
+            description="Each model's state on the router over time: loaded, loading, sleeping, unloaded or failed "
+                        "(llamatelemetry_model_state). Under --models-max a swap shows as one model turning grey as another turns green.",
+            mappings=[{"type": "value", "options": {str(value): {"text": name, "color": color, "index": value}
+                                                    for name, value, color in MODEL_STATE_CODES}}],
+            options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
+                     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}})
+    b.row("Swaps and loads")
+    b.panel("timeseries", "Loads per 10 minutes",
+            [q(f"sum by (cluster, host, target, model) (increase(llamatelemetry_model_loads_total{{{m}}}[10m]))", "{{target}} {{model}}")],
+            w=8, unit="short", min=0, custom=ts(), options=LEGEND, steps=((GREEN, None), (ORANGE, 6)),
+            description="Loads started by the router per model over the last 10 minutes (llamatelemetry_model_loads_total, counted "
+                        "from its /models/sse events, so a swap between two scrapes still counts). Many loads of the same models: thrashing.")
+    b.panel("timeseries", "Load duration (p50 / p95)",
+            [q(f"histogram_quantile({p}, sum by (cluster, host, target, model, le) (rate(llamatelemetry_model_load_duration_seconds_bucket{{{m}}}[{RI}])))",
+               f"{{{{target}}}} {{{{model}}}} p{round(p * 100)}") for p in (0.5, 0.95)],
+            w=8, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Time from the router reporting a model loading to loaded (llamatelemetry_model_load_duration_seconds).")
+    b.panel("stat", "Loads, unloads and failed loads in range",
+            [q(f"sum by (cluster, host, target, model) (increase(llamatelemetry_model_loads_total{{{m}}}[$__range]))", "{{model}} loads", instant=True),
+             q(f"sum by (cluster, host, target, model) (increase(llamatelemetry_model_unloads_total{{{m}}}[$__range]))", "{{model}} unloads", instant=True),
+             q(f"sum by (cluster, host, target, model) (increase(llamatelemetry_model_load_failures_total{{{m}}}[$__range]))", "{{model}} failed", instant=True)],
+            w=8, unit="short", min=0, options={**STAT, "graphMode": "none", "colorMode": "none"},
+            description="Per model over the time range: loads, unloads (unload request, LRU eviction or crash) and loads that ended with the process exiting.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".*failed"},
+                        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": RED}},
+                                       {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}])
+    b.row("Cold starts (gateway)")
+    b.panel("timeseries", "Cold-start wait per client (p95)",
+            [q(f"histogram_quantile(0.95, sum by (le, gen_ai_request_model, llamatelemetry_client_name) (rate(llamatelemetry_model_load_wait_seconds_bucket{{{gw}}}[{RI}])))",
+               "{{llamatelemetry_client_name}} → {{gen_ai_request_model}}")],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="How long requests through the gateway waited for their model to load or wake, per client and model "
+                        "(llamatelemetry_model_load_wait_seconds; the span has llamatelemetry.model.cold_start=true and the wait).")
+    b.panel("bargauge", "Cold starts per client in range",
+            [q(f"sum by (llamatelemetry_client_name, gen_ai_request_model) (increase(llamatelemetry_model_load_wait_seconds_count{{{gw}}}[$__range]))",
+               "{{llamatelemetry_client_name}} → {{gen_ai_request_model}}", instant=True)],
+            w=12, unit="short", min=0, options=BARGAUGE, steps=((GREEN, None), (ORANGE, 10)),
+            description="Requests per client and model that found their model not loaded over the time range.")
+    return b
+
+
 BOARDS = {"llama-server.json": llama_server, "gpu.json": gpu, "requests.json": requests, "proxy.json": proxy}
+BOARDS["models.json"] = models  # router mode (issue 16)
 
 
 def render() -> dict[str, str]:

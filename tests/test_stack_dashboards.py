@@ -23,7 +23,7 @@ from stack_helpers import (
 )
 
 MODERN_PANELS = {"timeseries", "stat", "gauge", "bargauge", "table", "state-timeline", "row"}
-EXPECTED = {"llama-server.json", "gpu.json", "requests.json", "proxy.json"}
+EXPECTED = {"llama-server.json", "gpu.json", "requests.json", "proxy.json", "models.json"}
 
 
 def _generator():
