@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve", action="store_true",
                         help="keep llama-server, the exporter and a gateway running after the summary, until Ctrl-C "
                              "(prints the matching 'llamatelemetry top' command)")
+    parser.add_argument("--no-router", action="store_true",
+                        help="skip the router-mode part (two models behind one port, a swap, a cold start)")
 
 
 # --- telemetry the demo can both print and export -------------------------------------------
@@ -292,6 +294,11 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
             if not stop.is_set():
                 _through_proxy(base_url, args.api_key, telemetry)
         _print_exporter_metrics(exporter.url)
+        if not (args.target or args.no_router or stop.is_set()):  # router mode needs our own build (see demo_router)
+            from .demo_router import run_router_demo
+
+            run_router_demo(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
+                            spans=telemetry.spans)
         if args.otlp_endpoint:
             telemetry.tracer_provider.force_flush(5000)
             telemetry.meter_provider.force_flush(5000)
