@@ -56,7 +56,7 @@ def test_load_and_unload_sync(manual_router) -> None:
         assert status(client, "alpha").value == "unloaded"
         assert client.models.load("alpha") is True
         wait_for(lambda: status(client, "alpha").value == "loaded", what="alpha loaded")
-        assert client.chat_completion(model="alpha", messages=HI, max_tokens=8).choices[0].message.content
+        assert client.chat_completion(model="alpha", messages=HI, max_tokens=8).usage.completion_tokens == 8
         with pytest.raises(errors.BadRequestError, match="already running"):
             client.models.load("alpha")
         assert client.models.unload("alpha") is True
@@ -77,6 +77,12 @@ def test_load_and_unload_async(manual_router) -> None:
                 assert time.monotonic() < deadline, "beta never loaded"
                 await asyncio.sleep(0.05)
             assert await client.models.unload("beta") is True
+            while True:  # the unload is asynchronous: the child is stopping for a moment after the answer
+                found = next(m for m in (await client.models.list()).data if m.id == "beta")
+                if found.status is not None and found.status.value == "unloaded":
+                    break
+                assert time.monotonic() < deadline + 60, "beta never unloaded"
+                await asyncio.sleep(0.05)
             with pytest.raises(errors.ModelNotLoadedError) as not_loaded:
                 await client.chat_completion(model="beta", messages=HI, max_tokens=8)
             assert not_loaded.value.model == "beta"

@@ -102,7 +102,7 @@ def test_cold_start_marked_once_then_not_and_swap_marks_again(fresh: ProxyUnderT
 
     # --models-max 1: beta evicts alpha; the next alpha request loads it again, and is marked again
     stream = oai.chat.completions.create(model="beta", messages=HI, max_tokens=8, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert len(list(stream)) > 1
     beta = _last_span(fresh, 3).attributes
     assert beta[sc.REQUEST_MODEL] == "beta" and beta[sc.MODEL_COLD_START] is True and beta[sc.MODEL_LOAD_WAIT] > 0
     wait_for(lambda: status_of(router.base_url, "alpha") == "unloaded", what="alpha evicted")

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from typing import Iterator
 
@@ -105,20 +104,22 @@ def test_models_panel_states_loads_failures_and_requests(router, gateway: ProxyU
 
 def test_json_and_once_show_the_models(router, gateway: ProxyUnderTest) -> None:
     env = {**os.environ, "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "llamatelemetry", "top", "--exporter", no_exporter(), "--gateway", gateway.admin_url,
+    cmd = [sys.executable, "-m", "llamatelemetry.cli", "top", "--exporter", no_exporter(), "--gateway", gateway.admin_url,
            "--router", router.base_url, "--interval", "3"]
-    # a load while top --json is between its two readings: the watcher counts it
-    worker = threading.Thread(target=lambda: (time.sleep(1.0), chat(gateway, "gamma")))
-    worker.start()
+    chat(gateway, "gamma")  # gamma loaded (a cold start through the gateway) before top starts
+    assert gateway.gateway is not None
+    gateway.gateway.drain()
     out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=120, env=env)
-    worker.join()
     assert out.returncode == 0, out.stderr
     view = json.loads(out.stdout)
     assert view["router"]["up"] is True
     models = {m["model"]: m for m in view["models"]}
     assert set(models) == {"alpha", "beta", "gamma", "bad"}
-    assert models["gamma"]["loads"] == 1 and models["gamma"]["state"] == "loaded"
-    assert models["gamma"]["last_load_seconds"] > 0
+    gamma = models["gamma"]
+    assert gamma["state"] == "loaded" and gamma["requests"] == 1 and gamma["cold_starts"] == 1
+    assert 0 < view["wall_time"] - gamma["since"] < 3600  # a state seen since top started reading
+    # loads are counted from the event stream while top runs: none happened during these 3 s
+    assert all(m["loads"] == 0 for m in models.values())
 
     text = subprocess.run([*cmd, "--once", "--interval", "0.5"], capture_output=True, text=True, timeout=120, env=env)
     assert text.returncode == 0, text.stderr
@@ -127,7 +128,7 @@ def test_json_and_once_show_the_models(router, gateway: ProxyUnderTest) -> None:
 
 def test_router_down_is_a_state_not_a_crash() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "llamatelemetry", "top", "--exporter", no_exporter(), "--gateway", no_exporter(),
+    cmd = [sys.executable, "-m", "llamatelemetry.cli", "top", "--exporter", no_exporter(), "--gateway", no_exporter(),
            "--router", url, "--interval", "0.5", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     view = json.loads(out.stdout)
