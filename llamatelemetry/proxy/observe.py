@@ -140,6 +140,8 @@ class Observer:
 
     async def prepare(self, scope: Mapping[str, Any], upstream: str) -> None:
         """Before an inference request's span starts: know whether the upstream is a router (checked once)."""
+        if self.routers.settled(upstream):
+            return
         try:
             await self.routers.prepare(upstream, _headers(scope).get("authorization"))
         except Exception:  # noqa: BLE001 - forwarding never waits on telemetry's failures

@@ -108,6 +108,12 @@ class Routers:
         """The upstream's router view (None: not a router, or not known yet)."""
         return self._views.get(upstream)
 
+    def settled(self, upstream: str) -> bool:
+        """True when nothing is to be checked or awaited for ``upstream`` now (the per-request fast path)."""
+        return upstream in self._views or (
+            upstream not in self._pending
+            and time.monotonic() - self._checked_at.get(upstream, -RECHECK_SECONDS) < RECHECK_SECONDS)
+
     async def prepare(self, upstream: str, authorization: str | None) -> None:
         """Make sure the upstream was checked (bounded wait; the first request to it pays it once)."""
         if upstream in self._views:
