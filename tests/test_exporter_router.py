@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fake_nvml import FakeNVML, FakeProcess
 from prom_helpers import one, parse_exposition, pick, run_prometheus, scrape
+from stack_helpers import alert_query_parts, alert_rules
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.exporter import procnet
@@ -303,3 +304,9 @@ def test_a_router_through_probe_and_file_sd(swap_router: RouterServer, tmp_path)
         with run_prometheus(config) as prom:
             prom.wait_for(f'llamatelemetry_model_state{{target="{addr}",model="gamma",state="unloaded"}} == 1', timeout=30)
             assert prom.query(f'llamatelemetry_model_loads_total{{instance="{addr}"}}')
+            # the router alerts (offline-only in the live stack test) query series that exist
+            rules = [r for r in alert_rules() if r["alert"].startswith("Router")]
+            assert len(rules) == 2
+            for rule in rules:
+                for query in alert_query_parts(rule["expr"]):
+                    prom.wait_for(query, timeout=30)
