@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -255,11 +257,13 @@ def _render(collector: ExporterCollector) -> str:
 
 
 def test_per_model_gpu_memory_and_energy_through_fake_nvml(router_factory: Router) -> None:
-    router = router_factory(["alpha", "beta"], models_max=2, extra_args=["--metrics"])
+    router = router_factory(["alpha", "beta"], broken=["bad"], models_max=3, extra_args=["--metrics"])
     chat(router, "alpha")
     chat(router, "beta")
     ports = {}
     for m in fetch_models(router.base_url):
+        if not m.running:
+            continue
         args = list(m.args)
         ports[m.id] = int(args[args.index("--port") + 1])
     # the router spawns children from its HTTP threads: /proc lists them under the spawning thread
@@ -270,14 +274,36 @@ def test_per_model_gpu_memory_and_energy_through_fake_nvml(router_factory: Route
     nvml.gpus[0].processes += [FakeProcess(pids["alpha"], 3 << 30, sm_util=75), FakeProcess(pids["beta"], 1 << 30, sm_util=25)]
     with ExporterApp(ExporterConfig(targets=[f"r={router.base_url}"], port=0, timeout=5.0), nvml=nvml) as app:
         scrape(app.url)  # finds the router, the baseline energy reading
+        httpx.post(router.base_url + "/models/load", json={"model": "bad"}, timeout=10)
+        wait_for(lambda: states(router)["bad"] == "failed", 30, "bad to fail")
+        time.sleep(0.3)
         scrape(app.url)
         nvml.gpus[0].energy_mj += 8_000
-        series = scrape(app.url)
+        text = httpx.get(app.url + "/metrics", timeout=30).text
+        series = parse_exposition(text)
+    _metrics_md_router_section_matches(text)
     assert one(series, "llamatelemetry_gpu_model_memory_used_bytes", gpu="0", target="r", model="alpha") == 3 << 30
     assert one(series, "llamatelemetry_gpu_model_memory_used_bytes", gpu="0", target="r", model="beta") == 1 << 30
     alpha = one(series, "llamatelemetry_model_energy_joules_total", target="r", model="alpha")
     beta = one(series, "llamatelemetry_model_energy_joules_total", target="r", model="beta")
     assert alpha + beta == pytest.approx(8.0) and alpha == pytest.approx(6.0)
+
+
+def _metrics_md_router_section_matches(text: str) -> None:
+    """METRICS.md's router table lists exactly the router-only series a router scrape emits, with their types."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    doc = (Path(__file__).resolve().parent.parent / "llamatelemetry" / "exporter" / "METRICS.md").read_text()
+    section = doc.split("## Router (multi-model) llama-server", 1)[1].split("\n## ", 1)[0]
+    documented = {m.group(1): m.group(2).strip("*") for m in re.finditer(r"^\| `([a-z0-9_]+)` \| ([a-z*]+) \|", section, flags=re.M)}
+    emitted = {}
+    for fam in text_string_to_metric_families(text):
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        if re.match(r"llamatelemetry_(router_|model_|gpu_model_)", name):
+            emitted[name] = fam.type
+    assert emitted == documented
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_a_router_through_probe_and_file_sd(swap_router: RouterServer, tmp_path) -> None:  # noqa: ANN001
