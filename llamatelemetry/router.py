@@ -32,7 +32,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
 import httpx
@@ -254,10 +254,10 @@ class ModelState:
     args: tuple[str, ...] = ()
 
 
-class TransitionListener(Protocol):
-    """``callback(model_id, old_status, new_status, at, exit_code)``; ``old_status`` is None for a new model."""
-
-    def __call__(self, model_id: str, old_status: str | None, new_status: str, at: float, exit_code: int | None) -> None: ...
+#: ``callback(model_id, old_status, new_status, at, exit_code)``: ``old_status`` is None for a model
+#: seen for the first time, ``new_status`` is :data:`REMOVED` for one that left the router's list,
+#: ``at`` is ``time.time()``, ``exit_code`` is the child's when it exited.
+TransitionListener = Callable[[str, "str | None", str, float, "int | None"], None]
 
 
 def _state_of(status: str, exit_code: int | None) -> str:

@@ -86,6 +86,10 @@ OFFLINE_ONLY_RULES = {
     "OtelCollectorDown": "up{job=\"otel-collector-self\"} needs a running OTel collector",
     "OtelCollectorDroppingData": "otelcol_* counters need a running OTel collector",
     "TempoDown": "up{job=\"tempo\"} needs a running Tempo",
+    # router mode: the live stack has no router target; tests/test_exporter_router.py runs these queries
+    # against a Prometheus scraping a real router
+    "RouterModelLoadFailed": "llamatelemetry_model_state needs a llama-server router target",
+    "RouterModelSwapThrashing": "llamatelemetry_model_loads_total needs a llama-server router target",
 }
 
 

@@ -344,6 +344,10 @@ METRICS_MD = Path(__file__).resolve().parent.parent / "llamatelemetry" / "export
 CONDITIONAL = {
     "llamacpp_spec_decode_num_accepted_tokens_per_pos_total": "only after speculative decoding ran (needs a draft model)",
 }
+#: The router section's table needs a router target: tests/test_exporter_router.py checks it against one.
+CONDITIONAL.update({name: "router mode" for name in re.findall(
+    r"^\| `(llamatelemetry_[a-z0-9_]+)`", METRICS_MD.read_text().split("## Router (multi-model) llama-server", 1)[1].split("\n## ", 1)[0],
+    flags=re.M)})
 
 
 def _documented() -> dict[str, str]:

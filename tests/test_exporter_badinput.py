@@ -237,17 +237,24 @@ def test_api_key_is_sent_but_never_logged_or_exported(fakes, exporter, caplog) -
     assert "API key" in caplog.text and "LLAMA_API_KEY" in caplog.text
 
 
-def test_router_mode_is_explained(fakes, exporter, caplog) -> None:  # noqa: ANN001
+def test_a_400_is_explained_with_the_servers_message(fakes, exporter, caplog) -> None:  # noqa: ANN001
+    # A 400 from a server whose /props is not a router's: the server's own message is logged.
+    # (Real routers are read as a set of models: tests/test_exporter_router.py.)
     fake = fakes(metrics=reply(400, '{"error":{"message":"model is required"}}'))
     with caplog.at_level(logging.WARNING):
         app = exporter({"r": fake.url})
         scrape(app.url)
-    assert "router" in caplog.text and "?model=" in caplog.text
-    # A query string on the target is sent on every request (how a router is told the model).
+    assert "400" in caplog.text and "model is required" in caplog.text
+    # A query string on the target is sent on every request (how a router is told the model), and
+    # autoload=false is added to a ?model= target so a scrape never loads that model.
     app2 = exporter({"q": fake.url + "/?model=qwen"})
     fake.paths.clear()
     scrape(app2.url)
-    assert sorted(fake.paths) == ["/metrics?model=qwen", "/props?model=qwen", "/slots?model=qwen"]
+    assert sorted(fake.paths) == ["/metrics?model=qwen&autoload=false", "/props?model=qwen&autoload=false",
+                                  "/slots?model=qwen&autoload=false"]
+    with caplog.at_level(logging.WARNING):
+        scrape(app2.url)
+    assert "?model=" in caplog.text  # the hint for a model the router may not know
 
 
 def test_duplicate_or_bad_targets_are_rejected() -> None:

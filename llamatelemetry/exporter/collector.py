@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from .fetch import AsyncRunner, Fetched, Fetcher, TargetSnapshot
 from .gpu import GpuCollector, GpuResult
 from .llama import TargetView
+from .router_target import RouterScrape, RouterView, router_answer
 from .targets import Target
 
 log = logging.getLogger("llamatelemetry.exporter")
@@ -43,8 +44,11 @@ class ExporterCollector(Collector):
     """Collects every target and (optionally) the GPUs on each call of :meth:`collect`."""
 
     def __init__(self, targets: list[Target], fetcher: Fetcher, runner: AsyncRunner, gpu: GpuCollector | None = None,
-                 views: dict[str, TargetView] | None = None) -> None:
+                 views: dict[str, TargetView] | None = None, model_ports: GpuCollector | None = None) -> None:
         self.targets = targets
+        # Where router targets' child-process ports go (for per-model GPU attribution): the GPU
+        # collector, also for /probe collectors that do not collect GPUs themselves.
+        self.model_ports = model_ports or gpu
         self.fetcher = fetcher
         self.runner = runner
         self.gpu = gpu
@@ -53,6 +57,11 @@ class ExporterCollector(Collector):
         self._gpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamatelemetry-nvml") if gpu else None
         self._gpu_errors = 0
         self._lock = threading.Lock()  # TargetView state is updated by one scrape at a time
+
+    def close_views(self) -> None:
+        """Stop the router event-stream watchers of this collector's targets."""
+        for view in self.views.values():
+            view.close()
 
     def close(self) -> None:
         if self._gpu_pool is not None:
@@ -67,15 +76,36 @@ class ExporterCollector(Collector):
     async def collect_async(self) -> list[Metric]:
         """One full scrape; runs on the runner's loop."""
         loop = asyncio.get_running_loop()
-        gpu_task = loop.run_in_executor(self._gpu_pool, self._timed_gpu) if self._gpu_pool is not None else None
         fetch_ok = True
+        snapshots: list[TargetSnapshot | RouterScrape]
+        gpu_task = None
         try:
-            with_props = {name: view.props_due() for name, view in self.views.items()}
-            snapshots = await self.fetcher.fetch_all(self.targets, with_props)
+            routers = [(t, r) for t in self.targets if (r := self.views[t.name].router) is not None]
+            plain = [t for t in self.targets if self.views[t.name].router is None]
+            # A router's model list first (a few ms): it tells the GPU collection which child
+            # process serves which model in this very scrape.
+            listings = await asyncio.gather(*(r.list_models(self.fetcher) for _, r in routers))
+            if self.model_ports is not None:
+                for t, r in routers:
+                    self.model_ports.set_model_ports(t.name, r.child_ports)
+            gpu_task = loop.run_in_executor(self._gpu_pool, self._timed_gpu) if self._gpu_pool is not None else None
+            with_props = {t.name: self.views[t.name].props_due() for t in plain}
+            plain_snaps, router_scrapes = await asyncio.gather(
+                self.fetcher.fetch_all(plain, with_props),
+                asyncio.gather(*(r.scrape_models(self.fetcher, listing) for (_, r), listing in zip(routers, listings))))
+            by_name: dict[str, TargetSnapshot | RouterScrape] = {s.target.name: s for s in plain_snaps}
+            by_name.update({s.target.name: s for s in router_scrapes})
+            for plain_snap in plain_snaps:
+                detected = await self._detect_router(plain_snap)
+                if detected is not None:
+                    by_name[plain_snap.target.name] = detected
+            snapshots = [by_name[t.name] for t in self.targets]
         except Exception as exc:  # noqa: BLE001 - one broken scrape must not kill the endpoint
             log.exception("fetching targets failed")
             fetch_ok = False
             snapshots = [TargetSnapshot(t, {"health": Fetched(error=f"internal error: {exc!r}")}) for t in self.targets]
+        if gpu_task is None and self._gpu_pool is not None:
+            gpu_task = loop.run_in_executor(self._gpu_pool, self._timed_gpu)
         gpu = None
         if gpu_task is not None:
             try:  # NVML calls have no timeout of their own; never let a stuck driver hang the scrape
@@ -83,10 +113,32 @@ class ExporterCollector(Collector):
             except asyncio.TimeoutError:
                 log.warning("GPU collection took longer than %gs; GPU series skipped this scrape", self.fetcher.timeout)
                 gpu = (GpuResult(up=False, error="timed out"), self.fetcher.timeout)
-        return self._build(snapshots, fetch_ok, gpu)
+        built = self._build(snapshots, fetch_ok, gpu)
+        for done in snapshots:
+            if isinstance(done, RouterScrape) and not done.still_router:
+                # restarted as a one-model llama-server: read as a plain target from the next scrape
+                log.info("target %s: no longer a llama-server router", done.target.name)
+                self.views[done.target.name].close()
+        return built
+
+    async def _detect_router(self, snap: TargetSnapshot) -> RouterScrape | None:
+        """When ``snap`` shows a router (``/metrics`` 400 and ``/props`` role=router), switch its target
+        to router mode and scrape it as one right away, so its first scrape is already complete."""
+        target = snap.target
+        metrics = snap.results.get("metrics")
+        if target.query or metrics is None or metrics.status != 400:
+            return None  # a ?model= target is one model of a router: read as a plain target
+        props = snap.results.get("props") or await self.fetcher.get(target.base_url + "/props")
+        if not router_answer(props):
+            return None
+        log.info("target %s (%s) is a llama-server router: reading it as a set of models", target.name, target.base_url)
+        view = self.views[target.name]
+        view.router = RouterView(target, api_key=self.fetcher.api_key)
+        listing = await view.router.list_models(self.fetcher)
+        return await view.router.scrape_models(self.fetcher, listing)
 
     # -- turning results into families ------------------------------------------------------------
-    def _build(self, snapshots: list[TargetSnapshot], fetch_ok: bool, gpu: tuple[GpuResult, float] | None) -> list[Metric]:
+    def _build(self, snapshots: list[TargetSnapshot | RouterScrape], fetch_ok: bool, gpu: tuple[GpuResult, float] | None) -> list[Metric]:
         up = GaugeMetricFamily("llamatelemetry_target_up", "1 when the llama-server target is ready and all its enabled endpoints answered well-formed data.", labels=["target"])
         duration = GaugeMetricFamily("llamatelemetry_scrape_duration_seconds", "Time spent collecting, per collector and target (target is empty for the GPU collector).", labels=["collector", "target"])
         errors = CounterMetricFamily("llamatelemetry_scrape_errors", "Scrapes in which this collector/target had an error (unreachable, timeout, malformed answer, NVML error).", labels=["collector", "target"])
@@ -98,7 +150,14 @@ class ExporterCollector(Collector):
         with self._lock:
             for snap in snapshots:
                 view = self.views[snap.target.name]
-                families, target_ok = view.families(snap)
+                if isinstance(snap, RouterScrape) and view.router is not None:
+                    families, target_ok = view.router.families(snap)
+                    errors_total = view.router.errors_total
+                elif isinstance(snap, RouterScrape):
+                    families, target_ok, errors_total = [], False, view.errors_total
+                else:
+                    families, target_ok = view.families(snap)
+                    errors_total = view.errors_total
                 for fam in families:
                     have = merged.get(fam.name)
                     if have is None:
@@ -110,7 +169,7 @@ class ExporterCollector(Collector):
                                     snap.target.name, fam.name, fam.type, have.type)
                 up.add_metric([snap.target.name], 1.0 if target_ok else 0.0)
                 duration.add_metric([LLAMA_COLLECTOR, snap.target.name], snap.duration)
-                errors.add_metric([LLAMA_COLLECTOR, snap.target.name], float(view.errors_total))
+                errors.add_metric([LLAMA_COLLECTOR, snap.target.name], float(errors_total))
             out = [fam for fam in merged.values() if fam.samples]
             collector_up.add_metric([LLAMA_COLLECTOR], 1.0 if fetch_ok else 0.0)
             if gpu is not None:

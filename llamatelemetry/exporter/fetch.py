@@ -109,6 +109,7 @@ class Fetcher:
                  instance_id: str = "", transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.api_key = api_key  # also given to a router target's event-stream watcher; never logged
         headers = {"Accept": "application/json, text/plain;q=0.9", "User-Agent": "llamatelemetry-exporter"}
         if instance_id:
             headers[LOOP_HEADER] = instance_id

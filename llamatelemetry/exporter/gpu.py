@@ -55,6 +55,10 @@ THROTTLE_REASONS: dict[int, str] = {
 _FIELD_ERRORS = {3, 4, 6, 13}  # NOT_SUPPORTED, NO_PERMISSION, NOT_FOUND, NO_DATA
 
 
+#: Joins a router target's name and a model id into one energy-ledger key (never in a label value).
+_MODEL_SEP = "\x1f"
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -104,6 +108,9 @@ class GpuCollector:
         self._static: dict[str, str] = {}
         self.energy = EnergyLedger()
         self._listening: dict[str, set[int]] = {}  # per target: its port's listening socket inodes, read once per scrape
+        # Router targets: each running model is its own child process on a loopback port (set every scrape).
+        self._model_ports: dict[tuple[str, str], int] = {}
+        self._model_listening: dict[tuple[str, str], set[int]] = {}
         self._util_seen: dict[str, int] = {}  # per GPU uuid: newest process-utilisation sample read (NVML µs)
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
@@ -114,6 +121,23 @@ class GpuCollector:
         with self._lock:
             if target.local_addresses is not None and all(t.name != target.name for t in self.targets):
                 self.targets.append(target)
+
+    def set_model_ports(self, target: str, ports: dict[str, int]) -> None:
+        """The running models of local router target ``target`` and their child processes' ports.
+
+        Replaces that target's previous mapping (a model that stopped keeps its energy total).
+        Remote routers are ignored, as remote targets are.
+
+        Example::
+
+            gpu.set_model_ports("box", {"coder": 41234, "agent": 41240})
+        """
+        with self._lock:
+            if all(t.name != target for t in self.targets):
+                return
+            kept = {key: port for key, port in self._model_ports.items() if key[0] != target}
+            kept.update({(target, model): port for model, port in ports.items()})
+            self._model_ports = kept
 
     # -- lifecycle --------------------------------------------------------------------------
     def _ensure_init(self) -> str | None:
@@ -222,10 +246,18 @@ class GpuCollector:
             "Energy of the GPUs a local llama-server target runs on, attributed to it (all of a GPU it has alone; "
             "shared by SM utilisation with other targets on the same GPU), in joules since the exporter started.",
             labels=["target"])
+        model_mem = g("llamatelemetry_gpu_model_memory_used_bytes", "GPU memory used by the process of one model of a local llama-server router target, in bytes.", base + ["target", "model"])
+        model_energy = CounterMetricFamily(
+            "llamatelemetry_model_energy_joules",
+            "Energy of the GPUs a router model's process runs on, attributed to it as to a target (shared by SM "
+            "utilisation with other processes of targets and models on the same GPU), in joules since the exporter started.",
+            labels=["target", "model"])
 
         # /proc/net/tcp{,6} is read once per target and scrape, not once per target and GPU: on a busy host
         # (many connections, TIME_WAIT included) each read is a noticeable part of the GPU collection.
         self._listening = {t.name: procnet.listening_inodes(t.port or 0, t.local_addresses) for t in self.targets}
+        # A router's children listen on loopback (the router renders --host 127.0.0.1 for them).
+        self._model_listening = {key: procnet.listening_inodes(port, ("127.0.0.1", "::1")) for key, port in self._model_ports.items()}
         for index in range(n.nvmlDeviceGetCount()):
             h = n.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(n.nvmlDeviceGetUUID(h))
@@ -265,11 +297,14 @@ class GpuCollector:
                     kbps = self._safe(n.nvmlDeviceGetPcieThroughput, h, counter)
                     if kbps is not None:
                         pcie.add_metric(lv + [direction], float(kbps) * 1024.0)  # NVML reports KB/s
-            on_gpu = self._collect_processes(h, lv, proc_mem, target_mem)
+            on_gpu = self._collect_processes(h, lv, proc_mem, target_mem, model_mem)
             if energy_mj is not None:
                 self.energy.add_reading(uuid, float(energy_mj), self._sm_weights(h, uuid, on_gpu))
-        for target_name, joules in sorted(self.energy.totals.items()):
-            target_energy.add_metric([target_name], joules)
+        for key, joules in sorted(self.energy.totals.items()):
+            if _MODEL_SEP in key:  # a router model's share (see _collect_processes)
+                model_energy.add_metric(key.split(_MODEL_SEP, 1), joules)
+            else:
+                target_energy.add_metric([key], joules)
 
         families: list[Metric] = [info, util, mutil, used, free, total, temp, power, plimit, energy, sm, mclk, fan, throttle, ecc, target_energy]
         if self.pcie:
@@ -277,6 +312,8 @@ class GpuCollector:
         if self.processes:
             families.append(proc_mem)
         families.append(target_mem)
+        if self._model_ports or model_energy.samples:
+            families += [model_mem, model_energy]
         return families
 
     def _clock_event_reasons(self, h: Any) -> int | None:
@@ -303,8 +340,10 @@ class GpuCollector:
             self._util_seen[uuid] = max(self._util_seen.get(uuid, 0), int(sample.timeStamp))
         return {t: sm_by_pid.get(pid, 0.0) for t, pid in on_gpu.items()}
 
-    def _collect_processes(self, h: Any, lv: list[str], proc_mem: GaugeMetricFamily, target_mem: GaugeMetricFamily) -> dict[str, int]:
-        """Per-process and per-target memory series; returns the targets running on this GPU and their PIDs."""
+    def _collect_processes(self, h: Any, lv: list[str], proc_mem: GaugeMetricFamily, target_mem: GaugeMetricFamily,
+                           model_mem: GaugeMetricFamily | None = None) -> dict[str, int]:
+        """Per-process, per-target and per-model memory series; returns the targets (and router models,
+        keyed ``target<sep>model``) running on this GPU and their PIDs."""
         if not self.processes and not self.targets:
             return {}
         usage: dict[int, int | None] = {}
@@ -329,6 +368,14 @@ class GpuCollector:
             used = usage.get(listener)
             if used is not None:
                 target_mem.add_metric(lv + [target.name], float(used))
+        for (target_name, model), port in self._model_ports.items():
+            child = procnet.find_listener_pid(port, usage.keys(), inodes=self._model_listening.get((target_name, model)))
+            if child is None:
+                continue
+            on_gpu[target_name + _MODEL_SEP + model] = child
+            used = usage.get(child)
+            if used is not None and model_mem is not None:
+                model_mem.add_metric(lv + [target_name, model], float(used))
         return on_gpu
 
     def _name_of(self, pid: int) -> str:

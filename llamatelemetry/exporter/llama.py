@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample as PromSample
@@ -37,6 +37,9 @@ from .._defaults import API_KEY_ENV
 from ..promtext import MetricFamily, PromTextParseError, parse_prometheus_text
 from .fetch import Fetched, TargetSnapshot
 from .targets import Target
+
+if TYPE_CHECKING:
+    from .router_target import RouterView
 
 log = logging.getLogger("llamatelemetry.exporter.llama")
 
@@ -111,6 +114,14 @@ class TargetView:
         self._props_at = 0.0
         self._slot_tasks: dict[str, Any] = {}  # slot id -> the id_task seen at the previous scrape
         self.requests_seen = 0  # tasks seen starting on a slot (see _count_requests)
+        #: Set once the target turned out to be a llama-server router (then it is read as a set of models).
+        self.router: RouterView | None = None
+
+    def close(self) -> None:
+        """Forget router mode (stops its event-stream watcher); the next scrape reads the target afresh."""
+        if self.router is not None:
+            self.router.close()
+            self.router = None
 
     def props_due(self) -> bool:
         """Whether this scrape should read ``/props`` (see :data:`PROPS_TTL_SECONDS`)."""
@@ -171,8 +182,9 @@ class TargetView:
             elif got.status in (401, 403):
                 problem = f"/{ep} answered {got.status}: the API key is missing or wrong (set --api-key or {API_KEY_ENV})"
             elif got.status == 400 and ep == "metrics":
-                problem = ("/metrics answered 400: this looks like llama-server router (multi-model) mode, which needs a model; "
-                           "point one target at each model with name=URL?model=<id>")
+                problem = f"/metrics answered 400 ({_error_body(got.body)})"
+                if self.target.query:
+                    problem += " - is the model in ?model= known to the router (GET /models lists them)?"
             else:
                 problem = f"/{ep} answered HTTP {got.status}"
             if problem:
@@ -321,6 +333,15 @@ def _exported_family(fam: MetricFamily) -> tuple[Metric, str | None]:
     if mtype == "gauge":
         return GaugeMetricFamily(base, doc, labels=None), ""
     return Metric(base, doc, "unknown" if mtype == "untyped" else mtype), None
+
+
+def _error_body(body: bytes) -> str:
+    """The ``error.message`` of a llama-server error answer (e.g. ``model 'x' not found``)."""
+    try:
+        message = json.loads(body)["error"]["message"]
+        return str(message)
+    except (ValueError, KeyError, TypeError):
+        return body[:120].decode("utf-8", "replace")
 
 
 def _n_decoded(next_token: Any) -> float | None:

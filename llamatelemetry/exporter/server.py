@@ -163,7 +163,8 @@ class ExporterApp:
             return _text(start_response, "403 Forbidden",
                          f"{target.name} is not allowed by --probe-allow {' '.join(self.config.probe_allow)}\n")
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: view}))
+        registry.register(ExporterCollector([target], self.probe_fetcher, self.runner, None, views={target.name: view},
+                                            model_ports=self.gpu))
         body: Iterable[bytes] = make_wsgi_app(registry)(environ, start_response)
         return body
 
@@ -182,7 +183,7 @@ class ExporterApp:
                     self.gpu.add_target(target)
             self._probe_views[spec] = known
             while len(self._probe_views) > PROBE_MEMORY:
-                self._probe_views.popitem(last=False)
+                self._probe_views.popitem(last=False)[1][1].close()  # stops a router's event stream
             return known
 
     def index_html(self) -> str:
@@ -244,6 +245,10 @@ class ExporterApp:
                 except Exception:  # noqa: BLE001 - best effort during shutdown
                     log.debug("error while closing the HTTP client", exc_info=True)
         self.runner.stop()
+        self.collector.close_views()
+        with self._probe_lock:
+            for _, view in self._probe_views.values():
+                view.close()
         self.collector.close()
 
     def __enter__(self) -> "ExporterApp":

@@ -15,7 +15,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@/-]{1,100}$")
 
@@ -29,7 +29,8 @@ class Target:
     """One llama-server to scrape.
 
     ``query`` (e.g. ``model=qwen``) is appended to every request, which is how a router-mode
-    llama-server is told which model to answer for. ``local_addresses`` is the set of IPs of
+    llama-server is told which model to answer for (``autoload=false`` is added, so scraping one
+    model never loads it; a target without ``?model=`` that is a router is read as all its models). ``local_addresses`` is the set of IPs of
     this machine the target's host resolves to (``None`` when the server is not on this
     machine): only local targets can have their GPU memory attributed.
     """
@@ -106,10 +107,14 @@ def parse_target(spec: str) -> Target:
         # shared with the client, which accepts it too): llama-server's /metrics, /slots ... are at the root.
         path = path[: -len("/v1")]
     base = f"{parts.scheme}://{netloc_host}:{port}{path}"
+    query = parts.query
+    if "model" in parse_qs(query) and "autoload" not in parse_qs(query):
+        # One model of a router: without autoload=false every scrape would load (or wake) it.
+        query += "&autoload=false"
     return Target(
         name=name or f"{host}:{port}",
         base_url=base,
-        query=parts.query,
+        query=query,
         port=port,
         local_addresses=_local_addresses(host),
     )
