@@ -79,6 +79,22 @@ def exporter_lines(text: str, series: Sequence[str] = ROUTER_SERIES) -> list[str
     return lines
 
 
+def _until_exporter_follows(exporter_url: str, timeout: float = 10.0) -> None:
+    """Scrape until the exporter follows the router's event stream (it starts on the first scrape), so the
+    loads about to happen are counted as they happen rather than inferred later."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            page = httpx.get(exporter_url + "/metrics", timeout=10).text
+            if any(line.startswith("llamatelemetry_router_events_up{") and line.endswith(" 1.0") for line in page.splitlines()):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 def run_router_demo(*, tracer_provider: "TracerProvider", meter_provider: "MeterProvider", spans: "InMemorySpanExporter",
                     out: Callable[[str], None] = print, binary: Path | None = None, model: Path | None = None) -> bool:
     """Run the router part (see module docs); False when something it needs is missing (it says what)."""
@@ -107,6 +123,7 @@ def run_router_demo(*, tracer_provider: "TracerProvider", meter_provider: "Meter
                 Gateway(GatewayConfig(routes=[Route(0, router.base_url)], admin_port=0),
                         tracer_provider=tracer_provider, meter_provider=meter_provider) as gateway:
             out(f"  router {router.base_url}, gateway {gateway.urls[0]}, exporter {exporter.url}/metrics\n")
+            _until_exporter_follows(exporter.url)
             client = openai.OpenAI(base_url=gateway.urls[0] + "/v1", api_key="none", max_retries=0, timeout=120)
             hi: list[dict[str, str]] = HI
             for name in SEQUENCE:

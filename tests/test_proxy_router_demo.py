@@ -25,4 +25,7 @@ def test_router_demo_shows_swap_cold_starts_and_exporter_series(llama_server_bin
     assert "(was unloaded)" in routed[0] and "response.model=coder" in routed[0]
     # what the exporter reports for the router: one state per model, the loads counted from the event stream
     assert 'llamatelemetry_model_state{' in text and 'state="loaded"' in text, text
-    assert 'llamatelemetry_model_loads_total{' in text, text
+    # the swap, counted by the exporter from the router's event stream: coder loaded twice, agent once
+    assert 'llamatelemetry_model_loads_total{model="coder",target="router"} 2' in text, text
+    assert 'llamatelemetry_model_loads_total{model="agent",target="router"} 1' in text, text
+    assert 'llamatelemetry_model_state{model="coder",state="loaded",target="router"} 1' in text, text
