@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Iterator
 
+import httpx
 import openai
 import pytest
 from textual.pilot import Pilot
@@ -133,3 +134,41 @@ def test_router_down_is_a_state_not_a_crash() -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     view = json.loads(out.stdout)
     assert view["router"]["up"] is False and view["models"] == [] and out.returncode == 1
+
+
+def test_models_panel_from_the_exporter_without_router_flag(router_factory) -> None:
+    """No --router: the exporter watching a router (its llamatelemetry_model_* series) is enough for the panel."""
+    from llamatelemetry.exporter import ExporterApp, ExporterConfig
+
+    quiet = router_factory(["one", "two"], models_max=1)
+    with ExporterApp(ExporterConfig(targets=[f"box={quiet.base_url}"], port=0, gpu=False)) as exporter, \
+            running_gateway(quiet.base_url) as gw:
+        app = TopApp(Sources(exporter.url, gw.admin_url), interval=3600)
+
+        async def scenario(pilot: Pilot[None]) -> None:
+            await refresh(pilot, app)  # the exporter starts following the router on its first scrape
+            assert app.panels["models"].display and app.panels["models"].keys() == ["box/one", "box/two"]
+            deadline = time.monotonic() + 30
+            while 'llamatelemetry_router_events_up{target="box"} 1.0' not in await asyncio.to_thread(
+                    lambda: httpx.get(exporter.url + "/metrics", timeout=10).text):
+                assert time.monotonic() < deadline, "the exporter never followed the router"
+                await asyncio.sleep(0.1)
+            for model in ("one", "two", "one"):  # two swaps
+                await asyncio.to_thread(chat, gw, model)
+            assert gw.gateway is not None
+            await asyncio.to_thread(gw.gateway.drain)
+            while True:
+                await refresh(pilot, app)
+                one, two = row(app, "box/one"), row(app, "box/two")
+                if one[3] == "2" and two[3] == "1":
+                    break
+                assert time.monotonic() < deadline, (one, two)
+                await asyncio.sleep(0.2)
+            assert one[0] == "one" and one[1] == "loaded" and two[1] == "unloaded"
+            assert one[4] != "–" and one[5] == "2" and one[6] == "2" and two[5] == "1" and two[6] == "1"
+
+        async def main() -> None:
+            async with app.run_test(size=(100, 40)) as pilot:
+                await scenario(pilot)
+
+        asyncio.run(main())

@@ -157,8 +157,8 @@ class TopApp(App[None]):
         self.last_snapshot: Snapshot | None = None
         self._wake = asyncio.Event()
         self.refreshes = 0  # views computed (tests wait on this)
-        panel_ids = ((MODELS_PANEL,) if sources.router is not None else ()) + PANELS
-        self.panels = {pid: Panel(pid) for pid in panel_ids}
+        # The models panel is always there, shown only for a router (--router, or the exporter's router series).
+        self.panels = {pid: Panel(pid) for pid in (MODELS_PANEL, *PANELS)}
         self._status = Lines(Text("reading the exporter and the gateway ..."), id="status")
 
     def compose(self) -> ComposeResult:
@@ -167,6 +167,7 @@ class TopApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.panels[MODELS_PANEL].display = self.sources.router is not None
         self.panels["servers"].focus()
         self.run_worker(self._poll(), exclusive=True, group="poll", name="poll")
 
@@ -195,7 +196,9 @@ class TopApp(App[None]):
     def _show(self, view: View) -> None:
         self._status.update(status_line(view, paused=self.paused, interval=self.interval))
         messages = panel_messages(view)
-        for panel_id, rows in rows_for(view).items():
+        shown = rows_for(view)
+        self.panels[MODELS_PANEL].display = MODELS_PANEL in shown
+        for panel_id, rows in shown.items():
             self.panels[panel_id].show(rows, messages[panel_id])
 
     def action_toggle_pause(self) -> None:

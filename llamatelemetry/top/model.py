@@ -104,6 +104,8 @@ class ModelRow:
     last_exit_code: int | None
     requests: float | None  # inference requests the gateway forwarded for it (since the gateway started)
     cold_starts: float | None  # of which waited for the model to load or wake
+    #: The exporter target (router) the model belongs to, when the row comes from the exporter.
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,8 @@ class Model:
         self.history_points = history_points
         self._snapshots: deque[Snapshot] = deque()
         self._history: dict[str, deque[tuple[float | None, float | None]]] = {}
+        #: (target, model) -> (load count, load seconds sum, last load seconds), from the exporter's histogram.
+        self._load_sums: dict[tuple[str, str], tuple[float, float, float]] = {}
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
@@ -275,6 +279,8 @@ class Model:
             view.recent = list(gw.recent or [])
         if snapshot.router is not None:
             self._fill_models(view, snapshot)
+        elif exp.up and exp.metrics is not None and exp.metrics.series("llamatelemetry_model_state"):
+            self._fill_models_from_exporter(view, exp.metrics, snapshot)
         self._keep(snapshot)
         return view
 
@@ -372,6 +378,48 @@ class Model:
                 cold_starts=math.fsum(cold.get(n, 0.0) for n in names) if gw else None,
             ))
 
+    def _gateway_per_model(self, now: Snapshot) -> tuple[dict[str, float], dict[str, float]] | None:
+        gw = now.gateway.metrics if now.gateway.up else None
+        if gw is None:
+            return None
+        return (merge_labels(gw.series("gen_ai_server_request_duration_seconds_count"), MODEL_LABEL),
+                merge_labels(gw.series("llamatelemetry_model_load_wait_seconds_count"), MODEL_LABEL))
+
+    def _fill_models_from_exporter(self, view: View, m: Metrics, now: Snapshot) -> None:
+        """The models panel from the exporter's router series (``llamatelemetry_model_*``): counts since the exporter started."""
+        per_model = self._gateway_per_model(now)
+        keys: dict[tuple[str, str], None] = {}
+        for sample in m.series("llamatelemetry_model_state"):
+            keys.setdefault((sample.labels.get("target", ""), sample.labels.get("model", "")), None)
+        for target, model in keys:
+            state = next((s.labels.get("state", "") for s in m.series("llamatelemetry_model_state", target=target, model=model)
+                          if s.value == 1), "unknown")
+            count = _one(m, "llamatelemetry_model_load_duration_seconds_count", target=target, model=model)
+            total = _one(m, "llamatelemetry_model_load_duration_seconds_sum", target=target, model=model)
+            view.models.append(ModelRow(
+                model=model, state=state,
+                since=_one(m, "llamatelemetry_model_state_since_timestamp_seconds", target=target, model=model) or now.wall,
+                loads=int(_one(m, "llamatelemetry_model_loads_total", target=target, model=model) or 0),
+                load_failures=int(_one(m, "llamatelemetry_model_load_failures_total", target=target, model=model) or 0),
+                last_load_seconds=self._last_load((target, model), count, total),
+                last_exit_code=_int_or_none(_one(m, "llamatelemetry_model_last_exit_code", target=target, model=model)),
+                requests=per_model[0].get(model, 0.0) if per_model else None,
+                cold_starts=per_model[1].get(model, 0.0) if per_model else None,
+                target=target,
+            ))
+
+    def _last_load(self, key: tuple[str, str], count: float | None, total: float | None) -> float | None:
+        """The last load's duration from the exporter's histogram: what its sum grew by when its count grew by one
+        (the average of the loads in between when several happened; the average of all loads at first sight)."""
+        if count is None or total is None or count <= 0:
+            return None
+        seen = self._load_sums.get(key)
+        if seen is None or count < seen[0]:  # first sight, or the exporter restarted
+            self._load_sums[key] = (count, total, total / count)
+        elif count > seen[0]:
+            self._load_sums[key] = (count, total, (total - seen[1]) / (count - seen[0]))
+        return self._load_sums[key][2]
+
     def _fill_clients(self, view: View, m: Metrics, start: Snapshot | None, now: Snapshot) -> None:
         names = m.label_values("llamatelemetry_proxy_requests_total", CLIENT_LABEL)
         for metric in ("gen_ai_server_request_duration_seconds_count", "gen_ai_client_token_usage_count"):
@@ -406,6 +454,10 @@ def _ratio(numerator: float | None, denominator: float) -> float | None:
     if numerator is None or denominator <= 0:
         return None
     return numerator / denominator
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return int(value) if value is not None and math.isfinite(value) else None
 
 
 def _int_label(value: str | None) -> int | None:

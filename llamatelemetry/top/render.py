@@ -165,7 +165,7 @@ def gpu_target_cells(row: GpuTargetRow) -> tuple[Text, ...]:
 _MODEL_STATE_STYLE = {"loaded": GOOD, "loading": WARN, "sleeping": DIM, "unloaded": DIM, "failed": ALERT}
 
 
-def model_cells(row: ModelRow, now: float) -> tuple[Text, ...]:
+def model_cells(row: ModelRow, now: float, with_target: bool = False) -> tuple[Text, ...]:
     """Cells for one router model: name, state (``FAILED (exit N)`` in reverse red), how long in it, loads
     (failed ones marked), the last load's duration, the gateway's requests and cold starts for it."""
     state = row.state.upper() if row.state == "failed" else row.state
@@ -173,7 +173,7 @@ def model_cells(row: ModelRow, now: float) -> tuple[Text, ...]:
         state += f" (exit {row.last_exit_code})"
     loads = f"{row.loads}" + (f" ({row.load_failures} failed)" if row.load_failures else "")
     return (
-        Text(_truncate(row.model, 20)),
+        Text(_truncate(f"{row.target}/{row.model}" if with_target and row.target else row.model, 24)),
         Text(state, style=_MODEL_STATE_STYLE.get(row.state, WARN)),
         Text(fmt_age(now - row.since)),
         _alert_if(row.load_failures, loads),
@@ -269,8 +269,10 @@ Rows = list[tuple[str, Sequence[Text]]]
 def rows_for(view: View) -> dict[str, Rows]:
     """Per panel id, ``(row key, cells)`` in display order — what the UI puts in its tables."""
     models: dict[str, Rows] = {}
-    if view.router is not None:  # the models panel exists only when top follows a router (--router)
-        models["models"] = [(m.model, model_cells(m, view.wall_time)) for m in view.models]
+    if view.router is not None or view.models:  # only for a router: followed (--router) or seen by the exporter
+        several = len({m.target for m in view.models}) > 1
+        models["models"] = [(f"{m.target}/{m.model}" if m.target else m.model, model_cells(m, view.wall_time, several))
+                            for m in view.models]
     return {
         "servers": [(s.target, server_cells(s)) for s in view.servers],
         **models,
