@@ -60,6 +60,9 @@ COVERED_ELSEWHERE = {
                               "through a real gateway in front of a real llama-server, offline",
     "aider --model openai/my-model": "tests/test_proxy.py drives the gateway with the openai SDK, which aider uses through LiteLLM",
     "llamatelemetry top": "tests/test_top_terminal.py runs it in tmux (80x24, --exporter/--gateway at the test's ports)",
+    "llama-server --models-dir ~/models --models-max 1 --sleep-idle-seconds 300 --port 8080":
+        "tests/test_proxy_router.py runs a router with --models-dir, --models-max 1 and --sleep-idle-seconds (shorter) behind the gateway",
+    "llamatelemetry top --router http://127.0.0.1:8080": "tests/test_top_router.py runs top --router (--json, --once) against a real router",
 }
 SETUP_PREFIXES = ("export ", "mkdir -p models")
 
