@@ -199,3 +199,29 @@ def test_router_restart_is_followed_and_cold_starts_marked_again(router_factory)
         oai.chat.completions.create(model="one", messages=HI, max_tokens=8)
         again = gw.wait_for_spans(3)[2].attributes
         assert again[sc.MODEL_COLD_START] is True and again[sc.MODEL_STATE_BEFORE] == "unloaded"
+
+
+def test_router_with_an_api_key(router_factory) -> None:
+    """llama-server --api-key: the gateway follows the router with the key its clients send, and records it nowhere."""
+    locked = router_factory(["one", "two"], models_max=1, extra_args=["--api-key", "sk-router-secret"], wait=False)
+    key = {"Authorization": "Bearer sk-router-secret"}
+
+    def ready() -> bool:
+        try:
+            return httpx.get(locked.base_url + "/models", headers=key, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, what="the router with --api-key")
+    with running_gateway(locked.base_url) as gw:
+        oai = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-router-secret", max_retries=0, timeout=120)
+        oai.chat.completions.create(model="one", messages=HI, max_tokens=8)
+        oai.chat.completions.create(model="one", messages=HI, max_tokens=8)
+        cold, warm = gw.wait_for_spans(2)
+        assert cold.attributes[sc.MODEL_COLD_START] is True and sc.MODEL_COLD_START not in warm.attributes
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+                model="two", messages=HI, max_tokens=8)
+        metrics = httpx.get(gw.admin_url + "/metrics", timeout=10).text
+        spans = " ".join(str(dict(s.attributes)) for s in gw.wait_for_spans(3))
+        assert "sk-router-secret" not in metrics + spans
