@@ -214,14 +214,14 @@ def test_router_with_an_api_key(router_factory) -> None:
 
     wait_for(ready, what="the router with --api-key")
     with running_gateway(locked.base_url) as gw:
+        with pytest.raises(openai.AuthenticationError):  # a client with a wrong key first: it must not settle anything
+            openai.OpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+                model="two", messages=HI, max_tokens=8)
         oai = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-router-secret", max_retries=0, timeout=120)
         oai.chat.completions.create(model="one", messages=HI, max_tokens=8)
         oai.chat.completions.create(model="one", messages=HI, max_tokens=8)
-        cold, warm = gw.wait_for_spans(2)
+        _, cold, warm = gw.wait_for_spans(3)
         assert cold.attributes[sc.MODEL_COLD_START] is True and sc.MODEL_COLD_START not in warm.attributes
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
-                model="two", messages=HI, max_tokens=8)
         metrics = httpx.get(gw.admin_url + "/metrics", timeout=10).text
         spans = " ".join(str(dict(s.attributes)) for s in gw.wait_for_spans(3))
         assert "sk-router-secret" not in metrics + spans

@@ -135,6 +135,10 @@ class Routers:
         headers = {"authorization": authorization} if authorization else {}
         try:
             response = await self.http.get(upstream + "/props", headers=headers, timeout=PREPARE_TIMEOUT)
+            if response.status_code in (401, 403):
+                # --api-key and this client's key is wrong (or missing): the next request, with the right key, asks again.
+                self._checked_at.pop(upstream, None)
+                return
             props = response.json() if response.status_code == 200 else {}
         except Exception:  # noqa: BLE001 - down or not llama-server: checked again later
             log.debug("could not read /props of %s", upstream, exc_info=True)
