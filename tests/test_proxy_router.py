@@ -8,6 +8,7 @@ router's own errors reach OpenAI and Anthropic clients in their shapes, with dis
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable
 
@@ -225,3 +226,27 @@ def test_router_with_an_api_key(router_factory) -> None:
         metrics = httpx.get(gw.admin_url + "/metrics", timeout=10).text
         spans = " ".join(str(dict(s.attributes)) for s in gw.wait_for_spans(3))
         assert "sk-router-secret" not in metrics + spans
+
+
+@pytest.mark.parametrize(("status", "message", "error_type", "model"), [
+    (400, "model 'nope' not found", "model_not_found", "nope"),
+    (400, "model is not loaded", "model_not_loaded", None),
+    (500, "model name=bad failed to load", "model_load_failed", "bad"),
+    (400, "the request exceeds the available context size", None, None),  # llama-server's own: stays "400"
+    (500, "model 'x' not found", None, None),  # wrong status for that message: not a router error
+])
+def test_router_error_classification(status: int, message: str, error_type: str | None, model: str | None) -> None:
+    from llamatelemetry.errors import classify_router_error
+    from llamatelemetry.proxy.routing import in_client_dialect, router_error
+
+    body = json.dumps({"error": {"code": status, "message": message, "type": "invalid_request_error"}}).encode()
+    found = router_error(status, body)
+    assert (found[0].error_type if found else None) == error_type
+    assert (classify_router_error(status, message) or (None, None))[1] == model
+    reshaped = in_client_dialect("/v1/messages", status, body)
+    if error_type is None:
+        assert reshaped is None
+    else:
+        assert json.loads(reshaped) == {"type": "error", "error": {
+            "type": "invalid_request_error" if status == 400 else "api_error", "message": message}}
+        assert in_client_dialect("/v1/chat/completions", status, body) is None  # already the OpenAI shape
