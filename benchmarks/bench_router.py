@@ -94,7 +94,12 @@ def child_pid(router: RouterServer, model: str) -> int:
 def generate_once(client: httpx.Client, router: RouterServer, pid: int) -> tuple[float, int, float]:
     """One 2000-token request through the router: child tokens/s, tokens, child CPU seconds."""
     cpu_start = cpu_seconds(pid)
-    body = client.post(router.base_url + "/v1/chat/completions", json=GENERATE).json()
+    try:
+        resp = client.post(router.base_url + "/v1/chat/completions", json=GENERATE)
+    except httpx.RemoteProtocolError:
+        # llama-server sometimes closes a kept-alive connection: no response byte came, so resend once
+        resp = client.post(router.base_url + "/v1/chat/completions", json=GENERATE)
+    body = resp.json()
     assert body["usage"]["completion_tokens"] > 1000, body["usage"]
     return body["timings"]["predicted_per_second"], body["usage"]["completion_tokens"], cpu_seconds(pid) - cpu_start
 

@@ -1,7 +1,9 @@
 """Sidecar Prometheus exporter for llama-server: its metrics, health, props and slots, plus NVML GPU stats.
 
 ``/metrics`` serves the configured targets and the GPUs; ``/probe?target=URL`` one llama-server
-(Prometheus' multi-target exporter pattern).
+(Prometheus' multi-target exporter pattern). A target that is a llama-server router (``--models-dir``)
+is read as a set of models without ever loading or waking one (``router_target.py``, built on
+:mod:`llamatelemetry.router`).
 
 Run it with ``llamatelemetry exporter`` (see ``--help``); the metric list is in ``METRICS.md``
 next to this file. Programmatic use::
