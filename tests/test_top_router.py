@@ -166,6 +166,10 @@ def test_models_panel_from_the_exporter_without_router_flag(router_factory) -> N
                 await asyncio.sleep(0.2)
             assert one[0] == "one" and one[1] == "loaded" and two[1] == "unloaded"
             assert one[4] != "–" and one[5] == "2" and one[6] == "2" and two[5] == "1" and two[6] == "1"
+            # SERVERS and SLOTS: a row per running model of the router (not one "box" row summing them)
+            assert app.panels["servers"].keys() == ["box/one"] and app.panels["slots"].keys() == ["box/one#0"]
+            server = [str(c).strip() for c in app.panels["servers"].rows["box/one"]]
+            assert server[1] == "ok" and server[2] == "one"
 
         async def main() -> None:
             async with app.run_test(size=(100, 40)) as pilot:

@@ -29,6 +29,8 @@ __all__ = ["ClientRow", "GpuRow", "GpuTargetRow", "Model", "ModelRow", "ServerRo
 
 #: Server states, as the exporter's ``llamatelemetry_server_state{state}`` one-hot gauge spells them.
 SERVER_STATES = ("ok", "loading", "unreachable", "error")
+#: A router's model states that have a running child (a SERVERS row), as the server state shown for it.
+_RUNNING_MODEL_STATES = {"loaded": "ok", "loading": "loading", "sleeping": "sleeping"}
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,12 @@ class Model:
         for name in m.label_values("llamatelemetry_slot_processing", "target") + m.label_values("llamacpp_tokens_predicted_total", "target"):
             if name not in targets:
                 targets.append(name)
+        routers = set(m.label_values("llamatelemetry_router_info", "target"))
+        router_rows: list[str] = []
         for target in targets:
+            if target in routers:  # llama-server router mode: a row per running model (its series carry `model`)
+                router_rows += self._fill_router_servers(view, m, before, seconds, target)
+                continue
             state = next((s for s in SERVER_STATES if _one(m, "llamatelemetry_server_state", target=target, state=s) == 1), "unknown")
             info = m.series("llamatelemetry_server_info", target=target)
             labels = info[0].labels if info else {}
@@ -321,8 +328,44 @@ class Model:
                     context_size=_one(m, "llamatelemetry_slot_context_size_tokens", target=target, slot=slot),
                     generated_tokens=_one(m, "llamatelemetry_slot_generated_tokens", target=target, slot=slot),
                 ))
-        for gone in set(self._history) - set(targets):
+        for gone in set(self._history) - set(targets) - set(router_rows):
             del self._history[gone]
+
+    def _fill_router_servers(self, view: View, m: Metrics, before: Metrics | None, seconds: float, target: str) -> list[str]:
+        """Server and slot rows of a router target, one server per running model, named ``target/model``."""
+        names = []
+        for sample in m.series("llamatelemetry_model_state", target=target):
+            model, state = sample.labels.get("model", ""), sample.labels.get("state", "")
+            if sample.value != 1 or state not in _RUNNING_MODEL_STATES:
+                continue
+            name, sel = f"{target}/{model}", {"target": target, "model": model}
+            names.append(name)
+            info = m.series("llamatelemetry_server_info", **sel)
+            labels = info[0].labels if info else {}
+            gen = prompt = None
+            if before is not None:
+                gen = _per_second(_one(m, "llamacpp_tokens_predicted_total", **sel), _one(before, "llamacpp_tokens_predicted_total", **sel), seconds)
+                prompt = _per_second(_one(m, "llamacpp_prompt_tokens_total", **sel), _one(before, "llamacpp_prompt_tokens_total", **sel), seconds)
+            history = self._history.setdefault(name, deque(maxlen=self.history_points))
+            if before is not None:
+                history.append((gen, prompt))
+            view.servers.append(ServerRow(
+                target=name, state=_RUNNING_MODEL_STATES[state], model=model,
+                context_size=_int_label(labels.get("n_ctx")), total_slots=_int_label(labels.get("total_slots")),
+                generated_tokens_per_second=gen, prompt_tokens_per_second=prompt,
+                generated_history=tuple(g for g, _ in history), prompt_history=tuple(p for _, p in history),
+                requests_processing=_one(m, "llamacpp_requests_processing", **sel),
+                requests_deferred=_one(m, "llamacpp_requests_deferred", **sel),
+            ))
+            for slot in sorted((s.labels.get("slot", "") for s in m.series("llamatelemetry_slot_processing", **sel)), key=_slot_order):
+                view.slots.append(SlotRow(
+                    target=name, slot=slot,
+                    processing=_one(m, "llamatelemetry_slot_processing", slot=slot, **sel) == 1,
+                    context_tokens=_one(m, "llamatelemetry_slot_context_tokens", slot=slot, **sel),
+                    context_size=_one(m, "llamatelemetry_slot_context_size_tokens", slot=slot, **sel),
+                    generated_tokens=_one(m, "llamatelemetry_slot_generated_tokens", slot=slot, **sel),
+                ))
+        return names
 
     def _fill_gpus(self, view: View, m: Metrics, start: Snapshot | None, now: Snapshot) -> None:
         gpu_up = m.series("llamatelemetry_collector_up", collector="gpu")

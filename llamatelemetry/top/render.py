@@ -82,7 +82,7 @@ def _alert_if(value: float | None, text: str) -> Text:
     return Text(text, style=ALERT) if value else Text(text)
 
 
-_STATE_STYLE = {"ok": GOOD, "loading": WARN, "unreachable": ALERT, "error": ALERT}
+_STATE_STYLE = {"ok": GOOD, "loading": WARN, "unreachable": ALERT, "error": ALERT, "sleeping": DIM}
 _STATE_TEXT = {"ok": "ok", "loading": "loading", "unreachable": "DOWN", "error": "ERROR"}
 
 
