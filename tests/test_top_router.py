@@ -176,3 +176,36 @@ def test_models_panel_from_the_exporter_without_router_flag(router_factory) -> N
                 await scenario(pilot)
 
         asyncio.run(main())
+
+
+def test_models_panel_in_a_real_terminal(router_factory) -> None:
+    """``llamatelemetry top`` in tmux at 80x24 against the exporter watching a router: models and per-model rows fit."""
+    from llamatelemetry.exporter import ExporterApp, ExporterConfig
+    from test_top_terminal import top_command
+    from tmux_helpers import TmuxSession
+
+    shown = router_factory(["coder", "agent"], broken=["bad"], models_max=1)
+    with ExporterApp(ExporterConfig(targets=[f"box={shown.base_url}"], port=0, gpu=False)) as exporter, \
+            running_gateway(shown.base_url) as gw:
+        command = top_command("--exporter", exporter.url, "--gateway", gw.admin_url, "--interval", "0.5")
+        env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PATH": os.environ.get("PATH", "")}
+        with TmuxSession(command, env=env) as term:
+            term.wait_for(lambda s: "MODELS" in s and "no model is running" in s, what="the models panel")
+            deadline = time.monotonic() + 30
+            while 'llamatelemetry_router_events_up{target="box"} 1.0' not in httpx.get(exporter.url + "/metrics", timeout=10).text:
+                assert time.monotonic() < deadline, "the exporter never followed the router"
+                time.sleep(0.1)
+            for model in ("coder", "agent", "bad"):
+                chat(gw, model)
+
+            def ready(s: str) -> bool:
+                rows = {line.split()[0]: line.split() for line in s.splitlines() if line.split()[:1]}
+                return (rows.get("bad", [""] * 3)[1:3] == ["FAILED", "(exit"] and rows.get("coder", ["", ""])[1] == "unloaded"
+                        and rows.get("agent", ["", "", "", ""])[3] == "1" and "box/agent" not in rows)
+
+            screen = term.wait_for(ready, what="a swap and a failed load on screen")
+            lines = screen.splitlines()
+            assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+            assert lines[1].split()[:2] == ["MODELS", "state"]  # the first panel, right under the status line
+            term.send_keys("q")
+            term.wait_for(lambda s: term.exited(), timeout=10, what="top to quit on q")

@@ -254,7 +254,8 @@ def panel_messages(view: View) -> dict[str, str | None]:
         gpu = {"off": "no GPU metrics (exporter started with --no-gpu?)",
                "down": "GPU collection down: NVML did not initialise (no NVIDIA driver?)"}.get(view.gpu_state, "no GPUs")
     return {
-        "servers": exporter_down or (None if view.servers else "the exporter has no targets"),
+        "servers": exporter_down or (None if view.servers else (
+            "no model is running on the router" if view.models else "the exporter has no targets")),
         "slots": exporter_down or (None if view.slots else "no slot metrics (llama-server started with --no-slots?)"),
         "clients": gateway_down or (None if view.clients else "no requests through the gateway yet"),
         "gpu": gpu,
