@@ -209,3 +209,25 @@ def test_models_panel_in_a_real_terminal(router_factory) -> None:
             assert lines[1].split()[:2] == ["MODELS", "state"]  # the first panel, right under the status line
             term.send_keys("q")
             term.wait_for(lambda s: term.exited(), timeout=10, what="top to quit on q")
+
+
+def test_router_with_an_api_key_reads_it_from_the_environment(router_factory) -> None:
+    locked = router_factory(["one"], extra_args=["--api-key", "sk-top-secret"], wait=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(locked.base_url + "/models", headers={"Authorization": "Bearer sk-top-secret"}, timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "router with --api-key not ready"
+        time.sleep(0.1)
+    cmd = [sys.executable, "-m", "llamatelemetry.cli", "top", "--exporter", no_exporter(), "--gateway", no_exporter(),
+           "--router", locked.base_url, "--interval", "0.5", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_API_KEY"}
+    keyed = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "LLAMA_API_KEY": "sk-top-secret"}).stdout)
+    assert keyed["router"]["up"] is True and [m["model"] for m in keyed["models"]] == ["one"]
+    keyless = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    view = json.loads(keyless.stdout)
+    assert view["router"]["up"] is False and "401" in view["router"]["error"] and keyless.returncode == 1
+    assert "sk-top-secret" not in keyless.stdout + json.dumps(keyed)

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the gateway's admin endpoint, llamatelemetry proxy --admin-port (default %(default)s) [{ENV_GATEWAY}]")
     parser.add_argument("--router", default=os.environ.get(ENV_ROUTER) or None, metavar="URL",
                         help="a llama-server router (--models-dir): adds a models panel (state, since when, loads, last "
-                             f"load time, requests, cold starts), read from its /models and /models/sse only [{ENV_ROUTER}]")
+                             f"load time, requests, cold starts), read from its /models and /models/sse only (its --api-key from "
+                             f"$LLAMA_API_KEY) [{ENV_ROUTER}]")
     parser.add_argument("--interval", "-n", type=_interval, default=1.0, metavar="SECONDS",
                         help="refresh every SECONDS (default %(default)s)")
     parser.add_argument("--window", type=_interval, default=60.0, metavar="SECONDS",

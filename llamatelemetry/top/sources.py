@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import httpx
 
+from .._defaults import API_KEY_ENV
 from ..promtext import PromTextParseError, Sample, parse_prometheus_text
 from .routersource import RouterReading, RouterSource
 
@@ -224,7 +226,8 @@ class Sources:
         self.exporter_url = exporter_url.rstrip("/")
         self.gateway_url = gateway_url.rstrip("/")
         #: A llama-server router whose models the models panel shows (followed in the background).
-        self.router = RouterSource(router_url).start() if router_url else None
+        # A router started with --api-key wants it on /models and /models/sse too (from $LLAMA_API_KEY, as the client).
+        self.router = RouterSource(router_url, api_key=os.environ.get(API_KEY_ENV) or None).start() if router_url else None
         self._router_waited = False
         self.recent_limit = recent_limit
         # The exporter waits up to its own --timeout (2 s by default) for a dead llama-server: allow a bit more.
