@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import ProxyUnderTest, running_gateway
 
@@ -91,6 +92,8 @@ def test_cold_start_marked_once_then_not_and_swap_marks_again(fresh: ProxyUnderT
     cold = _last_span(fresh, 1)
     a = cold.attributes
     assert a[sc.REQUEST_MODEL] == "alpha" and a[sc.RESPONSE_MODEL] == resp.model
+    # the reasoning count (a /tokenize the gateway sends) works through the router: it names the model
+    assert a[sc.USAGE_REASONING_OUTPUT_TOKENS] == REASONING_TOKENS
     assert a[sc.MODEL_COLD_START] is True and a[sc.MODEL_STATE_BEFORE] in ("unloaded", "failed")
     # the wait is the load (a scripted model: well under a minute, more than nothing) ...
     assert 0 < a[sc.MODEL_LOAD_WAIT] < 60

@@ -226,10 +226,16 @@ class Exchange:
 
     async def _count_tokens(self, text: str) -> int | None:
         call = _calls.tokenize(text, parse_special=False)
+        body, url = call.body, self.upstream + call.path
+        model = (self.body or {}).get("model")
+        if self.observer.routers.view(self.upstream) is not None and isinstance(model, str):
+            # A router routes /tokenize by "model" too (without one it answers 400): the model that just answered,
+            # with autoload=false so that a count never loads it again if a swap evicted it meanwhile.
+            body, url = {**(body or {}), "model": model}, url + "?autoload=false"
         headers = {"authorization": self.authorization} if self.authorization else {}
         for attempt in range(2):
             try:
-                response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
+                response = await self.observer.http.post(url, json=body, headers=headers,
                                                          timeout=TOKEN_COUNT_TIMEOUT)
                 response.raise_for_status()
                 return len(response.json()["tokens"])
