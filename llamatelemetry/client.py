@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -60,9 +61,15 @@ MODEL_LOOKUP_RETRY_SECONDS = 30.0
 HEALTH_TIMEOUT = 5.0
 
 
-def _token_count_call(text: str) -> "Call[list[int]]":
+def _token_count_call(text: str, model: str | None = None) -> "Call[list[int]]":
     # The tokenize request itself, sent directly (no retries, no span): it only serves telemetry.
-    return _calls.tokenize(text, parse_special=False)
+    call = _calls.tokenize(text, parse_special=False)
+    if model:
+        # A llama-server router routes /tokenize by "model" (400 without; a single llama-server ignores it), and
+        # autoload=false keeps a count from loading the model again if a swap evicted it meanwhile.
+        call.body = {**(call.body or {}), "model": model}
+        call.params = {"autoload": "false"}
+    return call
 
 
 def _not_ready(base_url: str, timeout: float, health: types.Health) -> errors.APITimeoutError:
@@ -145,7 +152,7 @@ class _ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
 
-    _count_tokens: Callable[[str], Any]  # sync or async, defined by each client
+    _count_tokens: Callable[..., Any]  # (text, model=None), sync or async, defined by each client
 
     def _let_finish_later(self, record: "CallRecord") -> None:
         """Give the record this client's background finisher (each client sets its own kind)."""
@@ -153,8 +160,10 @@ class _ClientBase:
     def _start_record(self, call: "Call[Any]") -> "CallRecord | None":
         if call.operation is None or self._telemetry is None:
             return None
+        model = (call.body or {}).get("model")
+        count_tokens = functools.partial(self._count_tokens, model=model) if isinstance(model, str) else self._count_tokens
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                       default_model=self._default_model, count_tokens=self._count_tokens)
+                                       default_model=self._default_model, count_tokens=count_tokens)
         if record is not None:
             self._let_finish_later(record)
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
@@ -323,11 +332,11 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             models = None
         self._remember_models(models)
 
-    def _count_tokens(self, text: str) -> int | None:
+    def _count_tokens(self, text: str, model: str | None = None) -> int | None:
         """Exact token count of ``text`` by the server's tokenizer (telemetry; None on any failure)."""
-        call = _token_count_call(text)
+        call = _token_count_call(text, model)
         try:
-            response = self._http.post(self._url(call.path), json=call.body, headers=self._request_headers,
+            response = self._http.post(self._url(call.path), json=call.body, params=call.params, headers=self._request_headers,
                                        timeout=TELEMETRY_TIMEOUT)
             return len(call.parse(response.json())) if response.status_code == 200 else None
         except Exception:  # noqa: BLE001 - telemetry must never break the call
@@ -498,11 +507,11 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             models = None
         self._remember_models(models)
 
-    async def _count_tokens(self, text: str) -> int | None:
-        call = _token_count_call(text)
+    async def _count_tokens(self, text: str, model: str | None = None) -> int | None:
+        call = _token_count_call(text, model)
         try:
-            response = await self._http.post(self._url(call.path), json=call.body, headers=self._request_headers,
-                                             timeout=TELEMETRY_TIMEOUT)
+            response = await self._http.post(self._url(call.path), json=call.body, params=call.params,
+                                             headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
             return len(call.parse(response.json())) if response.status_code == 200 else None
         except Exception:  # noqa: BLE001 - telemetry must never break the call
             return None

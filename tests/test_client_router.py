@@ -124,3 +124,24 @@ def test_anthropic_dialect_router_error_through_the_gateway(router) -> None:
         with pytest.raises(errors.UnknownModelError) as unknown:
             client.messages.create(model="nope", max_tokens=8, messages=HI)
     assert unknown.value.model == "nope" and unknown.value.body["type"] == "error"
+
+
+def test_reasoning_count_works_through_a_router(router) -> None:
+    """The client's reasoning-token count (a /tokenize it sends) names the model, as a router requires."""
+    from llamatelemetry.provision.model import REASONING_TOKENS
+
+    telemetry = Telemetry()
+    with LlamaCppClient(router.base_url, tracer_provider=telemetry.tracer_provider,
+                        meter_provider=telemetry.meter_provider) as client:
+        client.chat_completion(model="gamma", messages=HI, max_tokens=64)
+
+        async def streamed() -> None:
+            async with AsyncLlamaCppClient(router.base_url, tracer_provider=telemetry.tracer_provider,
+                                           meter_provider=telemetry.meter_provider) as aclient:
+                await aclient.chat_completion(model="gamma", messages=HI, max_tokens=64)
+                await aclient.flush_telemetry()
+
+        asyncio.run(streamed())
+        client.flush_telemetry()
+    counts = [s.attributes.get(sc.USAGE_REASONING_OUTPUT_TOKENS) for s in telemetry.spans()]
+    assert counts == [REASONING_TOKENS, REASONING_TOKENS], counts
