@@ -336,3 +336,22 @@ def test_a_router_through_probe_and_file_sd(swap_router: RouterServer, tmp_path)
             for rule in rules:
                 for query in alert_query_parts(rule["expr"]):
                     prom.wait_for(query, timeout=30)
+
+
+def test_a_router_with_an_api_key(router_factory: Router, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "sk-router-secret-42"
+    router = router_factory(["alpha"], extra_args=["--metrics", "--api-key", secret])
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(router.base_url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    caplog.set_level(logging.DEBUG, logger="llamatelemetry")
+    with ExporterApp(ExporterConfig(targets=[f"k={router.base_url}"], port=0, gpu=False, timeout=5.0, api_key=secret)) as app:
+        scrape(app.url)
+        view = app.collector.views["k"].router
+        assert view is not None
+        wait_for(lambda: view.watcher.connected, 20, "the event stream with the key")
+        text = httpx.get(app.url + "/metrics", timeout=30).text
+    series = parse_exposition(text)
+    assert one(series, "llamatelemetry_target_up", target="k") == 1
+    assert one(series, "llamacpp_tokens_predicted_total", target="k", model="alpha") >= 4
+    assert secret not in text and secret not in caplog.text

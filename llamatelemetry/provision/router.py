@@ -134,7 +134,8 @@ class RouterServer:
             return ""
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the router answers ``GET /models`` (its model list is read by then)."""
+        """Wait until the router answers ``GET /models`` (its model list is read by then; a 401 of a
+        router started with ``--api-key`` counts as an answer)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -143,6 +144,9 @@ class RouterServer:
                 with urllib.request.urlopen(self.base_url + "/models", timeout=2) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:
+                    return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.05)
