@@ -127,21 +127,38 @@ def test_anthropic_dialect_router_error_through_the_gateway(router) -> None:
 
 
 def test_reasoning_count_works_through_a_router(router) -> None:
-    """The client's reasoning-token count (a /tokenize it sends) names the model, as a router requires."""
+    """The client's reasoning-token count (a /tokenize it sends) names the model, as a router requires.
+
+    Without the model the router answers that /tokenize with a 400 and every count is missing. A count is
+    best-effort telemetry (2 s, no retry) on a machine shared with other test runs, so each client gets
+    up to three calls to show one.
+    """
     from llamatelemetry.provision.model import REASONING_TOKENS
 
-    telemetry = Telemetry()
-    with LlamaCppClient(router.base_url, tracer_provider=telemetry.tracer_provider,
-                        meter_provider=telemetry.meter_provider) as client:
-        client.chat_completion(model="gamma", messages=HI, max_tokens=64)
+    def counts(telemetry: Telemetry) -> list[object]:
+        return [s.attributes.get(sc.USAGE_REASONING_OUTPUT_TOKENS) for s in telemetry.spans()]
 
-        async def streamed() -> None:
-            async with AsyncLlamaCppClient(router.base_url, tracer_provider=telemetry.tracer_provider,
-                                           meter_provider=telemetry.meter_provider) as aclient:
+    sync_telemetry = Telemetry()
+    with LlamaCppClient(router.base_url, tracer_provider=sync_telemetry.tracer_provider,
+                        meter_provider=sync_telemetry.meter_provider) as client:
+        for _ in range(3):
+            client.chat_completion(model="gamma", messages=HI, max_tokens=64)
+            client.flush_telemetry()
+            if REASONING_TOKENS in counts(sync_telemetry):
+                break
+
+    async_telemetry = Telemetry()
+
+    async def main() -> None:
+        async with AsyncLlamaCppClient(router.base_url, tracer_provider=async_telemetry.tracer_provider,
+                                       meter_provider=async_telemetry.meter_provider) as aclient:
+            for _ in range(3):
                 await aclient.chat_completion(model="gamma", messages=HI, max_tokens=64)
                 await aclient.flush_telemetry()
+                if REASONING_TOKENS in counts(async_telemetry):
+                    break
 
-        asyncio.run(streamed())
-        client.flush_telemetry()
-    counts = [s.attributes.get(sc.USAGE_REASONING_OUTPUT_TOKENS) for s in telemetry.spans()]
-    assert counts == [REASONING_TOKENS, REASONING_TOKENS], counts
+    asyncio.run(main())
+    assert REASONING_TOKENS in counts(sync_telemetry), counts(sync_telemetry)
+    assert REASONING_TOKENS in counts(async_telemetry), counts(async_telemetry)
+    assert set(counts(sync_telemetry) + counts(async_telemetry)) <= {REASONING_TOKENS, None}

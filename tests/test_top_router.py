@@ -190,7 +190,7 @@ def test_models_panel_in_a_real_terminal(router_factory) -> None:
         command = top_command("--exporter", exporter.url, "--gateway", gw.admin_url, "--interval", "0.5")
         env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PATH": os.environ.get("PATH", "")}
         with TmuxSession(command, env=env) as term:
-            term.wait_for(lambda s: "MODELS" in s and "no model is running" in s, what="the models panel")
+            term.wait_for(lambda s: "MODELS" in s and "no model is running" in s, timeout=90, what="the models panel")
             deadline = time.monotonic() + 30
             while 'llamatelemetry_router_events_up{target="box"} 1.0' not in httpx.get(exporter.url + "/metrics", timeout=10).text:
                 assert time.monotonic() < deadline, "the exporter never followed the router"
@@ -203,7 +203,7 @@ def test_models_panel_in_a_real_terminal(router_factory) -> None:
                 return (rows.get("bad", [""] * 3)[1:3] == ["FAILED", "(exit"] and rows.get("coder", ["", ""])[1] == "unloaded"
                         and rows.get("agent", ["", "", "", ""])[3] == "1" and "box/agent" not in rows)
 
-            screen = term.wait_for(ready, what="a swap and a failed load on screen")
+            screen = term.wait_for(ready, timeout=90, what="a swap and a failed load on screen")
             lines = screen.splitlines()
             assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
             assert lines[1].split()[:2] == ["MODELS", "state"]  # the first panel, right under the status line
