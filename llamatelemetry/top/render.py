@@ -202,10 +202,15 @@ def source_text(source: SourceState) -> Text:
     return Text.assemble((f"{source.name} ", ""), (f"DOWN ({source.error})", ALERT))
 
 
-def status_line(view: View, *, paused: bool = False, interval: float | None = None) -> Text:
-    """The header: both sources' state, the window the numbers cover, and PAUSED."""
+def status_line(view: View, *, paused: bool = False, interval: float | None = None, once: bool = False) -> Text:
+    """The header: both sources' state, the window the numbers cover, and PAUSED.
+
+    ``once``: a ``--once`` snapshot, whose rates come from two readings ``--interval`` apart (not ``--window``).
+    """
     parts: list[Text] = [source_text(view.exporter), Text("  "), source_text(view.gateway)]
-    if view.window_seconds is not None:
+    if view.window_seconds is not None and once:
+        parts.append(Text(f"  rates over {view.window_seconds:.1f}s (two readings, --interval apart)", style=DIM))
+    elif view.window_seconds is not None:
         parts.append(Text(f"  window {view.window_seconds:.0f}s", style=DIM))
     if interval is not None:
         parts.append(Text(f"  every {interval:g}s", style=DIM))
