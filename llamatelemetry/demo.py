@@ -13,7 +13,7 @@ Example::
 
     llamatelemetry demo
     llamatelemetry demo --target http://127.0.0.1:8080
-    llamatelemetry demo --serve --server-args="-np 4 -c 8192"   # the scripted model, your flags
+    llamatelemetry demo --serve --server-args="-np 4 -c 8192"   # the scripted model with flags of your own
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 llamatelemetry demo
 """
 
