@@ -55,13 +55,15 @@ class _OneExportWarning(logging.Filter):
             return True
         message = record.getMessage()
         log.debug("telemetry export failed (%s): %s", record.name, message, exc_info=record.exc_info)
+        self.warn_once("connection refused" if "refused" in message.lower() or "UNAVAILABLE" in message else message[:200])
+        return False
+
+    def warn_once(self, reason: str) -> None:
         if not self.warned:
             self.warned = True
-            reason = "connection refused" if "refused" in message.lower() or "UNAVAILABLE" in message else message[:200]
             log.warning("cannot export telemetry over OTLP to %s (%s): spans and metrics are dropped while it is "
                         "unreachable; further failures are logged at debug level (logger %s)",
                         " ".join(self.endpoints) or "the collector", reason, log.name)
-        return False
 
 
 _export_warning = _OneExportWarning()
@@ -154,7 +156,9 @@ class TelemetryProviders:
             self._prometheus_server.shutdown()
             self._prometheus_server.server_close()
         if _refuses(self._otlp_endpoint):
-            timeout_seconds = 0.0  # nothing listens: do not spend the flush bound on retries that cannot succeed
+            # Nothing listens: do not spend the flush bound on retries that cannot succeed (say so, once).
+            _export_warning.warn_once("connection refused")
+            timeout_seconds = 0.0
         deadline = time.monotonic() + timeout_seconds
         workers = [threading.Thread(target=_quietly, args=(provider.shutdown,), daemon=True, name="llamatelemetry-shutdown")
                    for provider in (self.tracer_provider, self.meter_provider)]
