@@ -232,8 +232,9 @@ class Exchange:
         self._fail(None, ConnectionAbortedError(f"the client disconnected before {self.upstream} answered"))
 
     def cut_short(self, status: int, exc: httpx.HTTPError) -> None:
-        """A non-streamed body broke off mid-way."""
-        self._fail(status, StreamInterruptedError(f"upstream {self.upstream} closed mid-response: {exc!r}"))
+        """A non-streamed body broke off mid-way (``status``: the upstream's; the client got the gateway's 502)."""
+        self.observer.upstreams.answered(self.upstream)  # it did answer: reachable, just broken mid-body
+        self._fail(502, StreamInterruptedError(f"upstream {self.upstream} closed mid-response: {exc!r}"))
 
     def answered(self, status: int, headers: httpx.Headers, raw: bytes) -> None:
         """A complete non-streamed response was sent to the client."""
