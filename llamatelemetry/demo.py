@@ -114,7 +114,7 @@ def _embedded_server(server_args: str = "") -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="llamatelemetry-demo-slots-") as slots:
         server = LlamaServer(model, binary=binary, parallel=2,
                              extra_args=["--metrics", "--embeddings", "--pooling", "mean", "--slot-save-path", slots, *extra])
-        print(f"starting llama-server ({binary}) with the scripted reasoning model ...", flush=True)
+        print(f"starting llama-server ({binary}) with the scripted reasoning model ({model}) ...", flush=True)
         try:
             server.start()
         except LlamaServerStartError as exc:
