@@ -297,6 +297,10 @@ def test_gateway_with_a_dead_upstream_says_so() -> None:
         recent = httpx.get(f"http://127.0.0.1:{admin}/api/recent", timeout=10).json()["requests"]
         assert [r["status"] for r in recent] == [502] * 5  # what the client received, not null
         assert {r["client"] for r in recent} == {"curl"}
+        top = subprocess.run([*CLI, "top", "--once", "--gateway", f"http://127.0.0.1:{admin}", "--exporter", dead],
+                             env=_base_env(), capture_output=True, text=True, timeout=60)
+        assert "gateway up upstream DOWN" in top.stdout.splitlines()[0], top.stdout
+        assert f"the gateway cannot reach {dead}" in top.stdout
     finally:
         out = _stop(proc)
     # a warning at start, one line for the failed requests (rate-limited: 5 in a row give one), one for "my tool"

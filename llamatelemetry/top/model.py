@@ -131,6 +131,8 @@ class View:
     gpu_targets: list[GpuTargetRow] = field(default_factory=list)
     clients: list[ClientRow] = field(default_factory=list)
     recent: list[RecentRequest] = field(default_factory=list)
+    #: Upstream URLs the gateway cannot reach (its ``llamatelemetry_proxy_upstream_up`` is 0).
+    upstreams_down: list[str] = field(default_factory=list)
 
 
 def _key(sample: Sample) -> tuple[str, frozenset[tuple[str, str]]]:
@@ -253,6 +255,8 @@ class Model:
             start = self._window_start(snapshot, lambda s: s.gateway)
             self._fill_clients(view, gw.metrics, start, snapshot)
             view.recent = list(gw.recent or [])
+            view.upstreams_down = [s.labels.get("upstream", "?") for s in gw.metrics.series("llamatelemetry_proxy_upstream_up")
+                                   if s.value == 0]
         self._keep(snapshot)
         return view
 

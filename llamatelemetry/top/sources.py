@@ -34,6 +34,7 @@ GATEWAY_SERIES = (
     "llamatelemetry_reasoning_budget_exhausted_total",
     "gen_ai_server_time_to_first_token_seconds_bucket",
     "gen_ai_server_request_duration_seconds_count",
+    "llamatelemetry_proxy_upstream_up",  # the gateway reaches its llama-server(s), or not
 )
 
 #: Largest page read from one endpoint: a misconfigured URL pointing at something huge must not eat memory.
