@@ -254,7 +254,9 @@ def status_error(status_code: int, content: bytes, settings: Settings, path: str
     if status_code == 501:
         flag = next((f for prefix, f in _FLAG_FOR_PATH if prefix in path), None)
         hint = f"restart llama-server with {flag}" if flag else "this llama-server build does not offer it"
-        return errors.NotSupportedError(f"{path} is not supported by this llama-server: {detail} ({hint})", flag=flag, **common)
+        # llama-server's own message often names the flag already: say it once.
+        suffix = "" if flag and flag.split()[0] in detail else f" ({hint})"
+        return errors.NotSupportedError(f"{path} is not supported by this llama-server: {detail}{suffix}", flag=flag, **common)
     if status_code == 503:
         return errors.ModelLoadingError(
             f"llama-server at {settings.base_url} is still loading its model ({detail}); retry shortly or use client.health.wait_until_ready()",

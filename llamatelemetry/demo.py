@@ -13,6 +13,7 @@ Example::
 
     llamatelemetry demo
     llamatelemetry demo --target http://127.0.0.1:8080
+    llamatelemetry demo --serve --server-args="-np 4 -c 8192"   # the scripted model with flags of your own
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 llamatelemetry demo
 """
 
@@ -51,9 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="port for the sidecar exporter (default: a free port)")
     parser.add_argument("--serve", action="store_true",
                         help="keep llama-server, the exporter and a gateway running after the summary, until Ctrl-C "
-                             "(prints the matching 'llamatelemetry top' command)")
+                             "(prints `export ...` lines with their URLs and the matching 'llamatelemetry top' command)")
     parser.add_argument("--no-router", action="store_true",
                         help="skip the router-mode part (two models behind one port, a swap, a cold start)")
+    parser.add_argument("--server-args", default="", metavar="ARGS",
+                        help="extra llama-server flags for the embedded server, one shell-quoted string "
+                             "(e.g. --server-args=\"-np 4 -c 8192\"); added after the demo's own")
 
 
 # --- telemetry the demo can both print and export -------------------------------------------
@@ -84,13 +88,18 @@ class _DemoTelemetry:
 # --- provisioning: our own llama-server and model ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _embedded_server():
-    from .provision.build import BuildError, cache_dir, ensure_llama_server
+def _embedded_server(server_args: str = "") -> Iterator[str]:
+    import shlex
+    import tempfile
+
+    from .provision.build import BuildError, ServerBinaryError, cache_dir, ensure_llama_server
     from .provision.model import write_scripted_model
     from .provision.server import LlamaServer, LlamaServerStartError
 
     try:
         binary = ensure_llama_server()
+    except ServerBinaryError as exc:  # nothing was built: the path the user gave is wrong
+        raise DemoError(str(exc)) from exc
     except BuildError as exc:
         raise DemoError(f"could not build llama-server: {exc}") from exc
     model = cache_dir() / "models" / "scripted-reasoner.gguf"
@@ -99,16 +108,23 @@ def _embedded_server():
             write_scripted_model(model)
         except ImportError as exc:
             raise DemoError(f"writing the demo model needs the 'gguf' package: pip install 'llamatelemetry[demo]' ({exc})") from exc
-    server = LlamaServer(model, binary=binary, parallel=2, extra_args=["--metrics", "--embeddings", "--pooling", "mean"])
-    print(f"starting llama-server ({binary}) with the scripted reasoning model ...", flush=True)
     try:
-        server.start()
-    except LlamaServerStartError as exc:
-        raise DemoError(str(exc)) from exc
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+        extra = shlex.split(server_args)
+    except ValueError as exc:
+        raise DemoError(f"--server-args {server_args!r} is not a valid shell-quoted string: {exc}") from exc
+    # --slot-save-path: so every endpoint in the README (client.slots.save/restore) works against the demo.
+    with tempfile.TemporaryDirectory(prefix="llamatelemetry-demo-slots-") as slots:
+        server = LlamaServer(model, binary=binary, parallel=2,
+                             extra_args=["--metrics", "--embeddings", "--pooling", "mean", "--slot-save-path", slots, *extra])
+        print(f"starting llama-server ({binary}) with the scripted reasoning model ({model}) ...", flush=True)
+        try:
+            server.start()
+        except LlamaServerStartError as exc:
+            raise DemoError(str(exc)) from exc
+        try:
+            yield server.base_url
+        finally:
+            server.stop()
 
 
 # --- the requests ---------------------------------------------------------------------------
@@ -261,6 +277,28 @@ def _serving_gateway(base_url: str) -> Iterator[Any]:
         providers.shutdown()
 
 
+def serve_exports(server_url: str, exporter_url: str, gateway_url: str | None, admin_url: str | None) -> str:
+    """The ``export`` lines ``--serve`` prints: paste them into another shell and the README's snippets and
+    commands (written for the default ports) reach the demo's services instead.
+
+    Example::
+
+        >>> print(serve_exports("http://127.0.0.1:4000", "http://127.0.0.1:4001", None, None))
+        # In another shell, to use the README's examples against this demo:
+        export LLAMA_SERVER_URL=http://127.0.0.1:4000
+        export LLAMATELEMETRY_TOP_EXPORTER=http://127.0.0.1:4001
+    """
+    lines = ["# In another shell, to use the README's examples against this demo:",
+             f"export LLAMA_SERVER_URL={server_url}"]
+    if gateway_url is not None:
+        lines += [f"export OPENAI_BASE_URL={gateway_url}/v1 OPENAI_API_KEY=local",
+                  f"export ANTHROPIC_BASE_URL={gateway_url} ANTHROPIC_AUTH_TOKEN=local"]
+    lines.append(f"export LLAMATELEMETRY_TOP_EXPORTER={exporter_url}")
+    if admin_url is not None:
+        lines.append(f"export LLAMATELEMETRY_TOP_GATEWAY={admin_url}")
+    return "\n".join(lines)
+
+
 def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) -> None:
     from . import LlamaCppClient, errors
     from .exporter.server import ExporterApp, ExporterConfig
@@ -312,7 +350,9 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
                     print(f"\nServing: llama-server {base_url}, exporter {exporter.url}/metrics, gateway {gateway.urls[0]} "
                           f"(point your agents here; admin {gateway.admin_url}). Ctrl-C to stop.")
                     top = f"llamatelemetry top --exporter {exporter.url} --gateway {gateway.admin_url}"
-                print(f"Live view: run `{top}` in another terminal.", flush=True)
+                print(f"Live view: run `{top}` in another terminal.")
+                print(serve_exports(base_url, exporter.url, gateway.urls[0] if gateway else None,
+                                    gateway.admin_url if gateway else None), flush=True)
                 stop.wait()
     finally:
         exporter.stop()
@@ -326,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     try:
-        with (contextlib.nullcontext(args.target.rstrip("/")) if args.target else _embedded_server()) as base_url:
+        with (contextlib.nullcontext(args.target.rstrip("/")) if args.target else _embedded_server(args.server_args)) as base_url:
             _run_demo(args, base_url, stop)
     except DemoError as exc:
         print(f"llamatelemetry demo: {exc}", file=sys.stderr)

@@ -246,7 +246,7 @@ def test_admin_endpoints(fresh):
     newest, older = items
     assert set(newest) == {"time", "client", "method", "endpoint", "upstream", "model", "status", "stream", "input_tokens",
                            "output_tokens", "reasoning_tokens", "cached_tokens", "ttft_s", "duration_s",
-                           "budget_exhausted", "error_type"}
+                           "budget_exhausted", "error_type", "max_tokens_raised_from"}
     assert newest["client"] == "openai-python" and newest["endpoint"] == "/v1/chat/completions"
     assert newest["output_tokens"] == THINKING_COMPLETION_TOKENS and newest["reasoning_tokens"] == REASONING
     assert newest["status"] == 200 and newest["error_type"] is None and newest["time"] >= older["time"]

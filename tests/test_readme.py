@@ -22,7 +22,9 @@ from llamatelemetry.provision.server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)
-PYTHON_BLOCKS = [code for lang, code in BLOCKS if lang == "python"]
+# The snippet that serves until Ctrl-C (the client's Prometheus endpoint) is run by
+# tests/test_walkthrough.py, which scrapes it with a real Prometheus and then presses Ctrl-C.
+PYTHON_BLOCKS = [code for lang, code in BLOCKS if lang == "python" and "except KeyboardInterrupt" not in code]
 
 
 def _bash_commands() -> list[str]:
@@ -46,10 +48,15 @@ COVERED_ELSEWHERE = {
     "docker build -t llamatelemetry-exporter .": "tests/test_stack_config.py checks the Dockerfile (no Docker engine here)",
     "docker run --rm -p 127.0.0.1:9183:9183 --add-host=host.docker.internal:host-gateway llamatelemetry-exporter --target http://host.docker.internal:8080":
         "tests/test_stack_config.py::test_exporter_image_listens_on_all_interfaces_with_only_a_target parses these arguments with the image's environment",
-    "prometheus --config.file=deploy/prometheus-central.yml --web.enable-remote-write-receiver":
-        "tests/test_fleet.py starts the central Prometheus with this config and flag",
-    "prometheus --enable-feature=agent,expand-external-labels --config.file=deploy/prometheus-agent.yml":
-        "tests/test_fleet.py starts two agents with this config and these flags (test_readme_commands_are_the_ones_tested)",
+    "prometheus --config.file=deploy/prometheus-central.yml --web.enable-remote-write-receiver --web.listen-address=127.0.0.1:9090 --storage.tsdb.path=data/central":
+        "tests/test_walkthrough.py::test_fleet_commands_bind_loopback_and_keep_data_out_of_the_clone runs it as written "
+        "(on a free port); tests/test_fleet.py runs a fleet with this config and flag",
+    "prometheus --enable-feature=agent,expand-external-labels --config.file=deploy/prometheus-agent.yml --web.listen-address=127.0.0.1:9091 --storage.agent.path=data/agent":
+        "tests/test_walkthrough.py runs it as written beside the central one (free ports); tests/test_fleet.py "
+        "starts two agents with this config and these flags (test_readme_commands_are_the_ones_tested)",
+    "kubectl kustomize deploy/kubernetes": "tests/test_walkthrough.py::test_kubernetes_manifests_render_offline runs it",
+    "docker build -t registry.example.com/llamatelemetry:0.1.0 .": "tests/test_stack_config.py checks the Dockerfile (no Docker engine here)",
+    "docker push registry.example.com/llamatelemetry:0.1.0": "needs a registry of the user's (no Docker engine here)",
     "OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
         "tests/test_deploy_collector.py (no otelcol binary here: checked against otelcol-contrib 0.115.0's components and keys)",
     "TEMPO_OTLP_ENDPOINT=tempo.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
@@ -90,8 +97,17 @@ def test_ci_runs_the_readme_test_command():
 
 
 def _run_demo_script() -> None:
-    proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """scripts/demo.sh as a user runs it, with its virtual environment in a temporary directory (not the
+    clone's .venv): it must not touch the Python it was started with."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="demo-venv-") as venv:
+        env = {**os.environ, "LLAMATELEMETRY_VENV": venv}
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"installed into {venv}" in proc.stdout
+        assert Path(venv, "bin", "llamatelemetry").exists()
     assert "reasoning used up max_tokens" in proc.stdout and "everything the demo started is stopped" in proc.stdout
 
 
@@ -118,7 +134,8 @@ def _run_exporter_command() -> None:
 
 def _run_proxy_command() -> None:
     """The README's command as written; ports from the environment. Whatever runs on :8080 (usually
-    nothing here), the gateway must start, answer its admin /health and either forward or say 502."""
+    nothing here), the gateway must start, and its admin /health and its answers must agree: ok and
+    forwarded, or 503 naming the upstream and 502."""
     port, admin = free_port(), free_port()
     argv = "llamatelemetry proxy --upstream http://127.0.0.1:8080".split()
     env = {**os.environ, "LLAMATELEMETRY_PROXY_PORT": str(port), "LLAMATELEMETRY_PROXY_ADMIN_PORT": str(admin)}
@@ -128,13 +145,19 @@ def _run_proxy_command() -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                assert httpx.get(f"http://127.0.0.1:{admin}/health", timeout=5).text == "ok"
+                health = httpx.get(f"http://127.0.0.1:{admin}/health", timeout=5)
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and proc.poll() is None, "proxy did not start"
                 time.sleep(0.2)
         resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert resp.status_code == 200 or (resp.status_code == 502 and "http://127.0.0.1:8080" in resp.text)
+        time.sleep(0.5)  # the gateway's own check of its upstream runs at start
+        health = httpx.get(f"http://127.0.0.1:{admin}/health", timeout=5)
+        if resp.status_code == 502:
+            assert health.status_code == 503 and "http://127.0.0.1:8080" in health.text
+        else:
+            assert health.text == "ok"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

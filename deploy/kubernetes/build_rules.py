@@ -32,7 +32,17 @@ def render() -> str:
     return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=200)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    # --help must only print help: writing the file is the one thing this script does otherwise.
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--check", action="store_true", help=f"only check that {OUT.name} is up to date (exit 1 if not)")
+    args = parser.parse_args(argv)
+    if args.check:
+        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        print(f"{OUT} is {'up to date' if current == render() else 'stale: run without --check'}")
+        return 0 if current == render() else 1
     OUT.write_text(render(), encoding="utf-8")
     print(f"wrote {OUT}")
     return 0

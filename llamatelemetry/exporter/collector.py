@@ -175,7 +175,7 @@ class ExporterCollector(Collector):
             if gpu is not None:
                 result, seconds = gpu
                 out.extend(fam for fam in result.families if fam.samples)
-                if not result.up:
+                if not result.up and not result.no_gpu:  # a host without a GPU is not an error
                     self._gpu_errors += 1
                 collector_up.add_metric([GPU_COLLECTOR], 1.0 if result.up else 0.0)
                 duration.add_metric([GPU_COLLECTOR, ""], seconds)

@@ -4,7 +4,10 @@
   NoData) are omitted for that GPU; the scrape goes on.
 * No driver / no library: ``nvmlInit`` fails, the collector logs that **once**, reports
   ``llamatelemetry_collector_up{collector="gpu"} 0`` and retries initialisation quietly at
-  most every ``retry_interval`` seconds.
+  most every ``retry_interval`` seconds. A host without an NVIDIA driver (NVML's
+  DriverNotLoaded / LibraryNotFound) simply has no GPU: that is not counted in
+  ``llamatelemetry_scrape_errors_total`` (which would show as a permanent error rate); any other
+  init failure (no permission in a container ...) is.
 * Any other NVML error during a scrape (GPU lost, Uninitialized, Unknown ...) counts as a
   scrape error and makes the next scrape shut NVML down and initialise it again.
 
@@ -53,6 +56,8 @@ THROTTLE_REASONS: dict[int, str] = {
 
 # Error codes meaning "this field is not available here": omit the series, nothing is broken.
 _FIELD_ERRORS = {3, 4, 6, 13}  # NOT_SUPPORTED, NO_PERMISSION, NOT_FOUND, NO_DATA
+#: nvmlInit errors that mean "this host has no NVIDIA GPU/driver": DRIVER_NOT_LOADED, LIBRARY_NOT_FOUND.
+_NO_GPU_ERRORS = {9, 12}
 
 
 #: Joins a router target's name and a model id into one energy-ledger key (never in a label value).
@@ -70,6 +75,8 @@ class GpuResult:
     up: bool
     families: list[Metric] = field(default_factory=list)
     error: str | None = None
+    #: True when the host has no NVIDIA GPU (no driver): down, but not an error.
+    no_gpu: bool = False
 
 
 class GpuCollector:
@@ -115,6 +122,7 @@ class GpuCollector:
         #: The last error of :meth:`collect` (None when NVML works), shown on the index page.
         self.last_error: str | None = "not collected yet"
         self._init_error = "NVML not initialised"
+        self._no_gpu = False
 
     def add_target(self, target: Target) -> None:
         """Also attribute GPU memory and energy to ``target`` (one that /probe scraped), when it is local."""
@@ -154,11 +162,13 @@ class GpuCollector:
             }
         except self.nvml.NVMLError as exc:
             self._next_init = now + self.retry_interval
+            self._no_gpu = getattr(exc, "value", None) in _NO_GPU_ERRORS
             if not self._logged_down:
                 log.warning(
-                    "GPU collection is down: NVML could not initialise (%s). Is the NVIDIA driver installed and a GPU visible "
-                    "to this process? Other metrics keep working; pass --no-gpu to turn GPU collection off.",
-                    exc,
+                    "GPU collection is down: NVML could not initialise (%s). %s Other metrics keep working; "
+                    "pass --no-gpu to turn GPU collection off.", exc,
+                    "No NVIDIA driver here: reported as no GPU, not as scrape errors." if self._no_gpu else
+                    "Is the NVIDIA driver installed and a GPU visible to this process?",
                 )
                 self._logged_down = True
             else:
@@ -168,6 +178,7 @@ class GpuCollector:
         if self._logged_down:
             log.info("GPU collection is up again: NVML initialised")
         self._logged_down = False
+        self._no_gpu = False
         self._initialized = True
         log.info("NVML initialised: driver %s, CUDA %s", self._static["driver_version"], self._static["cuda_version"])
         return None
@@ -216,7 +227,7 @@ class GpuCollector:
                     error = f"NVML error: {exc}"
             self.last_error = error
             if error is not None:
-                return GpuResult(up=False, error=error)
+                return GpuResult(up=False, error=error, no_gpu=self._no_gpu and not self._initialized)
             return GpuResult(up=True, families=families)
 
     def _collect_all(self) -> list[Metric]:

@@ -158,7 +158,8 @@ class ExporterApp:
         try:
             target, view = self._probe_target(specs[0])
         except TargetSpecError as exc:
-            return _text(start_response, "400 Bad Request", f"{exc}\n")
+            # The parser speaks in command-line terms; here the target came as a query parameter.
+            return _text(start_response, "400 Bad Request", str(exc).replace("--target ", "/probe?target=") + "\n")
         if not probe_target_allowed(target, self.config.probe_allow):
             return _text(start_response, "403 Forbidden",
                          f"{target.name} is not allowed by --probe-allow {' '.join(self.config.probe_allow)}\n")

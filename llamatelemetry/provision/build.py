@@ -42,6 +42,10 @@ class BuildError(RuntimeError):
     """Building llama-server failed; the message says which step and what to install."""
 
 
+class ServerBinaryError(BuildError):
+    """``$LLAMATELEMETRY_LLAMA_SERVER`` names no executable: nothing was built, the path is wrong."""
+
+
 def cache_dir() -> Path:
     """Return the directory where llamatelemetry caches builds and models."""
     explicit = os.environ.get("LLAMATELEMETRY_CACHE_DIR")
@@ -62,7 +66,8 @@ def find_llama_server() -> Path | None:
     if explicit:
         path = Path(explicit)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise BuildError(f"{SERVER_BINARY_ENV}={explicit} is not an executable file; unset it or fix the path.")
+            raise ServerBinaryError(f"{SERVER_BINARY_ENV}={explicit} is not an executable file; unset it (to use the "
+                                    f"cached build) or point it at a llama-server binary.")
         return path
     cached = cached_server_path()
     return cached if cached.is_file() else None

@@ -23,10 +23,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .recent import RecentRequests
+from .upstreams import UpstreamHealth
 
 
-def admin_app(registry: CollectorRegistry, recent: RecentRequests) -> Starlette:
-    """The ASGI app of the admin port."""
+def admin_app(registry: CollectorRegistry, recent: RecentRequests, upstreams: UpstreamHealth | None = None) -> Starlette:
+    """The ASGI app of the admin port.
+
+    ``/health`` is ``200 ok`` while every upstream answers, else ``503`` with a line per unreachable upstream
+    (the gateway is up, but requests to that upstream get 502: not ready for traffic).
+    """
 
     # A plain ``def``: Starlette runs it in a worker thread, so collecting the metrics (a few
     # milliseconds with many series) never stalls the event loop that forwards streams.
@@ -42,7 +47,11 @@ def admin_app(registry: CollectorRegistry, recent: RecentRequests) -> Starlette:
         return JSONResponse(recent.as_json(limit))
 
     async def health(request: Request) -> Response:
-        return PlainTextResponse("ok")
+        down = upstreams.unreachable() if upstreams is not None else {}
+        if not down:
+            return PlainTextResponse("ok")
+        lines = [f"upstream {url} unreachable ({why}): requests to it are answered 502" for url, why in down.items()]
+        return PlainTextResponse("\n".join(lines) + "\n", status_code=503)
 
     return Starlette(routes=[
         Route("/metrics", metrics, methods=["GET"]),

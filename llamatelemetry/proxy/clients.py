@@ -17,7 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import re
+
+log = logging.getLogger("llamatelemetry.proxy")
 
 #: Request header that names the client explicitly (case-insensitive, like every HTTP header).
 CLIENT_NAME_HEADER = "x-client-name"
@@ -39,6 +42,11 @@ _USER_AGENT_RULES: tuple[tuple[str, str], ...] = (
 KNOWN_CLIENTS: tuple[str, ...] = tuple(dict.fromkeys(name for _, name in _USER_AGENT_RULES)) + (OTHER,)
 
 _VALID_OVERRIDE = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
+#: The rule, as the log line and the docs state it.
+CLIENT_NAME_RULE = "lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 40 characters"
+#: Bad X-Client-Name values already logged (bounded: a client sending random values must not grow it).
+_WARNED: set[str] = set()
+_MAX_WARNED = 64
 
 
 def client_name(user_agent: str | None, override: str | None = None) -> str:
@@ -47,9 +55,19 @@ def client_name(user_agent: str | None, override: str | None = None) -> str:
         candidate = override.strip().lower()
         if _VALID_OVERRIDE.fullmatch(candidate):
             return candidate
+    guessed = OTHER
     if user_agent:
         lowered = user_agent.lower()
-        for needle, name in _USER_AGENT_RULES:
-            if needle in lowered:
-                return name
-    return OTHER
+        guessed = next((name for needle, name in _USER_AGENT_RULES if needle in lowered), OTHER)
+    if override:
+        _warn_ignored(override, guessed)
+    return guessed
+
+
+def _warn_ignored(override: str, used: str) -> None:
+    """Say once per value (not per request) that an ``X-Client-Name`` was ignored, and why."""
+    if override in _WARNED or len(_WARNED) >= _MAX_WARNED:
+        return
+    _WARNED.add(override)
+    log.warning("X-Client-Name %r ignored (a client name is %s); recorded as %r, from the User-Agent",
+                override[:80], CLIENT_NAME_RULE, used)

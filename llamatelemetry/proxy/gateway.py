@@ -25,6 +25,7 @@ from .admin import admin_app
 from .forward import ProxyApp, upstream_client, upstream_transport
 from .observe import Observer
 from .recent import DEFAULT_RECENT_LIMIT, RecentRequests
+from .upstreams import UpstreamHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,9 @@ class Gateway:
         self.meter_provider = meter_provider
         self.registry = registry if registry is not None else CollectorRegistry()
         self.recent = RecentRequests(config.recent_limit)
+        self.upstreams = UpstreamHealth(r.upstream for r in config.routes)  # admin /health, its gauge, the log
+        with contextlib.suppress(ValueError):  # a registry shared with another gateway has the gauge already
+            self.registry.register(self.upstreams)
         self._sockets = [_bind(config.listen, r.port) for r in config.routes]
         self._admin_socket = _bind(config.listen, config.admin_port)
         self.observer: Observer | None = None
@@ -128,11 +132,11 @@ class Gateway:
         transport = upstream_transport()
         http = upstream_client(transport)
         self.observer = Observer(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, http=http,
-                                 recent=self.recent, capture_content=self.config.capture_content)
+                                 recent=self.recent, capture_content=self.config.capture_content, upstreams=self.upstreams)
         apps = [ProxyApp(route.upstream, transport, self.observer, min_max_tokens=self.config.min_max_tokens)
                 for route in self.config.routes]
         self._servers = [_Server(_uvicorn_config(app)) for app in apps]
-        admin = _Server(_uvicorn_config(admin_app(self.registry, self.recent)))
+        admin = _Server(_uvicorn_config(admin_app(self.registry, self.recent, self.upstreams)))
         self._servers.append(admin)
         sockets = [*self._sockets, self._admin_socket]
         try:
@@ -142,7 +146,11 @@ class Gateway:
                     break
                 await asyncio.sleep(0.01)
             self._ready.set()
-            await asyncio.gather(*tasks)
+            watcher = asyncio.ensure_future(self.upstreams.watch(http))  # warns at once if an upstream is down
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                watcher.cancel()
         finally:
             await self.observer.drain()
             await self.observer.aclose()

@@ -43,6 +43,7 @@ from .clients import CLIENT_NAME_HEADER, client_name
 from .endpoints import http_route
 from .recent import RecentRequest, RecentRequests
 from .routing import ColdStart, Routers, router_error
+from .upstreams import UpstreamHealth
 
 log = logging.getLogger("llamatelemetry.proxy")
 
@@ -84,12 +85,14 @@ class Observer:
         http: httpx.AsyncClient,
         recent: RecentRequests | None = None,
         capture_content: bool | None = None,
+        upstreams: UpstreamHealth | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.capture_content = capture_content
         self.http = http
         self.recent = recent if recent is not None else RecentRequests()
+        self.upstreams = upstreams if upstreams is not None else UpstreamHealth(())
         from .. import __version__
 
         # The recorder's meter (same name, version and schema): one instrumentation scope for all our metrics.
@@ -185,6 +188,7 @@ class Exchange:
         self.authorization = headers.get("authorization")
         self.body = body
         self.stream = bool(body and body.get("stream"))
+        self.max_tokens_raised_from = max_tokens_raised_from
         self.status: int | None = None
         self.record: CallRecord | None = None
         self.trace_headers: dict[str, str] = {}
@@ -255,19 +259,22 @@ class Exchange:
 
     def unreachable(self, exc: httpx.HTTPError) -> None:
         """No upstream response at all (down, refused, or the connection dropped before an answer)."""
-        self._fail(None, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
+        self.observer.upstreams.failed(self.upstream, exc, path=self.path, client=self.client)
+        self._fail(502, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
 
     def client_left(self) -> None:
         """The client disconnected before the (non-streamed) answer came; the upstream request was closed."""
         self._fail(None, ConnectionAbortedError(f"the client disconnected before {self.upstream} answered"))
 
     def cut_short(self, status: int, exc: httpx.HTTPError) -> None:
-        """A non-streamed body broke off mid-way."""
-        self._fail(status, StreamInterruptedError(f"upstream {self.upstream} closed mid-response: {exc!r}"))
+        """A non-streamed body broke off mid-way (``status``: the upstream's; the client got the gateway's 502)."""
+        self.observer.upstreams.answered(self.upstream)  # it did answer: reachable, just broken mid-body
+        self._fail(502, StreamInterruptedError(f"upstream {self.upstream} closed mid-response: {exc!r}"))
 
     def answered(self, status: int, headers: httpx.Headers, raw: bytes) -> None:
         """A complete non-streamed response was sent to the client."""
         self.status = status
+        self.observer.upstreams.answered(self.upstream)
         record = self.record
         try:
             routed = router_error(status, raw) if status >= 400 else None
@@ -313,6 +320,7 @@ class Exchange:
     def stream_ended(self, status: int, error: httpx.HTTPError | None, *, client_left: bool) -> None:
         """A relayed stream ended: finished, failed upstream, or abandoned by the client (cut short, no error)."""
         self.status = status
+        self.observer.upstreams.answered(self.upstream)
         failure: BaseException | None = self._stream_error
         if error is not None:
             failure = StreamInterruptedError(
@@ -381,6 +389,7 @@ class Exchange:
             time=self.started_wall, client=self.client, method=self.method, endpoint=self.path, upstream=self.upstream,
             model=model if isinstance(model, str) else None, status=self.status, stream=self.stream,
             duration_s=time.monotonic() - self.started, error_type=error_type,
+            max_tokens_raised_from=self.max_tokens_raised_from,
         )
         if ended is not None:
             out = ended.outcome

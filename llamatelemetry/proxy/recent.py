@@ -31,7 +31,7 @@ class RecentRequest:
     endpoint: str  #: path without the query string
     upstream: str
     model: str | None = None
-    status: int | None = None  #: None when no upstream response arrived
+    status: int | None = None  #: the status the client received (the gateway's 502 when the upstream was unreachable); None: no answer
     stream: bool = False
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -41,6 +41,7 @@ class RecentRequest:
     duration_s: float | None = None
     budget_exhausted: bool = False
     error_type: str | None = None
+    max_tokens_raised_from: int | None = None  #: the client's max_tokens when --min-max-tokens raised it
 
 
 class RecentRequests:

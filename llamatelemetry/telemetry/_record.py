@@ -705,10 +705,11 @@ class CallRecord:
         # Say the server's own words: chat says finish_reason=length, /v1/messages stop_reason=max_tokens.
         reason = next((r for r in finish_reasons if r in _LENGTH_REASONS), "length")
         reported = f"stop_reason={reason}" if self.path == "/v1/messages" else f"finish_reason={reason}"
+        client = dict(self.extra_metric_attributes).get(sc.CLIENT_NAME)  # the gateway's: which tool to fix
         warn_logger.warning(
-            "llama-server returned an empty answer: the model spent %s thinking and hit max_tokens=%s "
+            "llama-server returned an empty answer%s: the model spent %s thinking and hit max_tokens=%s "
             "(%s) before writing any visible content. Raise max_tokens, lower the "
             "reasoning budget (reasoning_budget_tokens / llama-server --reasoning-budget), or turn thinking "
             "off (chat_template_kwargs={'enable_thinking': False}).",
-            spent, max_tokens if max_tokens is not None else "(server default)", reported,
+            f" to client {client!r}" if client else "", spent, max_tokens if max_tokens is not None else "(server default)", reported,
         )

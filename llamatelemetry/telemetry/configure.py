@@ -7,7 +7,9 @@ application configured. This helper is for applications that have none yet.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -22,6 +24,75 @@ EXPORT_TIMEOUT_SECONDS = 3.0
 #: dropped: with a collector that never answers, draining a full queue would otherwise take one
 #: export timeout per batch (4 batches x 3 s), and the metrics' final export another 3 s.
 SHUTDOWN_FLUSH_SECONDS = 2.0
+#: At shutdown, how long to wait for a TCP connection to the collector before flushing to it. A
+#: collector that refuses (nothing listens) gets no flush: the SDK would retry with backoff for the
+#: whole flush bound to deliver nothing.
+SHUTDOWN_PROBE_SECONDS = 0.3
+
+log = logging.getLogger("llamatelemetry.telemetry")
+
+#: The SDK loggers that report failed exports (one line per failed attempt and per retry).
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export", "opentelemetry.sdk.metrics._internal.export",
+)
+
+
+class _OneExportWarning(logging.Filter):
+    """Turns the SDK's export-failure warnings (four lines for one span and one metric sent to a collector
+    that is not running, more on every retry) into one warning of ours, once per process; every failure
+    still goes to debug level on ``llamatelemetry.telemetry``. Installed by :func:`configure` only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endpoints: list[str] = []
+        self.warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        log.debug("telemetry export failed (%s): %s", record.name, message, exc_info=record.exc_info)
+        self.warn_once("connection refused" if "refused" in message.lower() or "UNAVAILABLE" in message else message[:200])
+        return False
+
+    def warn_once(self, reason: str) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("cannot export telemetry over OTLP to %s (%s): spans and metrics are dropped while it is "
+                        "unreachable; further failures are logged at debug level (logger %s)",
+                        " ".join(self.endpoints) or "the collector", reason, log.name)
+
+
+_export_warning = _OneExportWarning()
+
+
+def _quiet_export_failures(endpoint: str) -> None:
+    if endpoint not in _export_warning.endpoints:
+        _export_warning.endpoints.append(endpoint)
+    for name in _EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _export_warning not in logger.filters:
+            logger.addFilter(_export_warning)
+
+
+def _refuses(endpoint: str | None) -> bool:
+    """True when nothing listens at the collector's address (connection refused or no such host)."""
+    if not endpoint:
+        return False
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=SHUTDOWN_PROBE_SECONDS):
+            return False
+    except (ConnectionRefusedError, socket.gaierror, ValueError):
+        return True
+    except OSError:  # a timeout: a black-holed collector, bounded by the flush deadline as before
+        return False
 
 
 def _bounded_span_processor(exporter: Any) -> Any:
@@ -71,6 +142,7 @@ class TelemetryProviders:
     prometheus_url: str | None = None
     _prometheus_server: Any = None
     _shut_down: bool = False
+    _otlp_endpoint: str | None = None
 
     def shutdown(self, timeout_seconds: float = SHUTDOWN_FLUSH_SECONDS) -> None:
         """Flush and stop both providers, waiting at most ``timeout_seconds`` in total (whatever the collector does).
@@ -83,6 +155,10 @@ class TelemetryProviders:
         if self._prometheus_server is not None:
             self._prometheus_server.shutdown()
             self._prometheus_server.server_close()
+        if _refuses(self._otlp_endpoint):
+            # Nothing listens: do not spend the flush bound on retries that cannot succeed (say so, once).
+            _export_warning.warn_once("connection refused")
+            timeout_seconds = 0.0
         deadline = time.monotonic() + timeout_seconds
         workers = [threading.Thread(target=_quietly, args=(provider.shutdown,), daemon=True, name="llamatelemetry-shutdown")
                    for provider in (self.tracer_provider, self.meter_provider)]
@@ -241,7 +317,13 @@ def configure(
     if span_exporter is not None:
         tracer_provider.add_span_processor(_bounded_span_processor(span_exporter))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-    providers = TelemetryProviders(tracer_provider, meter_provider, prometheus_url, prometheus_server)
+    otlp_endpoint = None
+    if span_exporter is not None and not console:
+        default = "http://localhost:4317" if chosen == "grpc" else "http://localhost:4318"
+        otlp_endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or default
+        _quiet_export_failures(otlp_endpoint)
+    providers = TelemetryProviders(tracer_provider, meter_provider, prometheus_url, prometheus_server,
+                                   _otlp_endpoint=otlp_endpoint)
     atexit.register(providers.shutdown)
     if set_global:
         trace.set_tracer_provider(tracer_provider)

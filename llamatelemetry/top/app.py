@@ -119,6 +119,8 @@ class TopApp(App[None]):
 
     TITLE = "llamatelemetry top"
     ENABLE_COMMAND_PALETTE = False  # nothing to run from it, and its footer hint costs a column of space
+    # A zoomed panel keeps the status line (sources up/down, PAUSED) and the footer (how to get back).
+    ALLOW_IN_MAXIMIZED_VIEW = "Footer, #status"
     # No borders: at 80x24 every row counts. Each panel's header line names it and marks the focused one.
     CSS = """
     Screen { layout: vertical; overflow-y: auto; }
@@ -126,7 +128,8 @@ class TopApp(App[None]):
     .panel { height: auto; }
     .panel .header { height: 1; background: $panel; color: $text-muted; text-wrap: nowrap; }
     .panel:focus .header { background: $accent; color: $text; text-style: bold; }
-    .panel .body { height: auto; scrollbar-size-vertical: 1; }
+    /* No scrollbar: its thumb is a stray block glyph at the row's edge; up/down/page keys scroll. */
+    .panel .body { height: auto; scrollbar-size-vertical: 0; }
     .panel .lines { text-wrap: nowrap; }
     .panel .message { height: auto; padding: 0 1; }
     #servers .body { max-height: 5; }
@@ -137,6 +140,10 @@ class TopApp(App[None]):
     #recent { height: 1fr; min-height: 4; }
     #recent .body { height: 1fr; }
     Screen.-maximized .panel .body { max-height: 100%; }
+    /* Textual's default zoom centres the panel on a hatched screen: top-aligned, plain, full height instead. */
+    Screen.-maximized-view { hatch: none; align: left top; }
+    Screen.-maximized-view .panel.-maximized { height: 1fr; }
+    Screen.-maximized-view .panel.-maximized .body { height: 1fr; max-height: 100%; }
     """
     BINDINGS = [
         Binding("q", "quit", "Quit"),
@@ -144,7 +151,7 @@ class TopApp(App[None]):
         Binding("shift+tab", "focus_previous", "Previous panel", show=False, priority=True),
         Binding("p", "toggle_pause", "Pause"),
         Binding("z", "zoom", "Zoom panel"),
-        Binding("r", "refresh_now", "Refresh", show=False),
+        Binding("r", "refresh_now", "Refresh"),
     ]
 
     def __init__(self, sources: Sources, *, interval: float = 1.0, model: Model | None = None) -> None:

@@ -101,7 +101,7 @@ def print_text(view: object, out: TextIO) -> None:
     assert isinstance(view, View)
     color = out.isatty() and "NO_COLOR" not in os.environ
     console = Console(file=out, no_color=not color, force_terminal=color or None, highlight=False, soft_wrap=True)
-    console.print(status_line(view))
+    console.print(status_line(view, once=True))
     messages = panel_messages(view)
     for panel_id, rows in rows_for(view).items():
         header, lines = table_lines(COLUMNS[panel_id], [cells for _, cells in rows])

@@ -150,6 +150,8 @@ class View:
     gpu_targets: list[GpuTargetRow] = field(default_factory=list)
     clients: list[ClientRow] = field(default_factory=list)
     recent: list[RecentRequest] = field(default_factory=list)
+    #: Upstream URLs the gateway cannot reach (its ``llamatelemetry_proxy_upstream_up`` is 0).
+    upstreams_down: list[str] = field(default_factory=list)
     #: The router followed for the models panel (None: no ``--router``).
     router: SourceState | None = None
     models: list[ModelRow] = field(default_factory=list)
@@ -279,6 +281,8 @@ class Model:
             start = self._window_start(snapshot, lambda s: s.gateway)
             self._fill_clients(view, gw.metrics, start, snapshot)
             view.recent = list(gw.recent or [])
+            view.upstreams_down = [s.labels.get("upstream", "?") for s in gw.metrics.series("llamatelemetry_proxy_upstream_up")
+                                   if s.value == 0]
         if snapshot.router is not None:
             self._fill_models(view, snapshot)
         elif exp.up and exp.metrics is not None and exp.metrics.series("llamatelemetry_model_state"):

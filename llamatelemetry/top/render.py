@@ -224,10 +224,17 @@ def source_text(source: SourceState) -> Text:
     return Text.assemble((f"{source.name} ", ""), (f"DOWN ({source.error})", ALERT))
 
 
-def status_line(view: View, *, paused: bool = False, interval: float | None = None) -> Text:
-    """The header: both sources' state, the window the numbers cover, and PAUSED."""
+def status_line(view: View, *, paused: bool = False, interval: float | None = None, once: bool = False) -> Text:
+    """The header: both sources' state, the window the numbers cover, and PAUSED.
+
+    ``once``: a ``--once`` snapshot, whose rates come from two readings ``--interval`` apart (not ``--window``).
+    """
     parts: list[Text] = [source_text(view.exporter), Text("  "), source_text(view.gateway)]
-    if view.window_seconds is not None:
+    if view.upstreams_down:  # the gateway answers, but its llama-server does not: requests get 502
+        parts.append(Text(" upstream DOWN", style=ALERT))
+    if view.window_seconds is not None and once:
+        parts.append(Text(f"  rates over {view.window_seconds:.1f}s (two readings, --interval apart)", style=DIM))
+    elif view.window_seconds is not None:
         parts.append(Text(f"  window {view.window_seconds:.0f}s", style=DIM))
     if interval is not None:
         parts.append(Text(f"  every {interval:g}s", style=DIM))
@@ -253,11 +260,13 @@ def panel_messages(view: View) -> dict[str, str | None]:
     if gpu is None and not view.gpus:
         gpu = {"off": "no GPU metrics (exporter started with --no-gpu?)",
                "down": "GPU collection down: NVML did not initialise (no NVIDIA driver?)"}.get(view.gpu_state, "no GPUs")
+    upstream_down = (f"the gateway cannot reach {', '.join(view.upstreams_down)}: its requests are answered 502"
+                     if view.upstreams_down else None)
     return {
         "servers": exporter_down or (None if view.servers else (
             "no model is running on the router" if view.models else "the exporter has no targets")),
         "slots": exporter_down or (None if view.slots else "no slot metrics (llama-server started with --no-slots?)"),
-        "clients": gateway_down or (None if view.clients else "no requests through the gateway yet"),
+        "clients": gateway_down or upstream_down or (None if view.clients else "no requests through the gateway yet"),
         "gpu": gpu,
         "recent": gateway_down or (None if view.recent else "no requests through the gateway yet"),
         "models": models,

@@ -38,6 +38,7 @@ GATEWAY_SERIES = (
     "gen_ai_server_time_to_first_token_seconds_bucket",
     "gen_ai_server_request_duration_seconds_count",
     "llamatelemetry_model_load_wait_seconds_count",  # cold starts per model (router upstreams)
+    "llamatelemetry_proxy_upstream_up",  # the gateway reaches its llama-server(s), or not
 )
 
 #: Largest page read from one endpoint: a misconfigured URL pointing at something huge must not eat memory.
