@@ -143,6 +143,12 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:12]
 
 
+def _meaningful(manifest: str) -> str:
+    """The manifest without comments and blank lines: rewording a comment must not cost a rebuild."""
+    lines = (line.split(" #", 1)[0].rstrip() for line in manifest.splitlines() if not line.lstrip().startswith("#"))
+    return "\n".join(line for line in lines if line)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One build per cache entry at a time, across processes (parallel test sessions share the cache)."""
@@ -183,7 +189,7 @@ def build_collector(go: str, versions: dict[str, str], *, force: bool = False) -
     go_version = env.get("GOVERSION") or subprocess.run(
         [go, "env", "GOVERSION"], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
-    key = _digest(render_manifest(versions), go_version)
+    key = _digest(_meaningful(render_manifest(versions)), go_version)
     target_dir = cache_dir() / f"otelcol-{version}-{key}"
     binary = target_dir / COLLECTOR_BINARY
     with _locked(cache_dir() / f"otelcol-{version}-{key}.lock"):

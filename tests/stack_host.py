@@ -63,11 +63,15 @@ class Traffic:
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
         self.calls = 0
+        #: (monotonic end time, seconds) of every plain chat call: the fault tests compare them across outages
+        self.durations: list[tuple[float, float]] = []
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(workers)]
 
     def one_round(self, worker: int) -> None:
         c = self.client
+        start = time.monotonic()
         c.chat.completions.create(messages=HI, model=MODEL, max_tokens=64)
+        self.durations.append((time.monotonic(), time.monotonic() - start))
         for _ in c.chat.completions.create(messages=HI, model=MODEL, max_tokens=64, stream=True):
             pass
         c.chat.completions.create(messages=HI, model=MODEL, max_tokens=5)  # ends inside <think>: budget exhausted

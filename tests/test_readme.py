@@ -50,10 +50,11 @@ COVERED_ELSEWHERE = {
         "tests/test_fleet.py starts the central Prometheus with this config and flag",
     "prometheus --enable-feature=agent,expand-external-labels --config.file=deploy/prometheus-agent.yml":
         "tests/test_fleet.py starts two agents with this config and these flags (test_readme_commands_are_the_ones_tested)",
-    "OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
-        "tests/test_deploy_collector.py (no otelcol binary here: checked against otelcol-contrib 0.115.0's components and keys)",
-    "TEMPO_OTLP_ENDPOINT=tempo.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
-        "tests/test_deploy_collector.py (no otelcol binary here)",
+    "LLAMATELEMETRY_HOST=gpu-01 OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
+        "tests/test_fleet.py runs this config with our collector build (same release) and these variables; "
+        "tests/test_deploy_collector.py runs `otelcol validate` on it",
+    "JAEGER_OTLP_ENDPOINT=jaeger.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
+        "tests/test_fleet.py runs two gateways on this config with our collector build (same release)",
     "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py validates every manifest (no cluster here)",
     "pip install -e '.[exporter]'": "installation step (the test environment has the exporter extra installed)",
     'claude -p "Say hello."': "tests/test_agent_cli.py runs this command line (and the exports above it) with Claude Code "
