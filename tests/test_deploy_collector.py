@@ -177,3 +177,29 @@ def test_alerts_use_otelcol_metric_names_the_collector_serves() -> None:
         family = re.sub(r"_(spans|metric_points|log_records)$", "", name)
         assert name in served or family in families or family == "otelcol_exporter_enqueue_failed", (name, sorted(served))
     assert {"otelcol_exporter_send_failed_spans", "otelcol_receiver_refused_spans", "otelcol_exporter_queue_size"} <= served
+
+
+def test_binaries_are_the_pinned_releases() -> None:
+    """The collector reports the release of stack/versions.env and is made of modules of that release; Jaeger
+    reports the v2 release the images are tagged with and is made of the approved module version."""
+    import json
+
+    from stack_helpers import read_versions
+
+    versions = read_versions()
+    binaries = stack_binaries()
+    out = subprocess.run([str(binaries.otelcol), "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split()[-1] == versions["OTELCOL_VERSION"], out
+    modules = subprocess.run(["go", "version", "-m", str(binaries.otelcol)], capture_output=True, text=True, timeout=60, check=True).stdout
+    deps = dict(re.findall(r"^\tdep\t(\S+)\t(\S+)", modules, re.M))
+    collector_modules = {m: v for m, v in deps.items() if m.startswith(("go.opentelemetry.io/collector/",
+                                                                          "github.com/open-telemetry/opentelemetry-collector-contrib/"))}
+    assert collector_modules
+    for module, version in collector_modules.items():
+        assert version in {f"v{versions['OTELCOL_VERSION']}", f"v{versions['OTELCOL_STABLE_VERSION']}"}, (module, version)
+    out = subprocess.run([str(binaries.jaeger), "version"], capture_output=True, text=True, timeout=60, check=True)
+    info = json.loads(re.search(r"\{.*\}", out.stdout + out.stderr).group(0))  # type: ignore[union-attr]
+    assert info["gitVersion"] == f"v{versions['JAEGER_VERSION']}", info
+    modules = subprocess.run(["go", "version", "-m", str(binaries.jaeger)], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert re.search(rf"^\t(mod|dep)\tgithub.com/jaegertracing/jaeger\tv{re.escape(versions['JAEGER_MODULE_VERSION'])}\t",
+                     modules, re.M), modules[:2000]
