@@ -22,9 +22,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -65,6 +67,7 @@ class Traffic:
         self.calls = 0
         #: (monotonic end time, seconds) of every plain chat call: the fault tests compare them across outages
         self.durations: list[tuple[float, float]] = []
+        self.gateway_durations: list[tuple[float, float]] = []  # the same through the gateway
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(workers)]
 
     def one_round(self, worker: int) -> None:
@@ -81,7 +84,9 @@ class Traffic:
             except Exception:  # noqa: BLE001 - the failure is the point: it is recorded with error_type
                 pass
         if self.via_gateway is not None:  # a CLIENT span whose traceparent the gateway's SERVER span joins
+            start = time.monotonic()
             self.via_gateway.chat.completions.create(messages=HI, model=MODEL, max_tokens=64)
+            self.gateway_durations.append((time.monotonic(), time.monotonic() - start))
         self.calls += 4
 
     def _loop(self, worker: int) -> None:
@@ -114,12 +119,15 @@ class ProxyTraffic:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"127.0.0.1:{self.admin_port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="llamatelemetry-proxy-", suffix=".log")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream,
              "--port", str(self.port), "--admin-port", str(self.admin_port),
              *(["--otlp-endpoint", otlp_endpoint] if otlp_endpoint else [])],
             # metrics exported every second (the compose file says 15 s, as often as Prometheus scrapes there)
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+            # stderr to a file, never an unread pipe: with the collector down the OTLP exporter logs a retry
+            # warning every second, and a full pipe would block the gateway mid-request
+            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -133,7 +141,7 @@ class ProxyTraffic:
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = Path(self.log.name).read_text(errors="replace")
                 raise RuntimeError(f"llamatelemetry proxy did not start: {err[-2000:]}")
             time.sleep(0.2)
 
@@ -182,6 +190,7 @@ class ProxyTraffic:
         self.stop_event.set()
         self.thread.join(timeout=30)
         stop_process(self.process)
+        self.log.close()
 
 
 @dataclass

@@ -52,6 +52,9 @@ PROXY_SERVICE = "llamatelemetry-proxy"
 #: part that mentions one still runs (it must evaluate without error) but need not return data.
 #: Add an entry only with its reason; prefer making the stack produce the series.
 NEEDS_A_CONDITION: dict[str, str] = {
+    # The collector creates this counter at its first failed export; the fault test at the end of this module
+    # makes exports fail and checks OtelCollectorDroppingData fires on it.
+    "otelcol_exporter_send_failed_spans": "appears at the first failed export (covered by the fault test below)",
     # A sending queue refuses only when it is full; the fault test's outages are shorter than the queue.
     "otelcol_exporter_enqueue_failed_": "needs a full sending queue (a long outage under heavy load)",
     # The prometheus exporter serves a pull endpoint: it never fails to "send" metric points.
@@ -292,8 +295,9 @@ def _wait_firing(stack: LiveStack, name: str, timeout: float) -> None:
         time.sleep(1)
 
 
-def _calls_during(stack: LiveStack, start: float, end: float) -> list[float]:
-    return [d for t, d in list(stack.host.traffic.durations) if start <= t <= end]
+def _calls_during(stack: LiveStack, start: float, end: float, *, via_gateway: bool = False) -> list[float]:
+    calls = stack.host.traffic.gateway_durations if via_gateway else stack.host.traffic.durations
+    return [d for t, d in list(calls) if start <= t <= end]
 
 
 def test_watcher_alerts_fire_and_applications_stay_fast_when_the_backend_or_the_collector_goes_away(stack: LiveStack) -> None:
@@ -305,6 +309,7 @@ def test_watcher_alerts_fire_and_applications_stay_fast_when_the_backend_or_the_
     calls_before, t0 = traffic.calls, time.monotonic()
     time.sleep(5)
     baseline = _calls_during(stack, t0 - 30, time.monotonic())
+    gateway_baseline = _calls_during(stack, t0 - 30, time.monotonic(), via_gateway=True)
 
     stack.jaeger.stop(kill=True)
     outage = time.monotonic()
@@ -312,8 +317,9 @@ def test_watcher_alerts_fire_and_applications_stay_fast_when_the_backend_or_the_
     _wait_firing(stack, "OtelCollectorDroppingData", timeout=150)
     stack.collector.stop()
     _wait_firing(stack, "OtelCollectorDown", timeout=30)
-    time.sleep(5)  # applications keep calling with the collector gone
+    time.sleep(15)  # applications keep calling with the collector gone
     during = _calls_during(stack, outage, time.monotonic())
+    gateway_during = _calls_during(stack, outage, time.monotonic(), via_gateway=True)
 
     stack.host.check()  # no failed request anywhere (client, gateway, client through the gateway)
     assert traffic.calls > calls_before + 20, (calls_before, traffic.calls)
@@ -322,6 +328,9 @@ def test_watcher_alerts_fire_and_applications_stay_fast_when_the_backend_or_the_
     # generous on a shared 2-core machine: a blocking exporter would add its 10 s timeout to calls
     assert after < 3 * before + 0.5, (before, after)
     assert max(during) < 5.0, max(during)
+    assert len(gateway_baseline) >= 2 and len(gateway_during) >= 10, (len(gateway_baseline), len(gateway_during))
+    before, after = statistics.median(gateway_baseline), statistics.median(gateway_during)
+    assert after < 3 * before + 0.5 and max(gateway_during) < 5.0, (before, after, max(gateway_during))
 
     # both come back on the same ports and the alerts resolve
     stack.jaeger.start()
