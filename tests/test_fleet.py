@@ -278,7 +278,9 @@ def _cross_host_calls(fleet: Fleet, calls: int) -> tuple[Any, set[str]]:
         for i in range(calls):
             try:
                 prompt = [{"role": "user", "content": "hi " * 3000}] if i % 4 == 3 else HI
-                client.chat.completions.create(messages=prompt, model=MODEL, max_tokens=16)
+                # 64 tokens: room for the scripted model's reasoning and answer (with fewer the answer would be
+                # empty, a trace the empty-answers policy keeps)
+                client.chat.completions.create(messages=prompt, model=MODEL, max_tokens=64)
             except Exception:  # noqa: BLE001 - the refused calls are the point
                 pass
     finally:
