@@ -87,16 +87,6 @@ def alert_rules() -> list[dict[str, Any]]:
     return rules
 
 
-#: Alert rules whose data needs a process CI cannot run (no otelcol-contrib or Tempo binary here). Their
-#: firing and quiet cases are promtool tests; their otelcol_* metric names are checked against the
-#: collector's sources by tests/test_deploy_collector.py.
-OFFLINE_ONLY_RULES = {
-    "OtelCollectorDown": "up{job=\"otel-collector-self\"} needs a running OTel collector",
-    "OtelCollectorDroppingData": "otelcol_* counters need a running OTel collector",
-    "TempoDown": "up{job=\"tempo\"} needs a running Tempo",
-}
-
-
 def split_top_level(expr: str) -> list[str]:
     """Split a PromQL expression at top-level ``and`` / ``or`` / ``unless`` (outside parentheses/braces)."""
     parts: list[str] = []
