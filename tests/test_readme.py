@@ -40,6 +40,7 @@ def _bash_commands() -> list[str]:
 # Commands covered elsewhere (the test named) or that only prepare the user's machine.
 COVERED_ELSEWHERE = {
     "scripts/test.sh": "this very test run (.ci/run executes it; checked below)",
+    "scripts/build-stack.sh": "tests/stack_helpers.py stack_binaries() runs it for every test that needs the collector or Jaeger",
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",

@@ -545,3 +545,30 @@ def test_build_stack_without_go_says_how_to_get_it(tmp_path: Path) -> None:
     proc = subprocess.run([str(ROOT / "scripts" / "build-stack.sh")], capture_output=True, text=True, timeout=60,
                           env={**env, "GO": "/bin/false"})
     assert proc.returncode != 0 and "does not run" in proc.stderr and "Get one:" in proc.stderr, proc.stderr
+
+
+def test_stack_build_key_follows_components_and_versions_not_comments() -> None:
+    """The collector is rebuilt when the component list or a version changes, not when a comment is reworded."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_build", ROOT / "stack" / "build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    versions = build.read_versions()
+
+    def key(manifest: str, vers: dict[str, str]) -> str:
+        text = manifest
+        for k, v in vers.items():
+            text = text.replace("{" + k + "}", v)
+        return str(build._digest(build._meaningful(text), "go1.26.8"))
+
+    manifest = (ROOT / "stack" / "otelcol-builder.yaml").read_text()
+    base = key(manifest, versions)
+    assert key(manifest.replace("# Lists exactly", "# Lists precisely"), versions) == base
+    assert key(manifest, {**versions, "OTELCOL_VERSION": "0.160.0"}) != base
+    fewer = "\n".join(line for line in manifest.splitlines() if "debugexporter" not in line)
+    assert key(fewer, versions) != base
+    # and the rendered manifest names every module at the pinned release
+    rendered = build.render_manifest(versions)
+    assert f"v{versions['OTELCOL_VERSION']}" in rendered and "{" not in rendered.replace("${", "")
