@@ -16,13 +16,16 @@ from urllib.parse import quote
 HERE = Path(__file__).resolve().parent
 
 PROM_UID = "llamatelemetry-prometheus"
-TEMPO_UID = "llamatelemetry-tempo"
+JAEGER_UID = "llamatelemetry-jaeger"
 PROM = {"type": "prometheus", "uid": PROM_UID}
-TEMPO = {"type": "tempo", "uid": TEMPO_UID}
+JAEGER = {"type": "jaeger", "uid": JAEGER_UID}
 
-#: TraceQL for llama.cpp client spans (gen_ai.provider.name is set by the llamatelemetry client).
-TRACEQL_LLAMA = '{span.gen_ai.provider.name="llama.cpp"}'
-TRACEQL_ERRORS = '{span.gen_ai.provider.name="llama.cpp" && status=error}'
+#: Jaeger searches (Grafana's Jaeger data source) for llama.cpp client spans (gen_ai.provider.name is set by the
+#: llamatelemetry client). Jaeger searches one service at a time: `$service` is the Requests board's variable
+#: (the metrics' `job` is the application's service.name); the gateway's spans are service llamatelemetry-proxy.
+SEARCH_LLAMA = {"queryType": "search", "service": "${service}", "tags": "gen_ai.provider.name=llama.cpp"}
+SEARCH_ERRORS = {"queryType": "search", "service": "${service}", "tags": "gen_ai.provider.name=llama.cpp error=true"}
+SEARCH_GATEWAY = {"queryType": "search", "service": "llamatelemetry-proxy"}
 
 GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
 
@@ -55,16 +58,16 @@ def query_var(name: str, label: str, metric: str, *, all_value: str = ".*", mult
     }
 
 
-def explore_link(title: str, traceql: str) -> Json:
-    """A dashboard link opening Grafana Explore on the Tempo datasource with a TraceQL search."""
+def explore_link(title: str, search: Json) -> Json:
+    """A dashboard link opening Grafana Explore on the Jaeger datasource with a trace search."""
     panes = {
         "t": {
-            "datasource": TEMPO_UID,
-            "queries": [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": traceql, "limit": 50}],
+            "datasource": JAEGER_UID,
+            "queries": [{"refId": "A", "datasource": JAEGER, **search, "limit": 50}],
             "range": {"from": "now-1h", "to": "now"},
         }
     }
-    url = "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps(panes, separators=(",", ":")), safe="")
+    url = "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps(panes, separators=(",", ":")), safe="${}")
     return {"title": title, "type": "link", "url": url, "icon": "external link", "targetBlank": False,
             "asDropdown": False, "includeVars": False, "keepTime": True, "tags": [], "tooltip": title}
 
@@ -420,16 +423,19 @@ def requests() -> Board:
     sel = f'gen_ai_request_model=~"$model", gen_ai_operation_name=~"$operation", {H}'
     count = "gen_ai_client_operation_duration_seconds_count"
     variables = [*fleet_vars(), query_var("model", "gen_ai_request_model", "gen_ai_client_operation_duration_seconds_count"),
-                 query_var("operation", "gen_ai_operation_name", "gen_ai_client_operation_duration_seconds_count")]
+                 query_var("operation", "gen_ai_operation_name", "gen_ai_client_operation_duration_seconds_count"),
+                 # Jaeger searches need one service: the trace links and the traces table use this one
+                 {**query_var("service", "job", "gen_ai_client_operation_duration_seconds_count", multi=False),
+                  "label": "service (traces)", "includeAll": False, "current": {}}]
     b = Board("llamatelemetry-requests", "Requests (client telemetry)",
               "OpenTelemetry GenAI client metrics from applications using the llamatelemetry client, via the OTel collector.",
               variables,
-              [dashboards_link(), explore_link("Traces in Tempo", TRACEQL_LLAMA),
-               explore_link("Failed calls in Tempo", TRACEQL_ERRORS)], min_interval=CLIENT_MIN_INTERVAL)
-    trace_link = [{"title": "Traces of this period in Tempo", "targetBlank": False,
+              [dashboards_link(), explore_link("Traces in Jaeger", SEARCH_LLAMA),
+               explore_link("Failed calls in Jaeger", SEARCH_ERRORS)], min_interval=CLIENT_MIN_INTERVAL)
+    trace_link = [{"title": "Traces of this period in Jaeger", "targetBlank": False,
                    "url": "/explore?schemaVersion=1&orgId=1&panes=" + quote(json.dumps({"t": {
-                       "datasource": TEMPO_UID,
-                       "queries": [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": TRACEQL_LLAMA}],
+                       "datasource": JAEGER_UID,
+                       "queries": [{"refId": "A", "datasource": JAEGER, **SEARCH_LLAMA}],
                        "range": {"from": "${__from}", "to": "${__to}"}}}, separators=(",", ":")), safe="${}_")}]
     b.row("Overview")
     b.panel("stat", "Calls/s", [q(f"sum(rate({count}{{{sel}}}[{RI}]))", "calls/s")], w=6, h=5, unit="reqps", min=0,
@@ -451,7 +457,7 @@ def requests() -> Board:
             [q(f"histogram_quantile({p}, sum by (le) (rate(gen_ai_client_operation_duration_seconds_bucket{{{sel}}}[{RI}])))",
                f"p{round(p * 100)}", exemplar=True) for p in (0.5, 0.9, 0.99)],
             w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND, links=trace_link,
-            description="Percentiles of the client-side duration of each call. Exemplar dots open the trace in Tempo.")
+            description="Percentiles of the client-side duration of each call. Exemplar dots open the trace in Jaeger.")
     b.panel("timeseries", "Time to first chunk (streaming)",
             [q(f"histogram_quantile({p}, sum by (le) (rate(gen_ai_client_operation_time_to_first_chunk_seconds_bucket{{{sel}}}[{RI}])))",
                f"p{round(p * 100)}", exemplar=True) for p in (0.5, 0.9, 0.99)],
@@ -496,13 +502,12 @@ def requests() -> Board:
     b.panel("timeseries", "Errors by error.type",
             [q(f'sum by (error_type) (rate({count}{{{sel}, error_type!=""}}[{RI}]))', "{{error_type}}")],
             w=12, unit="reqps", min=0, custom=ts(stack=True, draw="bars", fill=80), options=LEGEND,
-            links=[{"title": "Failed calls in Tempo", "url": explore_link("", TRACEQL_ERRORS)["url"], "targetBlank": False}],
+            links=[{"title": "Failed calls in Jaeger", "url": explore_link("", SEARCH_ERRORS)["url"], "targetBlank": False}],
             description="Failed calls per second by error.type (HTTP status or exception class).")
     b.panel("table", "Recent llama.cpp traces",
-            [{"refId": "A", "datasource": TEMPO, "queryType": "traceql", "query": TRACEQL_LLAMA, "limit": 20,
-              "tableType": "traces"}],
-            w=12, unit="none", datasource=TEMPO, options=TABLE,
-            description="Latest client spans in Tempo; click a trace id to open it.")
+            [{"refId": "A", "datasource": JAEGER, **SEARCH_LLAMA, "limit": 20}],
+            w=12, unit="none", datasource=JAEGER, options=TABLE,
+            description="Latest llama.cpp client traces of the chosen service in Jaeger; click a trace id to open it.")
     return b
 
 
@@ -514,7 +519,7 @@ def proxy() -> Board:
     b = Board("llamatelemetry-proxy", "Clients (proxy)",
               "Per-client latency, tokens, empty answers and errors of the traffic through llamatelemetry proxy "
               "(Claude Code, aider, Continue, SDKs, curl), from the proxy's admin /metrics.",
-              variables, [dashboards_link(), explore_link("Traces in Tempo", TRACEQL_LLAMA)], min_interval=CLIENT_MIN_INTERVAL)
+              variables, [dashboards_link(), explore_link("Gateway traces in Jaeger", SEARCH_GATEWAY)], min_interval=CLIENT_MIN_INTERVAL)
     b.row("Traffic")
     b.panel("timeseries", "Requests/s per endpoint",
             [q(f"sum by (http_route) (rate(llamatelemetry_proxy_requests_total{{{c}}}[{RI}]))", "{{http_route}}")],

@@ -35,5 +35,6 @@ python -c "import sys; sys.path.insert(0, 'tests'); from agent_cli import ensure
 
 echo "[test] making sure llama-server is built (cached after the first run)"
 python -m llamatelemetry.provision.build
+scripts/build-stack.sh >/dev/null  # OTel collector + Jaeger from their Go modules (cached; progress on stderr)
 
 exec python -m pytest -q "$@"

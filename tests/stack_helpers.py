@@ -3,8 +3,16 @@ and PromQL extraction from the dashboards and alert rules."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,20 +85,6 @@ def alert_rules() -> list[dict[str, Any]]:
     for group in load_yaml(COLLECTOR / "alerts.yml")["groups"]:
         rules.extend(r for r in group["rules"] if "alert" in r)
     return rules
-
-
-#: Alert rules whose data needs a process CI cannot run (no otelcol-contrib or Tempo binary here). Their
-#: firing and quiet cases are promtool tests; their otelcol_* metric names are checked against the
-#: collector's sources by tests/test_deploy_collector.py.
-OFFLINE_ONLY_RULES = {
-    "OtelCollectorDown": "up{job=\"otel-collector-self\"} needs a running OTel collector",
-    "OtelCollectorDroppingData": "otelcol_* counters need a running OTel collector",
-    "TempoDown": "up{job=\"tempo\"} needs a running Tempo",
-    # router mode: the live stack has no router target; tests/test_exporter_router.py runs these queries
-    # against a Prometheus scraping a real router
-    "RouterModelLoadFailed": "llamatelemetry_model_state needs a llama-server router target",
-    "RouterModelSwapThrashing": "llamatelemetry_model_loads_total needs a llama-server router target",
-}
 
 
 def split_top_level(expr: str) -> list[str]:
@@ -198,3 +192,211 @@ def source_missing(source: str) -> str | None:
 def recording_rule_files() -> list[Path]:
     """The recording rule files Prometheus loads next to alerts.yml (collector/prometheus.yml's glob)."""
     return [path for path in sorted(COLLECTOR.glob("recording_rules*.yml")) if not path.name.endswith("_test.yml")]
+
+
+# --- the Go-built parts: our collector and Jaeger v2 (scripts/build-stack.sh) ---------------------------------
+
+STACK = ROOT / "stack"
+BUILD_SCRIPT = ROOT / "scripts" / "build-stack.sh"
+#: Where a compose service name in a shipped config stands for a process the test starts on loopback.
+_ENDPOINT_RE = re.compile(r"^(?P<host>0\.0\.0\.0|127\.0\.0\.1|localhost|\[::\]|\$\{env:[A-Z_]+:-[a-z0-9.]+\}):(?P<port>\d+)$")
+
+
+def read_versions() -> dict[str, str]:
+    """stack/versions.env as a dict (the same parser the build script uses)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_build", STACK / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    versions: dict[str, str] = module.read_versions()
+    return versions
+
+
+@dataclass(frozen=True)
+class StackBinaries:
+    otelcol: Path
+    jaeger: Path
+
+
+_BINARIES: list[StackBinaries] = []
+
+
+def stack_binaries() -> StackBinaries:
+    """Build or reuse both binaries through scripts/build-stack.sh (once per test session).
+
+    Never skips: without a Go toolchain the script fails with a message saying how to get one, and so does
+    the test that needs the binaries.
+    """
+    if not _BINARIES:
+        proc = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/build-stack.sh failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+        lines = proc.stdout.split()
+        assert len(lines) == 2, proc.stdout
+        _BINARIES.append(StackBinaries(Path(lines[0]), Path(lines[1])))
+    return _BINARIES[0]
+
+
+def relocate_ports(config: dict[str, Any], hosts: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[int, int]]:
+    """A copy of a collector config whose listening ports are free loopback ports, and ``{shipped port: new}``.
+
+    Every ``endpoint: <any-address>:<port>`` and every internal-telemetry ``pull`` reader moves to
+    ``127.0.0.1:<free port>`` (one free port per shipped port, so two settings sharing a port keep sharing
+    it); ``hosts`` maps the shipped address of another service (``jaeger:4317``) to where the test runs it.
+    Nothing else changes.
+    """
+    from llamatelemetry.provision.server import free_port
+
+    hosts = hosts or {}
+    moved: dict[int, int] = {}
+
+    def new_port(port: int) -> int:
+        if port not in moved:
+            moved[port] = free_port()
+        return moved[port]
+
+    def walk(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            if set(node) >= {"host", "port"} and key == "prometheus":  # service.telemetry.metrics.readers[].pull
+                return {**node, "host": "127.0.0.1", "port": new_port(int(node["port"]))}
+            return {k: walk(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, key) for v in node]
+        if key == "endpoint" and isinstance(node, str):
+            if node in hosts:
+                return hosts[node]
+            m = _ENDPOINT_RE.match(node)
+            if m:
+                return f"127.0.0.1:{new_port(int(m.group('port')))}"
+        return node
+
+    return walk(config), moved
+
+
+@dataclass
+class RunningOtel:
+    """A collector-style process (our otelcol build or Jaeger v2) running a config with relocated ports.
+
+    ``port(shipped)`` gives the loopback port that replaced a port of the shipped config. ``stop()`` and
+    ``start()`` let a fault test take it away and bring it back on the same ports.
+    """
+
+    name: str
+    binary: Path
+    config: dict[str, Any]
+    ports: dict[int, int]
+    workdir: Path
+    ready_paths: list[tuple[int, str]]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def port(self, shipped: int) -> int:
+        return self.ports[shipped]
+
+    def addr(self, shipped: int) -> str:
+        return f"127.0.0.1:{self.ports[shipped]}"
+
+    def url(self, shipped: int) -> str:
+        return f"http://{self.addr(shipped)}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        config_path = self.workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([str(self.binary), f"--config={config_path}"], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
+        deadline = time.monotonic() + timeout
+        pending = list(self.ready_paths)
+        while pending:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            shipped, path = pending[0]
+            try:
+                if httpx.get(f"{self.url(shipped)}{path}", timeout=2).status_code == 200:
+                    pending.pop(0)
+                    continue
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s ({shipped}{path}):\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (a clean shutdown that flushes) or SIGKILL (a crash, a lost host)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def run_otel(name: str, binary: Path, shipped_config: dict[str, Any], *, hosts: dict[str, str] | None = None,
+             ready: Sequence[tuple[int, str]] = (), env: dict[str, str] | None = None,
+             edit: Callable[[dict[str, Any], Path], None] | None = None) -> Iterator[RunningOtel]:
+    """Run ``binary --config=<shipped_config with relocated ports>`` until the ``with`` block ends.
+
+    ``ready``: (shipped port, path) pairs that must answer 200 before the block starts. ``edit(config,
+    workdir)`` may change the relocated config in place (say, a data directory) — each use says why.
+    """
+    config, ports = relocate_ports(shipped_config, hosts)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    if edit is not None:
+        edit(config, workdir)
+    service = RunningOtel(name, binary, config, ports, workdir, list(ready), dict(env or {}))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def jaeger_in(config: dict[str, Any], workdir: Path) -> None:
+    """``edit`` for collector/jaeger.yaml: Badger's directories inside the test's temporary directory."""
+    for backend in config["extensions"]["jaeger_storage"]["backends"].values():
+        if "badger" in backend:
+            backend["badger"]["directories"] = {"keys": str(workdir / "keys"), "values": str(workdir / "values")}
+
+
+#: Ports of the shipped configs the tests talk to.
+OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, SELF_METRICS, HEALTH = 4317, 4318, 8889, 8888, 13133
+JAEGER_QUERY = 16686
+
+
+def jaeger_traces(jaeger_query_url: str, service: str, *, limit: int = 200, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Traces of ``service`` through Jaeger's query API (the one the Jaeger UI and Grafana's data source use)."""
+    import httpx
+
+    params: dict[str, Any] = {"service": service, "limit": limit, "lookback": "1h"}
+    if tags:
+        params["tags"] = json.dumps(tags)
+    resp = httpx.get(f"{jaeger_query_url}/api/traces", params=params, timeout=10)
+    resp.raise_for_status()
+    data: list[dict[str, Any]] = resp.json().get("data") or []
+    return data
+
+
+def span_tags(span: dict[str, Any]) -> dict[str, Any]:
+    """A Jaeger API span's tags as a dict."""
+    return {t["key"]: t["value"] for t in span.get("tags", [])}

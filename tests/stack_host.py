@@ -1,16 +1,19 @@
 """One monitored llama-server "host" for the live stack tests: the real exporter in front of a real
-llama-server (GPU series from the fake NVML), real client telemetry under traffic, and — when the proxy
-is in the tree — the real proxy with agent-like traffic through it.
+llama-server (GPU series from the fake NVML), real client telemetry under traffic exported over OTLP to a
+real collector, and — when the proxy is in the tree — the real gateway (``llamatelemetry proxy``) with
+agent-like traffic through it, exporting over OTLP too, plus a traced client calling through the gateway
+(its CLIENT span and the gateway's SERVER span make one trace).
 
-``monitored_host(server)`` yields the scrape targets by job name (the job names of collector/prometheus.yml
-and deploy/prometheus-agent.yml), so a test points a Prometheus (or a Prometheus agent) at them::
+``monitored_host(server, otlp_endpoint=...)`` yields the scrape targets of the processes it runs by job name
+(the job names of collector/prometheus.yml and deploy/prometheus-agent.yml); the collector's own jobs
+(``otel-collector``, ``otel-collector-self``) belong to whoever runs the collector::
 
-    with monitored_host(full_server) as host:
-        with start_prometheus(host.scrape_targets) as prom:
+    with run_otel("collector", ...) as collector:
+        with monitored_host(full_server, otlp_endpoint=collector.url(OTLP_HTTP)) as host:
             ...
 
-Used by tests/test_stack_live.py (one box) and tests/test_fleet.py (two hosts remote-writing to a central
-Prometheus).
+Used by tests/test_stack_live.py (one box) and tests/test_fleet.py (two hosts, each with its own agent
+collector and Prometheus agent).
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry, start_http_server
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import llamatelemetry
 from llamatelemetry import LlamaCppClient
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port, stop_process
@@ -47,6 +50,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 EXPORTER_JOB = "llamatelemetry-exporter"
 COLLECTOR_JOB = "otel-collector"
+COLLECTOR_SELF_JOB = "otel-collector-self"
+JAEGER_JOB = "jaeger"
 PROXY_JOB = "llamatelemetry-proxy"
 
 
@@ -54,16 +59,22 @@ class Traffic:
     """Sends chat requests in background threads until stopped: plain, streaming, reasoning-budget
     exhausting (max_tokens too small for the scripted model's reasoning) and failing calls."""
 
-    def __init__(self, client: LlamaCppClient, broken: LlamaCppClient, *, workers: int = 2, pause: float = 0.05) -> None:
-        self.client, self.broken, self.pause = client, broken, pause
+    def __init__(self, client: LlamaCppClient, broken: LlamaCppClient, *, workers: int = 2, pause: float = 0.05,
+                 via_gateway: LlamaCppClient | None = None) -> None:
+        self.client, self.broken, self.pause, self.via_gateway = client, broken, pause, via_gateway
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
         self.calls = 0
+        #: (monotonic end time, seconds) of every plain chat call: the fault tests compare them across outages
+        self.durations: list[tuple[float, float]] = []
+        self.gateway_durations: list[tuple[float, float]] = []  # the same through the gateway
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(workers)]
 
     def one_round(self, worker: int) -> None:
         c = self.client
+        start = time.monotonic()
         c.chat.completions.create(messages=HI, model=MODEL, max_tokens=64)
+        self.durations.append((time.monotonic(), time.monotonic() - start))
         for _ in c.chat.completions.create(messages=HI, model=MODEL, max_tokens=64, stream=True):
             pass
         c.chat.completions.create(messages=HI, model=MODEL, max_tokens=5)  # ends inside <think>: budget exhausted
@@ -72,6 +83,10 @@ class Traffic:
                 self.broken.chat.completions.create(messages=HI, model=MODEL, max_tokens=5)
             except Exception:  # noqa: BLE001 - the failure is the point: it is recorded with error_type
                 pass
+        if self.via_gateway is not None:  # a CLIENT span whose traceparent the gateway's SERVER span joins
+            start = time.monotonic()
+            self.via_gateway.chat.completions.create(messages=HI, model=MODEL, max_tokens=64)
+            self.gateway_durations.append((time.monotonic(), time.monotonic() - start))
         self.calls += 4
 
     def _loop(self, worker: int) -> None:
@@ -99,15 +114,20 @@ class ProxyTraffic:
 
     CLIENTS = ("aider", "claude-code", "curl")
 
-    def __init__(self, upstream: str, *, pause: float = 0.1) -> None:
+    def __init__(self, upstream: str, *, pause: float = 0.1, otlp_endpoint: str | None = None) -> None:
         self.pause = pause
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"127.0.0.1:{self.admin_port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="llamatelemetry-proxy-", suffix=".log")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream,
-             "--port", str(self.port), "--admin-port", str(self.admin_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+             "--port", str(self.port), "--admin-port", str(self.admin_port),
+             *(["--otlp-endpoint", otlp_endpoint] if otlp_endpoint else [])],
+            # metrics exported every second (the compose file says 15 s, as often as Prometheus scrapes there)
+            # stderr to a file, never an unread pipe: with the collector down the OTLP exporter logs a retry
+            # warning every second, and a full pipe would block the gateway mid-request
+            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -121,7 +141,7 @@ class ProxyTraffic:
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = Path(self.log.name).read_text(errors="replace")
                 raise RuntimeError(f"llamatelemetry proxy did not start: {err[-2000:]}")
             time.sleep(0.2)
 
@@ -170,15 +190,19 @@ class ProxyTraffic:
         self.stop_event.set()
         self.thread.join(timeout=30)
         stop_process(self.process)
+        self.log.close()
 
 
 @dataclass
 class MonitoredHost:
-    """What a Prometheus scrapes on one host: ``scrape_targets`` is ``{job name: ["127.0.0.1:port"]}``."""
+    """What runs on one host. ``scrape_targets`` is ``{job name: ["127.0.0.1:port"]}`` for the processes
+    started here; ``spans`` holds every span the host's clients ended (a copy of what went over OTLP)."""
 
     server: LlamaServer
     scrape_targets: dict[str, list[str]]
     traffic: Traffic
+    providers: llamatelemetry.TelemetryProviders
+    spans: InMemorySpanExporter
     proxy: ProxyTraffic | None = None
     errors: list[BaseException] = field(default_factory=list)
 
@@ -187,49 +211,52 @@ class MonitoredHost:
         assert not errors, errors
 
 
+def traced_client(base_url: str, providers: llamatelemetry.TelemetryProviders, *, max_retries: int = 2) -> LlamaCppClient:
+    return LlamaCppClient(base_url, meter_provider=providers.meter_provider, tracer_provider=providers.tracer_provider,
+                          max_retries=max_retries)
+
+
 @contextlib.contextmanager
-def monitored_host(server: LlamaServer, *, service_name: str = "stack-test", workers: int = 2,
+def monitored_host(server: LlamaServer, *, otlp_endpoint: str, service_name: str = "stack-test", workers: int = 2,
                    pause: float = 0.05) -> Iterator[MonitoredHost]:
-    """Exporter + client telemetry (+ proxy when available) for ``server`` until the ``with`` block ends."""
+    """Exporter + client telemetry over OTLP/HTTP to ``otlp_endpoint`` (+ the gateway, exporting there too,
+    when available) for ``server`` until the ``with`` block ends."""
     nvml = FakeNVML()
     nvml.gpus[0].processes.append(FakeProcess(pid=server.pid, used_bytes=3 << 30))
     exporter = ExporterApp(ExporterConfig(targets=[f"{TARGET}={server.base_url}"], host="127.0.0.1", port=0), nvml=nvml)
     exporter.start()
 
-    registry = CollectorRegistry()
-    reader = PrometheusMetricReader(registry=registry)
-    resource = Resource.create({"service.name": service_name})
-    meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
-    tracer_provider = TracerProvider(resource=resource)
-    metrics_port = free_port()
-    http_server, http_thread = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    # The application's side, as a user sets it up: llamatelemetry.configure() exporting OTLP (metrics every
+    # second instead of the SDK's 60 s, so a test sees rates within seconds).
+    providers = llamatelemetry.configure(service_name=service_name, endpoint=otlp_endpoint, set_global=False,
+                                         export_interval_seconds=1.0)
+    spans = InMemorySpanExporter()
+    providers.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 
-    client = LlamaCppClient(server.base_url, meter_provider=meter_provider, tracer_provider=tracer_provider, max_retries=2)
-    broken = LlamaCppClient(f"http://127.0.0.1:{free_port()}", meter_provider=meter_provider, tracer_provider=tracer_provider,
-                            max_retries=0)
-    traffic = Traffic(client, broken, workers=workers, pause=pause)
-    proxy = ProxyTraffic(server.base_url, pause=pause * 5) if source_missing("proxy") is None else None
+    client = traced_client(server.base_url, providers)
+    broken = traced_client(f"http://127.0.0.1:{free_port()}", providers, max_retries=0)
+    proxy = ProxyTraffic(server.base_url, pause=pause * 5, otlp_endpoint=otlp_endpoint) if source_missing("proxy") is None else None
+    via_gateway = traced_client(proxy.url, providers) if proxy is not None else None
+    traffic = Traffic(client, broken, workers=workers, pause=pause, via_gateway=via_gateway)
     exporter_addr = exporter.url.split("://", 1)[1].rstrip("/")
-    targets = {EXPORTER_JOB: [exporter_addr], COLLECTOR_JOB: [f"127.0.0.1:{metrics_port}"]}
+    targets = {EXPORTER_JOB: [exporter_addr]}
     if proxy is not None:
         targets[PROXY_JOB] = [proxy.admin]
-    host = MonitoredHost(server, targets, traffic, proxy)
+    host = MonitoredHost(server, targets, traffic, providers, spans, proxy)
     try:
-        traffic.one_round(0)  # fail fast, in the test's thread, if the client cannot talk to the server
-        traffic.start()
         if proxy is not None:
             proxy.start()
+        traffic.one_round(0)  # fail fast, in the test's thread, if the client cannot talk to the server
+        traffic.start()
         yield host
     finally:
         traffic.stop()
         if proxy is not None:
             proxy.stop()
-        client.close()
-        broken.close()
-        http_server.shutdown()
-        http_thread.join(timeout=5)
-        meter_provider.shutdown()
-        tracer_provider.shutdown()
+        for c in (client, broken, via_gateway):
+            if c is not None:
+                c.close()
+        providers.shutdown()
         exporter.stop()
     host.check()
 

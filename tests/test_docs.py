@@ -217,7 +217,7 @@ def _dashboard_titles() -> set[str]:
     return titles
 
 
-GRAFANA_WORDS = {"Related metrics", "Traces in Tempo"}  # Grafana features and links, not our panels
+GRAFANA_WORDS = {"Related metrics", "Traces in Jaeger"}  # Grafana features and links, not our panels
 
 
 @pytest.mark.parametrize("path", sorted(DOCS), ids=lambda p: str(p.relative_to(ROOT)))

@@ -42,6 +42,7 @@ def _bash_commands() -> list[str]:
 # Commands covered elsewhere (the test named) or that only prepare the user's machine.
 COVERED_ELSEWHERE = {
     "scripts/test.sh": "this very test run (.ci/run executes it; checked below)",
+    "scripts/build-stack.sh": "tests/stack_helpers.py stack_binaries() runs it for every test that needs the collector or Jaeger",
     "docker compose up -d --build": "tests/test_stack_config.py validates docker-compose.yml offline",
     "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up -d --build": "tests/test_stack_config.py validates both files",
     "pip install -e '.[bench]'": "installation step",
@@ -57,10 +58,11 @@ COVERED_ELSEWHERE = {
     "kubectl kustomize deploy/kubernetes": "tests/test_walkthrough.py::test_kubernetes_manifests_render_offline runs it",
     "docker build -t registry.example.com/llamatelemetry:0.1.0 .": "tests/test_stack_config.py checks the Dockerfile (no Docker engine here)",
     "docker push registry.example.com/llamatelemetry:0.1.0": "needs a registry of the user's (no Docker engine here)",
-    "OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
-        "tests/test_deploy_collector.py (no otelcol binary here: checked against otelcol-contrib 0.115.0's components and keys)",
-    "TEMPO_OTLP_ENDPOINT=tempo.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
-        "tests/test_deploy_collector.py (no otelcol binary here)",
+    "LLAMATELEMETRY_HOST=gpu-01 OTEL_GATEWAY_DNS=otel-gateway.internal otelcol-contrib --config=deploy/otel-agent.yaml":
+        "tests/test_fleet.py runs this config with our collector build (same release) and these variables; "
+        "tests/test_deploy_collector.py runs `otelcol validate` on it",
+    "JAEGER_OTLP_ENDPOINT=jaeger.internal:4317 otelcol-contrib --config=deploy/otel-gateway.yaml":
+        "tests/test_fleet.py runs two gateways on this config with our collector build (same release)",
     "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py validates every manifest (no cluster here)",
     "pip install -e '.[exporter]'": "installation step (the test environment has the exporter extra installed)",
     'claude -p "Say hello."': "tests/test_agent_cli.py runs this command line (and the exports above it) with Claude Code "

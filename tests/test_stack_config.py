@@ -1,5 +1,6 @@
 """Offline checks of the monitoring stack: promtool, docker-compose config, and cross-references between
-docker-compose.yml, the collector config, prometheus.yml, Tempo, Grafana provisioning and the Dockerfile."""
+docker-compose.yml, the collector config, prometheus.yml, Jaeger, Grafana provisioning and the Dockerfile, and the
+pinned versions (stack/versions.env) against compose and the Kubernetes manifests."""
 
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def test_compose_model_path_is_configurable() -> None:
 
 def test_expected_services_and_pinned_images() -> None:
     services = compose()["services"]
-    assert {"llama-server", "exporter", "collector", "prometheus", "grafana", "tempo"} <= set(services)
+    assert {"llama-server", "exporter", "collector", "prometheus", "grafana", "jaeger"} <= set(services)
+    assert "tempo" not in services and not (COLLECTOR / "tempo.yaml").exists(), "Tempo (AGPL) is not shipped"
     assert "ghcr.io/ggml-org/llama.cpp:server" in services["llama-server"]["image"]
     assert "otel/opentelemetry-collector-contrib:" in services["collector"]["image"]
     for doc in (compose(), load_yaml(COMPOSE_GPU)):
@@ -197,7 +199,7 @@ def _mount_source(service: str, target: str) -> Path:
 def test_config_paths_in_commands_are_mounted() -> None:
     services = compose()["services"]
     assert _mount_source("collector", flag(services["collector"]["command"], "--config")) == COLLECTOR / "otel-collector.yaml"
-    assert _mount_source("tempo", flag(services["tempo"]["command"], "-config.file")) == COLLECTOR / "tempo.yaml"
+    assert _mount_source("jaeger", flag(services["jaeger"]["command"], "--config")) == COLLECTOR / "jaeger.yaml"
     prom_cfg = flag(services["prometheus"]["command"], "--config.file")
     assert _mount_source("prometheus", prom_cfg) == COLLECTOR / "prometheus.yml"
     assert _mount_source("prometheus", str(Path(prom_cfg).parent / "recording_rules.yml")) == COLLECTOR / "recording_rules.yml"
@@ -267,20 +269,26 @@ def test_exporter_targets_the_llama_server_service() -> None:
     assert flag(services[m["host"]]["command"], "--port") == m["port"]
 
 
-def test_traces_reach_tempo() -> None:
+def test_traces_reach_jaeger() -> None:
     services = compose()["services"]
     collector_cfg = load_yaml(COLLECTOR / "otel-collector.yaml")
     trace_exporters = collector_cfg["service"]["pipelines"]["traces"]["exporters"]
-    assert trace_exporters == ["otlp/tempo"]
-    host, port = collector_cfg["exporters"]["otlp/tempo"]["endpoint"].split(":")
-    assert host in services and host == "tempo"
-    tempo = load_yaml(COLLECTOR / "tempo.yaml")
-    assert port_of(tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]) == int(port)
+    assert trace_exporters == ["otlp/jaeger"]
+    host, port = collector_cfg["exporters"]["otlp/jaeger"]["endpoint"].split(":")
+    assert host in services and host == "jaeger"
+    jaeger = load_yaml(COLLECTOR / "jaeger.yaml")
+    assert port_of(jaeger["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]) == int(port)
+    # Badger writes inside the named volume (the image's /tmp, writable by its user)
+    [volume] = [v for v in services["jaeger"]["volumes"] if not v.startswith(".")]
+    mount = volume.split(":")[1]
+    for backend in jaeger["extensions"]["jaeger_storage"]["backends"].values():
+        for directory in backend["badger"]["directories"].values():
+            assert directory.startswith(mount.rstrip("/") + "/"), directory
 
 
 def test_grafana_datasources_point_at_compose_services() -> None:
     services = compose()["services"]
-    tempo_port = load_yaml(COLLECTOR / "tempo.yaml")["server"]["http_listen_port"]
+    query_port = port_of(load_yaml(COLLECTOR / "jaeger.yaml")["extensions"]["jaeger_query"]["http"]["endpoint"])
     prom_port = 9090
     seen = {}
     for path in (PROVISIONING / "datasources").glob("*.yml"):
@@ -291,7 +299,7 @@ def test_grafana_datasources_point_at_compose_services() -> None:
             for dest in ds.get("jsonData", {}).get("exemplarTraceIdDestinations", []):
                 assert dest["datasourceUid"] in {d["uid"] for d in load_yaml(path)["datasources"]}
     assert seen["prometheus"] == ("prometheus", prom_port)
-    assert seen["tempo"] == ("tempo", tempo_port)
+    assert seen["jaeger"] == ("jaeger", query_port)
     assert any(p.endswith(f":{prom_port}") for p in services["prometheus"]["ports"])
 
 
@@ -308,8 +316,7 @@ def test_grafana_dashboard_provider_path_is_mounted() -> None:
 
 def test_no_long_running_service_runs_as_root() -> None:
     """Our image has a non-root USER (next test); llama.cpp's image does not, so compose sets one. The
-    other images (collector 10001, Prometheus nobody, Tempo 10001, Grafana 472) are non-root upstream.
-    The only root container is tempo-init: a one-shot chown of Tempo's volume that then exits."""
+    other images (collector 10001, Prometheus nobody, Jaeger 10001, Grafana 472) are non-root upstream."""
     services = compose()["services"]
     for name in ("llama-server",):
         user = str(services[name].get("user", ""))
@@ -317,8 +324,7 @@ def test_no_long_running_service_runs_as_root() -> None:
     for name in ("exporter", "gateway"):
         assert services[name].get("image") == services["exporter"]["image"] and "user" not in services[name]
     root = {name for name, service in services.items() if str(service.get("user", "")).split(":")[0] in {"0", "root"}}
-    assert root == {"tempo-init"}
-    assert "restart" not in services["tempo-init"] and services["tempo-init"]["entrypoint"][0] == "chown"
+    assert root == set()
 
 
 # ------------------------------------------------------------------------------------------ Dockerfile
@@ -422,29 +428,29 @@ def test_exporter_image_listens_on_all_interfaces_with_only_a_target() -> None:
         assert "--add-host=host.docker.internal:host-gateway" in line and "127.0.0.1:9183:9183" in line, line
 
 
-def test_tempo_usage_reporting_off() -> None:
-    assert load_yaml(COLLECTOR / "tempo.yaml")["usage_report"]["reporting_enabled"] is False
+def test_usage_reporting_off() -> None:
     assert compose()["services"]["grafana"]["environment"]["GF_ANALYTICS_REPORTING_ENABLED"] == "false"
 
 
 def test_watchers_are_scraped() -> None:
-    """Prometheus scrapes the collector's own telemetry and Tempo, where the compose services serve them."""
+    """Prometheus scrapes the collector's own telemetry and Jaeger's, where the compose services serve them."""
     targets = _scrape_targets()
     telemetry = load_yaml(COLLECTOR / "otel-collector.yaml")["service"]["telemetry"]["metrics"]
     [reader] = telemetry["readers"]
     prom = reader["pull"]["exporter"]["prometheus"]
     assert prom["host"] == "0.0.0.0"
     assert targets["otel-collector-self"] == [f"collector:{prom['port']}"]
-    tempo_port = load_yaml(COLLECTOR / "tempo.yaml")["server"]["http_listen_port"]
-    assert targets["tempo"] == [f"tempo:{tempo_port}"]
+    jaeger_prom = load_yaml(COLLECTOR / "jaeger.yaml")["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]
+    assert jaeger_prom["host"] == "0.0.0.0"
+    assert targets["jaeger"] == [f"jaeger:{jaeger_prom['port']}"]
     alert_jobs = " ".join(r["expr"] for g in load_yaml(COLLECTOR / "alerts.yml")["groups"] for r in g["rules"])
-    for job in ("otel-collector-self", "tempo"):
+    for job in ("otel-collector-self", "jaeger"):
         assert f'job="{job}"' in alert_jobs, f"no alert watches job {job}"
 
 
 def test_traces_to_metrics_has_queries() -> None:
-    [tempo] = [ds for ds in load_yaml(PROVISIONING / "datasources" / "datasources.yml")["datasources"] if ds["type"] == "tempo"]
-    t2m = tempo["jsonData"]["tracesToMetrics"]
+    [jaeger] = [ds for ds in load_yaml(PROVISIONING / "datasources" / "datasources.yml")["datasources"] if ds["type"] == "jaeger"]
+    t2m = jaeger["jsonData"]["tracesToMetrics"]
     assert t2m["queries"] and all("$__tags" in q["query"] for q in t2m["queries"])
     assert {"key": "service.name", "value": "job"} in t2m["tags"]
 
@@ -471,3 +477,98 @@ def test_gateway_command_is_understood_by_the_real_cli() -> None:
     assert {str(port), str(args.admin_port)} <= published
     # Its metrics reach Prometheus through the collector only: no scrape job for the admin port.
     assert not any(t.endswith(":9184") for ts in _scrape_targets().values() for t in ts)
+
+
+# ------------------------------------------------------------------------------ pinned versions (stack/versions.env)
+def _images() -> list[tuple[str, str]]:
+    """(file, image) for every image in docker-compose*.yml and deploy/ (Kubernetes manifests, kustomize images)."""
+    found = []
+    for path in sorted([*ROOT.glob("docker-compose*.yml"), *(ROOT / "deploy").rglob("*.y*ml")]):
+        for doc in __import__("yaml").safe_load_all(path.read_text()):
+            stack = [doc]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, dict):
+                    for key, value in node.items():
+                        if key == "image" and isinstance(value, str):
+                            found.append((str(path.relative_to(ROOT)), value))
+                        else:
+                            stack.append(value)
+                elif isinstance(node, list):
+                    stack.extend(node)
+    return found
+
+
+def test_images_pin_the_versions_the_tests_build() -> None:
+    """One place says which collector and Jaeger release the stack runs; compose and Kubernetes follow it."""
+    from stack_helpers import read_versions
+
+    versions = read_versions()
+    images = _images()
+    collectors = [(f, i) for f, i in images if "opentelemetry-collector" in i]
+    jaegers = [(f, i) for f, i in images if "jaegertracing/" in i]
+    assert collectors and jaegers, images
+    for f, image in collectors:
+        assert image.rsplit(":", 1)[1] == versions["OTELCOL_VERSION"], (f, image)
+    for f, image in jaegers:
+        assert image == f"jaegertracing/jaeger:{versions['JAEGER_VERSION']}", (f, image)
+    # the builder manifest takes its versions from the same file (no version written into it)
+    manifest = (ROOT / "stack" / "otelcol-builder.yaml").read_text()
+    assert not re.search(r"\bv?0\.1\d\d\.\d+\b|\bv1\.\d+\.\d+\b", manifest.split("replaces:")[0]), "a version is written into the manifest"
+
+
+def test_stack_build_uses_the_project_cache_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    """stack/build.py keeps its cache where llamatelemetry.provision keeps the llama-server build."""
+    import importlib.util
+
+    from llamatelemetry.provision.build import cache_dir
+
+    spec = importlib.util.spec_from_file_location("stack_build", ROOT / "stack" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for env in ({"LLAMATELEMETRY_CACHE_DIR": str(tmp_path / "a")}, {"XDG_CACHE_HOME": str(tmp_path / "b")}):
+        monkeypatch.delenv("LLAMATELEMETRY_CACHE_DIR", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert module.cache_dir() == cache_dir()
+
+
+def test_build_stack_without_go_says_how_to_get_it(tmp_path: Path) -> None:
+    """No Go toolchain: the script fails (no silent skip) and says how to get one."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LLAMATELEMETRY_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("GO", None)
+    assert shutil.which("go", path=env["PATH"]) is None, "a go in /usr/bin: this check needs a PATH without one"
+    proc = subprocess.run([str(ROOT / "scripts" / "build-stack.sh")], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "no Go toolchain found" in proc.stderr and "Get one:" in proc.stderr, proc.stderr
+    proc = subprocess.run([str(ROOT / "scripts" / "build-stack.sh")], capture_output=True, text=True, timeout=60,
+                          env={**env, "GO": "/bin/false"})
+    assert proc.returncode != 0 and "does not run" in proc.stderr and "Get one:" in proc.stderr, proc.stderr
+
+
+def test_stack_build_key_follows_components_and_versions_not_comments() -> None:
+    """The collector is rebuilt when the component list or a version changes, not when a comment is reworded."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_build", ROOT / "stack" / "build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    versions = build.read_versions()
+
+    def key(manifest: str, vers: dict[str, str]) -> str:
+        text = manifest
+        for k, v in vers.items():
+            text = text.replace("{" + k + "}", v)
+        return str(build._digest(build._meaningful(text), "go1.26.8"))
+
+    manifest = (ROOT / "stack" / "otelcol-builder.yaml").read_text()
+    base = key(manifest, versions)
+    assert key(manifest.replace("# Lists exactly", "# Lists precisely"), versions) == base
+    assert key(manifest, {**versions, "OTELCOL_VERSION": "0.160.0"}) != base
+    fewer = "\n".join(line for line in manifest.splitlines() if "debugexporter" not in line)
+    assert key(fewer, versions) != base
+    # and the rendered manifest names every module at the pinned release
+    rendered = build.render_manifest(versions)
+    assert f"v{versions['OTELCOL_VERSION']}" in rendered and "{" not in rendered.replace("${", "")

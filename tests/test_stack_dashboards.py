@@ -52,7 +52,7 @@ def test_datasource_provisioning() -> None:
     assert all(doc["apiVersion"] == 1 for doc in docs)
     uids = [ds["uid"] for ds in all_ds]
     assert len(uids) == len(set(uids))
-    assert sorted(ds["type"] for ds in all_ds) == ["prometheus", "tempo"]
+    assert sorted(ds["type"] for ds in all_ds) == ["jaeger", "prometheus"]
     assert sum(1 for ds in all_ds if ds.get("isDefault")) == 1
 
 
@@ -90,7 +90,8 @@ def test_dashboard_shape(path) -> None:
         for target in panel["targets"]:
             tds = target.get("datasource", ds)
             assert known.get(tds["uid"]) == tds["type"]
-            assert (target.get("expr") or target.get("query") or "").strip(), panel["title"]
+            # PromQL in `expr`; a Jaeger search names the service it searches
+            assert (target.get("expr") or target.get("query") or target.get("service") or "").strip(), panel["title"]
         defaults = panel["fieldConfig"]["defaults"]
         assert defaults.get("unit"), f"{panel['title']}: no unit"
         assert defaults["thresholds"]["steps"][0]["value"] is None
@@ -130,9 +131,9 @@ def test_dashboards_cover_the_brief() -> None:
                    'gen_ai_token_type="reasoning"', "llamatelemetry_reasoning_budget_exhausted_total", "sum by (error_type)"):
         assert needle in req, needle
     requests_board = load_dashboard(DASHBOARDS / "requests.json")
-    tempo_uid = next(uid for uid, kind in datasource_uids().items() if kind == "tempo")
-    assert any(tempo_uid in link["url"] for link in requests_board["links"] if link["type"] == "link")
-    assert any(p["datasource"]["uid"] == tempo_uid for p in iter_panels(requests_board) if p["type"] != "row")
+    jaeger_uid = next(uid for uid, kind in datasource_uids().items() if kind == "jaeger")
+    assert any(jaeger_uid in link["url"] for link in requests_board["links"] if link["type"] == "link")
+    assert any(p["datasource"]["uid"] == jaeger_uid for p in iter_panels(requests_board) if p["type"] != "row")
     assert any(t.get("exemplar") for _, t in prometheus_targets(requests_board))
 
 
