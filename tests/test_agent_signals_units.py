@@ -1,0 +1,95 @@
+"""The pure extraction functions of llamatelemetry.telemetry.agent_signals, on the server's own JSON shapes.
+
+The shapes are copied from llama-server b11434 (tools/server/server-task.cpp, server-common.cpp); the
+real-server tests in tests/test_agent_signals.py check the same functions against live answers.
+"""
+
+from __future__ import annotations
+
+from llamatelemetry._accumulate import accumulator_for
+from llamatelemetry.telemetry import agent_signals as ag
+
+OVERFLOW = {"error": {"code": 400, "message": "request (600 tokens) exceeds the available context size (512 tokens), try increasing it",
+                      "type": "exceed_context_size_error", "n_prompt_tokens": 600, "n_ctx": 512}}
+
+
+def test_queue_wait_is_wall_minus_slot_time() -> None:
+    assert ag.queue_wait(1.25, {"prompt_ms": 200.0, "predicted_ms": 50.0}) == 1.0
+    assert ag.queue_wait(0.1, {"prompt_ms": 200.0, "predicted_ms": 50.0}) == 0.0  # clamped, clocks differ
+    assert ag.queue_wait(1.0, None) is None
+    assert ag.queue_wait(1.0, {"prompt_ms": 1.0}) is None
+
+
+def test_context_overflow_from_dict_text_and_bytes() -> None:
+    import json
+
+    want = ag.ContextOverflow(600, 512)
+    assert ag.context_overflow(OVERFLOW) == want
+    assert ag.context_overflow(json.dumps(OVERFLOW)) == want
+    assert ag.context_overflow(json.dumps(OVERFLOW).encode()) == want
+    assert ag.context_overflow(OVERFLOW["error"]) == want  # an SSE error event's object
+    assert ag.context_overflow({"error": {"code": 400, "type": "invalid_request_error", "message": "x"}}) is None
+    assert ag.context_overflow("not json") is None
+    assert ag.context_overflow(None) is None
+
+
+def test_parse_error_and_utilisation_and_drafts() -> None:
+    msg = "The model produced output that does not match the expected Qwen3.5 format"
+    assert ag.is_tool_parse_error({"error": {"code": 500, "message": msg, "type": "server_error"}})
+    assert ag.is_tool_parse_error(msg)
+    assert not ag.is_tool_parse_error({"error": {"code": 500, "message": "boom"}})
+    assert ag.context_utilisation(1536, 2048) == 0.75
+    assert ag.context_utilisation(None, 2048) is None and ag.context_utilisation(5, 0) is None
+    assert ag.draft_counts({"draft_n": 40, "draft_n_accepted": 30}) == (40, 30)
+    assert ag.draft_counts({"predicted_n": 4}) is None
+
+
+def _chat(calls: list[dict[str, object]] | None, finish: str) -> dict[str, object]:
+    message: dict[str, object] = {"role": "assistant", "content": ""}
+    if calls is not None:
+        message["tool_calls"] = calls
+    return {"choices": [{"index": 0, "finish_reason": finish, "message": message}]}
+
+
+def test_tool_calls_openai_json() -> None:
+    good = {"type": "function", "id": "a", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    bad = {"type": "function", "id": "b", "function": {"name": "get_weather", "arguments": '{"city":'}}
+    path = "/v1/chat/completions"
+    assert ag.tool_calls_of_json(path, _chat([good], "tool_calls")) == ag.ToolCalls(1, ())
+    assert ag.tool_calls_of_json(path, _chat([good, bad], "tool_calls")) == ag.ToolCalls(2, ("invalid_arguments",))
+    assert ag.tool_calls_of_json(path, _chat(None, "tool_calls")) == ag.ToolCalls(0, ("missing_call",))
+    assert ag.tool_calls_of_json(path, _chat(None, "stop")) == ag.ToolCalls(0, ())
+    assert ag.tool_calls_of_json("/v1/completions", {"choices": []}) is None
+
+
+def test_tool_calls_anthropic_json() -> None:
+    use = {"type": "tool_use", "id": "t", "name": "get_weather", "input": {"city": "Paris"}}
+    path = "/v1/messages?beta=true"
+    assert ag.tool_calls_of_json(path, {"content": [use], "stop_reason": "tool_use"}) == ag.ToolCalls(1, ())
+    assert ag.tool_calls_of_json(path, {"content": [{"type": "text", "text": "x"}], "stop_reason": "tool_use"}) == \
+        ag.ToolCalls(0, ("missing_call",))
+
+
+def test_tool_calls_of_streams() -> None:
+    acc = accumulator_for("/v1/chat/completions")
+    acc.add({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"x":'}}]}}]})
+    acc.add({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]})
+    acc.add({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 1, "id": "b", "function": {"name": "f", "arguments": "{nope"}}]}, "finish_reason": "tool_calls"}]})
+    assert ag.tool_calls_of_stream(acc) == ag.ToolCalls(2)  # not finished: no verdict on the arguments
+    acc.finished = True
+    assert ag.tool_calls_of_stream(acc) == ag.ToolCalls(2, ("invalid_arguments",))
+
+    msgs = accumulator_for("/v1/messages")
+    for event in (
+        {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"city": "Par'}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": 'is"}'}},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ):
+        msgs.add(event)
+    assert ag.tool_calls_of_stream(msgs) == ag.ToolCalls(1, ())
+    assert ag.tool_calls_of_stream(accumulator_for("/v1/completions")) is None
