@@ -25,6 +25,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import errors, types
+from . import agent_record as ar
+from . import agent_signals as ag
 from . import reasoning as rc
 from . import semconv as sc
 
@@ -73,6 +75,8 @@ class Outcome:
     stream_position: int | None = None
     has_tool_calls: bool = False
     reasoning_count_method: str | None = None
+    # tool calls (llamatelemetry.telemetry.agent_signals)
+    tool_calls: "ag.ToolCalls | None" = None
 
 
 def _usage_into(outcome: Outcome, usage: dict[str, Any] | None) -> None:
@@ -92,7 +96,7 @@ def _timings(timings: types.Timings | None) -> dict[str, Any] | None:
 
 def outcome_of_result(result: Any) -> Outcome:
     """Summarise a typed (non-streamed) result, reading typed fields directly (hot path)."""
-    out = Outcome()
+    out = Outcome(tool_calls=ag.tool_calls_of_result(result))
     if isinstance(result, (types.ChatCompletion, types.Completion)):
         out.response_id, out.response_model = result.id or None, result.model or None
         out.finish_reasons = [c.finish_reason for c in result.choices if c.finish_reason]
@@ -181,6 +185,7 @@ def outcome_of_stream(acc: "Accumulator") -> Outcome:
         first_chunk_at=acc.first_chunk_at, first_content_at=acc.first_content_at, chunks=acc.chunks, chunk_gaps=acc.chunk_gaps,
         cut_short=not acc.finished, has_tool_calls=acc.has_tool_calls,
         stream_position=acc.first_content_predicted_n - 1 if acc.first_content_predicted_n is not None else None,
+        tool_calls=ag.tool_calls_of_stream(acc),
     )
     _usage_into(out, acc.usage)
     if out.output_tokens is None and acc.timings and acc.finished:  # the last chunk's timings are the totals
@@ -326,25 +331,31 @@ class CallRecord:
 
     def fail(self, exc: BaseException) -> None:
         """End the span for a call that raised before producing a result."""
-        self._fail(error_type_of(exc), str(exc))
+        self._fail(error_type_of(exc), str(exc), exc)
 
-    def fail_status(self, status_code: int, message: str | None = None) -> None:
+    def fail_status(self, status_code: int, message: str | None = None, body: Any = None) -> None:
         """End the span for an HTTP error answer (``error.type`` is the status code, as semconv says).
 
         Example::
 
             record.fail_status(400, "the request exceeds the available context size")
         """
-        self._fail(str(status_code), message or f"HTTP {status_code}")
+        # A gateway passes the error body as the message: overflow and parse errors are read from it.
+        self._fail(str(status_code), message or f"HTTP {status_code}", body if body is not None else message)
 
-    def _fail(self, error_type: str, message: str) -> None:
+    def _fail(self, error_type: str, message: str, body: Any = None) -> None:
         if self._ended or self._handed_off:
             return
         self._ended = True
         duration = time.monotonic() - self.started
         attrs = None
+        signals = self._failure_signals(body)
+        if signals.overflow:
+            error_type = sc.ERROR_TYPE_CONTEXT_OVERFLOW
         try:
             if self.recording:
+                self.span.set_attributes(ar.span_attributes(signals))
+                ar.add_span_events(self.span, signals)
                 self.span.set_attribute(sc.ERROR_TYPE, error_type)
                 self.span.set_status(Status(StatusCode.ERROR, message[:500]))
         except Exception:  # noqa: BLE001
@@ -357,10 +368,20 @@ class CallRecord:
                 self.telemetry.server_request_duration.record(duration, attrs.base, context=self.context)
             if self.telemetry.usage_counters:
                 self._record_latest_usage(Outcome(), attrs, None)
+            self.telemetry.agent.record(signals, attrs.base)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric failed while recording an error", exc_info=True)
+        if signals.overflow:
+            ar.warn_overflow(signals, self.model)
         self._notify(EndedCall(self.operation, self.model, Outcome(), duration, None, None, None, False, error_type,
                                attrs.base if attrs is not None else {}))
+
+    def _failure_signals(self, body: Any) -> "ar.AgentSignals":
+        try:
+            return self.telemetry.agent.signals_of_failure(self.model, body)
+        except Exception:  # noqa: BLE001
+            logger.debug("llamatelemetry: reading an error body failed", exc_info=True)
+            return ar.AgentSignals()
 
     def _count_now(self, text: str) -> int | None:
         """Count synchronously; None if there is no counter, or it is an async one."""
@@ -565,9 +586,19 @@ class CallRecord:
         ttft = out.first_chunk_at - self.started if out.first_chunk_at is not None else None
         per_token = self._time_per_output_token(out, ended)
         error_type = error_type_of(error) if error is not None else None
+        if error is not None:
+            signals = self._failure_signals(error)
+            if signals.overflow:
+                error_type = sc.ERROR_TYPE_CONTEXT_OVERFLOW
+        else:
+            signals = self.telemetry.agent.signals_of_success(
+                self.model, wall=duration, timings=out.timings, prompt_tokens=out.input_tokens,
+                cached_tokens=out.cached_tokens, tool_calls=out.tool_calls)
         try:
             if self.recording:
                 self._set_response_attributes(out, reasoning_tokens, ttft, per_token)
+                span.set_attributes(ar.span_attributes(signals))
+                ar.add_span_events(span, signals)
                 if exhausted:
                     span.set_attribute(sc.REASONING_BUDGET_EXHAUSTED, True)
                     span.add_event(sc.EVENT_REASONING_BUDGET_EXHAUSTED, {
@@ -587,8 +618,11 @@ class CallRecord:
         try:
             self._record_metrics(out, attrs, duration, ttft, per_token, reasoning_tokens, exhausted, error is None,
                                  record_gaps=not gaps_later)
+            telemetry.agent.record(signals, attrs.base)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric instrument failed; the span was already ended", exc_info=True)
+        if signals.overflow:
+            ar.warn_overflow(signals, self.model)
         if exhausted:
             self._warn_exhausted(reasoning_tokens, out.finish_reasons)
         self._notify(EndedCall(self.operation, self.model, out, duration, ttft, per_token, reasoning_tokens, exhausted,

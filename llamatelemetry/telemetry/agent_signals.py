@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OVERFLOW_ERROR_TYPE", "ContextOverflow", "ToolCalls", "context_overflow", "context_utilisation", "draft_counts",
-    "is_tool_parse_error", "queue_wait", "tool_calls_of_json", "tool_calls_of_stream",
+    "is_tool_parse_error", "queue_wait", "tool_calls_of_json", "tool_calls_of_result", "tool_calls_of_stream",
 ]
 
 #: llama-server's error type for a prompt larger than the slot's context (also our ``error.type``).
@@ -244,3 +244,25 @@ def tool_calls_of_stream(acc: "Accumulator") -> ToolCalls | None:
         calls = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
         summary = _summarise(calls, acc.finish_reason, anthropic=True)
     return summary if acc.finished else ToolCalls(summary.count)
+
+
+def tool_calls_of_result(result: object) -> ToolCalls | None:
+    """The tool calls of a typed result (:class:`~llamatelemetry.types.ChatCompletion` or ``Message``).
+
+    Example::
+
+        tool_calls_of_result(client.chat.completions.create(messages=msgs, tools=tools))
+    """
+    from .. import types
+
+    if isinstance(result, types.ChatCompletion):
+        if not result.choices:
+            return ToolCalls()
+        choice = result.choices[0]
+        calls = [{"function": {"arguments": tc.function.arguments if tc.function else None}}
+                 for tc in (choice.message.tool_calls or [])]
+        return _summarise(calls, choice.finish_reason, anthropic=False)
+    if isinstance(result, types.Message):
+        blocks = [{"input": b.input if b.input is not None else {}} for b in result.content if b.type == "tool_use"]
+        return _summarise(blocks, result.stop_reason, anthropic=True)
+    return None

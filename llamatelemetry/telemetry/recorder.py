@@ -33,6 +33,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .._accumulate import Accumulator, accumulator_for
 from . import semconv as sc
+from .agent_record import AgentInstruments
 from ._record import CallRecord, EndedCall, Outcome, error_type_of, model_label, outcome_of_json
 
 __all__ = [
@@ -197,6 +198,8 @@ class Recorder:
                 description="Time per output token generated after the first token for successful responses.",
                 explicit_bucket_boundaries_advisory=list(sc.SERVER_TPOT_BUCKETS),
             )
+        #: Queue wait, context, tool calls, drafts, prompt cache (llamatelemetry.telemetry.agent_record).
+        self.agent = AgentInstruments(meter, server_url=f"http://{server_address}:{server_port}")
         self._attribute_cache: dict[tuple[Any, ...], MetricAttributes] = {}
         # Attributes known once per target: computed here, not per call.
         self.base_attributes: dict[str, Any] = {
