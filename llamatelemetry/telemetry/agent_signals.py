@@ -224,8 +224,8 @@ def tool_calls_of_json(path: str, data: Any) -> ToolCalls | None:
         return ToolCalls()
     choice = choices[0]
     message = choice.get("message") or {}
-    calls = message.get("tool_calls") if isinstance(message, Mapping) else None
-    return _summarise(list(calls) if isinstance(calls, list) else [], choice.get("finish_reason"), anthropic=False)
+    found: Any = message.get("tool_calls") if isinstance(message, Mapping) else None
+    return _summarise(list(found) if isinstance(found, list) else [], choice.get("finish_reason"), anthropic=False)
 
 
 def tool_calls_of_stream(acc: "Accumulator") -> ToolCalls | None:
