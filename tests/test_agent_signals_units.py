@@ -93,3 +93,26 @@ def test_tool_calls_of_streams() -> None:
         msgs.add(event)
     assert ag.tool_calls_of_stream(msgs) == ag.ToolCalls(1, ())
     assert ag.tool_calls_of_stream(accumulator_for("/v1/completions")) is None
+
+
+def test_top_cache_hit_ratio_column_per_client() -> None:
+    """`top`'s CLIENTS panel: prompt tokens served from the cache / all prompt tokens, over the window."""
+    from llamatelemetry.top.model import Model
+    from llamatelemetry.top.render import CLIENT_COLUMNS, client_cells
+    from llamatelemetry.top.sources import Metrics, Reading, Snapshot
+
+    def snap(t: float, prompt: int, cached: int) -> Snapshot:
+        page = (f'llamatelemetry_prompt_tokens_total{{llamatelemetry_client_name="aider"}} {prompt}\n'
+                f'llamatelemetry_prompt_cached_tokens_total{{llamatelemetry_client_name="aider"}} {cached}\n'
+                'llamatelemetry_prompt_tokens_total{llamatelemetry_client_name="curl"} 5\n'
+                f'llamatelemetry_proxy_requests_total{{llamatelemetry_client_name="aider"}} {t}\n'
+                f'llamatelemetry_proxy_requests_total{{llamatelemetry_client_name="curl"}} {t}\n')
+        return Snapshot(t, t, Reading("e", error="down"), Reading("g", metrics=Metrics.parse(page)))
+
+    model = Model(window_seconds=60)
+    model.update(snap(0, 1000, 100))
+    view = model.update(snap(10, 3000, 1600))  # 2000 prompt tokens in the window, 1500 of them cached
+    rows = {row.client: row for row in view.clients}
+    assert rows["aider"].cache_hit_ratio == 0.75
+    assert rows["curl"].cache_hit_ratio is None  # no prompt tokens in the window: no ratio
+    assert CLIENT_COLUMNS[-1] == "cache" and str(client_cells(rows["aider"])[-1]) == "75%"

@@ -34,6 +34,8 @@ GATEWAY_SERIES = (
     "llamatelemetry_reasoning_budget_exhausted_total",
     "gen_ai_server_time_to_first_token_seconds_bucket",
     "gen_ai_server_request_duration_seconds_count",
+    "llamatelemetry_prompt_tokens_total",  # with the next: the prompt-cache hit ratio per client
+    "llamatelemetry_prompt_cached_tokens_total",
 )
 
 #: Largest page read from one endpoint: a misconfigured URL pointing at something huge must not eat memory.
