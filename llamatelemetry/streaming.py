@@ -24,7 +24,7 @@ from . import errors, types
 from ._accumulate import Accumulator
 
 if TYPE_CHECKING:
-    from .telemetry._record import CallRecord
+    from .telemetry.recorder import CallRecord
 
 T = TypeVar("T")
 _DONE = object()
@@ -73,6 +73,8 @@ class _StreamBase(Generic[T]):
         self._record = record
         self._closed = False
         self._error: BaseException | None = None
+        #: Closed by the garbage collector: telemetry must not make network calls.
+        self._finalizing = False
 
     def _handle(self, line: str) -> tuple[bool, T | None]:
         """Process one line: (stream finished?, chunk to hand to the caller or None)."""
@@ -154,7 +156,7 @@ class Stream(_StreamBase[T]):
             self.response.close()
         finally:
             if self._record is not None:
-                self._record.end_stream(self._acc, self._error)
+                self._record.end_stream(self._acc, self._error, finalizing=self._finalizing)
 
     def __enter__(self) -> "Stream[T]":
         return self
@@ -165,8 +167,7 @@ class Stream(_StreamBase[T]):
     def __del__(self) -> None:
         # An abandoned stream still ends its span (marked as cut short) and frees its connection.
         if not getattr(self, "_closed", True):
-            if self._record is not None:
-                self._record.in_finalizer = True
+            self._finalizing = True
             self.close()
 
 
@@ -271,5 +272,4 @@ class AsyncStream(_StreamBase[T]):
                 except RuntimeError:  # the loop closed meanwhile
                     pass
             if self._record is not None:
-                self._record.in_finalizer = True
-                self._record.end_stream(self._acc, self._error)
+                self._record.end_stream(self._acc, self._error, finalizing=True)

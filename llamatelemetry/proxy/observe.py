@@ -37,7 +37,7 @@ from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
 from ..streaming import _DONE, decode_sse_line
 from ..telemetry import semconv as sc
 from ..telemetry.recorder import (
-    Accumulator, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
 )
 from .clients import CLIENT_NAME_HEADER, client_name
 from .endpoints import http_route
@@ -187,7 +187,7 @@ class Exchange:
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
             default_model=default_model,
-            count_tokens=self._count_tokens, span_attributes=span_attributes,
+            counting=AsyncCounting(self._count_tokens), span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
         if self.record is not None:
