@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from . import _calls, errors, types
-from ._accumulate import Accumulator, accumulator_for
+from .telemetry.accumulate import Accumulator, accumulator_for
 from ._base import (
     DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
     transport_error,

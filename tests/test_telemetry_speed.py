@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from llamatelemetry._accumulate import accumulator_for
+from llamatelemetry.telemetry.accumulate import accumulator_for
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.instruments import GAPS_PER_SLICE as _GAPS_PER_SLICE
 from llamatelemetry.telemetry.recorder import Recorder

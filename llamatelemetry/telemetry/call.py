@@ -36,7 +36,7 @@ from .outcome import Outcome, error_type_of, model_label, outcome_of_json, outco
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
-    from .._accumulate import Accumulator
+    from .accumulate import Accumulator
 
 __all__ = ["AsyncCounting", "CallRecord", "Counting", "EndedCall", "SyncCounting"]
 

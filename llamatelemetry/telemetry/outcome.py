@@ -22,7 +22,7 @@ from .. import errors, types
 from . import semconv as sc
 
 if TYPE_CHECKING:
-    from .._accumulate import Accumulator
+    from .accumulate import Accumulator
 
 __all__ = ["Outcome", "error_type_of", "model_label", "outcome_of_json", "outcome_of_result", "outcome_of_stream"]
 

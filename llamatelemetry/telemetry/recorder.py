@@ -33,7 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from .._accumulate import Accumulator, accumulator_for
+from .accumulate import Accumulator, accumulator_for
 from . import semconv as sc
 from .attributes import ContentCapture
 from .call import AsyncCounting, CallRecord, Counting, EndedCall, SyncCounting
