@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from . import _calls, errors, types
-from ._accumulate import Accumulator, accumulator_for
+from .telemetry.accumulate import Accumulator, accumulator_for
 from ._base import (
     DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
     transport_error,
@@ -35,13 +35,13 @@ from ._resources import (
 )
 from .streaming import AsyncStream, Stream
 from ._background import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
+from .telemetry.instrumentation import Telemetry
+from .telemetry.recorder import AsyncCounting, CallRecord, Counting, SyncCounting
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .telemetry._record import CallRecord
-    from .telemetry.instrumentation import Telemetry
 
 __all__ = ["LlamaCppClient", "AsyncLlamaCppClient"]
 
@@ -130,10 +130,8 @@ class _ClientBase:
         self._headers = default_headers(self._settings)
         self._default_model: str | None = None
         self._next_model_lookup = 0.0  # monotonic time of the next allowed lookup (after a failed one)
-        self._telemetry: "Telemetry | None" = None
+        self._telemetry: Telemetry | None = None
         if telemetry:
-            from .telemetry.instrumentation import Telemetry
-
             self._telemetry = Telemetry(
                 self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
             )
@@ -145,18 +143,16 @@ class _ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
 
-    _count_tokens: Callable[[str], Any]  # sync or async, defined by each client
+    def _counting(self) -> Counting:
+        """How this client counts tokens with its server, and finishes telemetry off the caller's path."""
+        raise NotImplementedError
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        """Give the record this client's background finisher (each client sets its own kind)."""
-
-    def _start_record(self, call: "Call[Any]") -> "CallRecord | None":
+    def _start_record(self, call: "Call[Any]") -> CallRecord | None:
         if call.operation is None or self._telemetry is None:
             return None
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                       default_model=self._default_model, count_tokens=self._count_tokens)
+                                       default_model=self._default_model, counting=self._counting())
         if record is not None:
-            self._let_finish_later(record)
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
         return record
 
@@ -317,8 +313,8 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        record.defer = self._finisher.submit
+    def _counting(self) -> Counting:
+        return SyncCounting(self._count_tokens, defer=self._finisher.submit)
 
     def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -483,8 +479,8 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        record.adefer = self._finisher.submit
+    def _counting(self) -> Counting:
+        return AsyncCounting(self._count_tokens, defer=self._finisher.submit)
 
     async def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.

@@ -212,7 +212,9 @@ def test_malformed_tool_call_counted_with_an_event(tool_servers: dict[str, Llama
         json.loads(arguments)
     for span in tel.spans():
         assert span.attributes[sc.TOOL_CALLS_COUNT] == 1 and span.attributes[sc.TOOL_CALLS_MALFORMED_COUNT] == 1
-        assert [(e.name, dict(e.attributes)) for e in span.events if e.name == sc.EVENT_TOOL_CALL_MALFORMED] == [
+        # max_tokens cut a tool call short: not an empty answer (the reasoning-budget trap is about text answers)
+        assert sc.REASONING_BUDGET_EXHAUSTED not in span.attributes
+        assert [(e.name, dict(e.attributes)) for e in span.events] == [
             (sc.EVENT_TOOL_CALL_MALFORMED, {sc.TOOL_CALL_MALFORMED_REASON: "invalid_arguments"})]
     assert _counter(tel, sc.METRIC_TOOL_CALLS_MALFORMED, **{
         sc.REQUEST_MODEL: "qwen35-badtools", sc.TOOL_CALL_MALFORMED_REASON: "invalid_arguments"}) == 2

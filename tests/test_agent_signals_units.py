@@ -6,7 +6,7 @@ real-server tests in tests/test_agent_signals.py check the same functions agains
 
 from __future__ import annotations
 
-from llamatelemetry._accumulate import accumulator_for
+from llamatelemetry.telemetry.accumulate import accumulator_for
 from llamatelemetry.telemetry import agent_signals as ag
 
 OVERFLOW = {"error": {"code": 400, "message": "request (600 tokens) exceeds the available context size (512 tokens), try increasing it",

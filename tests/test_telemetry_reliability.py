@@ -126,10 +126,10 @@ class Exploding:
         raise RuntimeError("instrument broke")
 
 
-@pytest.mark.parametrize("instrument", ["duration", "token_usage", "time_to_first_chunk"])
+@pytest.mark.parametrize("instrument", ["duration", "usage", "time_to_first_chunk"])
 def test_raising_metric_instrument_keeps_the_span(full_server, tel, end_calls, instrument):
     with LlamaCppClient(full_server.base_url, **tel.providers) as c:
-        setattr(c._telemetry, instrument, Exploding())
+        setattr(c._telemetry.instruments, instrument, Exploding())
         assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == "Hello there!"
         assert c.chat.completions.create(messages=HI, max_tokens=64, stream=True).get_final_completion().choices
         with pytest.raises(errors.BadRequestError):

@@ -34,11 +34,11 @@ from opentelemetry.trace import SpanKind
 from .. import _calls
 from .._base import resolve_settings
 from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
-from ..streaming import _DONE, decode_sse_line
 from ..telemetry import semconv as sc
 from ..telemetry.recorder import (
-    Accumulator, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
 )
+from ..telemetry.sse import Done, SSEDecoder
 from .clients import CLIENT_NAME_HEADER, client_name
 from .endpoints import http_route
 from .recent import RecentRequest, RecentRequests
@@ -169,7 +169,7 @@ class Exchange:
         self.record: CallRecord | None = None
         self.trace_headers: dict[str, str] = {}
         self.accumulator: Accumulator | None = None
-        self._line_buffer = b""
+        self._events = SSEDecoder(self.path)
         self._unreadable = False
         self._stream_error: BaseException | None = None
         if operation_for(self.path) is not None:
@@ -187,7 +187,7 @@ class Exchange:
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
             default_model=default_model,
-            count_tokens=self._count_tokens, span_attributes=span_attributes,
+            counting=AsyncCounting(self._count_tokens), span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
         if self.record is not None:
@@ -255,14 +255,11 @@ class Exchange:
         if acc is None or self._unreadable:
             return
         try:
-            lines = (self._line_buffer + raw).split(b"\n")
-            self._line_buffer = lines.pop()
-            for line in lines:
-                data = decode_sse_line(line.decode("utf-8").rstrip("\r"), self.path)
-                if data is _DONE:
+            for event in self._events.feed(raw):
+                if isinstance(event, Done):
                     acc.finished = True
-                elif data is not None:
-                    acc.add(data)
+                else:
+                    acc.add(event)
         except APIStatusError as exc:  # llama-server reported an error inside the stream
             self._stream_error = exc
         except Exception:  # noqa: BLE001 - a stream we cannot read is still forwarded

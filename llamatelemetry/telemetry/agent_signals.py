@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from .._accumulate import Accumulator
+    from .accumulate import Accumulator
 
 __all__ = [
     "OVERFLOW_ERROR_TYPE", "ContextOverflow", "ToolCalls", "context_overflow", "context_utilisation", "draft_counts",

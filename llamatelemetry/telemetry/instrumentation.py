@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
-from .recorder import DEFAULT_CONTENT_LIMIT, MetricAttributes, Recorder, capture_content_from_env
+from .instruments import MetricAttributes
+from .recorder import DEFAULT_CONTENT_LIMIT, Recorder, capture_content_from_env
 
 if TYPE_CHECKING:
     from .._base import Settings
