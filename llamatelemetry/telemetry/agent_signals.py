@@ -13,7 +13,7 @@ the end of every call, so the client and the gateway get the same numbers.
   (deferred), plus the server's fixed per-request overhead (HTTP parsing, chat template, tokenizing,
   loading a cached prompt from host memory, writing the final answer) and the network round trip.
   Nothing in the responses separates the two, so the value is an upper bound on the wait; on an
-  idle server it measures the overhead alone (about 1-3 ms here for short prompts, see
+  idle server it measures the overhead alone (a median 3.4 ms here for short prompts, see
   docs/recorder.md), and under contention it grows by exactly the time spent queued.
 * **Context overflow** (:func:`context_overflow`): llama-server's 400
   ``{"error": {"type": "exceed_context_size_error", "n_prompt_tokens": N, "n_ctx": M, ...}}``
