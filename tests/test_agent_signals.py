@@ -278,3 +278,18 @@ def test_speculative_decoding_with_a_draft_model(llama_server_binary: Path, scri
     assert spans[0].attributes[sc.SPECULATIVE_DRAFT_TOKENS] == drafted
     assert _counter(tel, sc.METRIC_SPECULATIVE_DRAFT_TOKENS) == sum(s.attributes[sc.SPECULATIVE_DRAFT_TOKENS] for s in spans)
     assert _counter(tel, sc.METRIC_SPECULATIVE_ACCEPTED_TOKENS) == sum(s.attributes[sc.SPECULATIVE_ACCEPTED_TOKENS] for s in spans)
+
+
+def test_context_utilisation_behind_an_api_key(llama_server_binary: Path, scripted_model: Path) -> None:
+    """The client's /props lookup sends the client's key to that same server; the key is recorded nowhere."""
+    tel = Telemetry()
+    with LlamaServer(scripted_model, binary=llama_server_binary, ctx_size=512, extra_args=["--api-key", "s3cret-key"]) as server, \
+            LlamaCppClient(server.base_url, api_key="s3cret-key", **tel.providers) as client:
+        assert httpx.get(server.base_url + "/props", timeout=10).status_code == 401  # /props is guarded
+        deadline = time.monotonic() + 30
+        while sc.CONTEXT_UTILIZATION not in (tel.spans()[-1].attributes if tel.spans() else {}) and time.monotonic() < deadline:
+            client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            time.sleep(0.05)
+    span = tel.spans()[-1]
+    assert span.attributes[sc.CONTEXT_N_CTX] == 512
+    assert all("s3cret" not in str(v) for s in tel.spans() for v in s.attributes.values())

@@ -108,7 +108,8 @@ class Observer:
         if found is None:
             settings = resolve_settings(upstream, None, 0)
             found = Recorder(server_address=settings.host, server_port=settings.port, tracer_provider=self.tracer_provider,
-                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
+                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True,
+                             server_url=settings.base_url)
             self._recorders[upstream] = found
         return found
 

@@ -65,8 +65,10 @@ class AgentSignals:
 class ContextSizes:
     """n_ctx per model label, from overflows and a background ``GET /props`` (see module docs)."""
 
-    def __init__(self, server_url: str | None) -> None:
+    def __init__(self, server_url: str | None, api_key: str | None = None) -> None:
         self.server_url = server_url
+        # Sent to that same server only (a --api-key server guards /props); never recorded anywhere.
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._known: dict[str | None, tuple[int, float]] = {}
         self._pending: dict[str | None, float] = {}
         self._lock = threading.Lock()
@@ -95,7 +97,7 @@ class ContextSizes:
         if model:  # router mode needs it; a single-model server ignores it. autoload=false: never load a model.
             url += "?" + urllib.parse.urlencode({"model": model, "autoload": "false"})
         try:
-            data = httpx.get(url, timeout=5.0).json()
+            data = httpx.get(url, headers=self._headers, timeout=5.0).json()
             n_ctx = (data.get("default_generation_settings") or {}).get("n_ctx")
             if isinstance(n_ctx, int) and n_ctx > 0:
                 self.learn(model, n_ctx)
@@ -106,8 +108,8 @@ class ContextSizes:
 class AgentInstruments:
     """The metric instruments for queue wait, context, tool calls, drafts and the prompt cache."""
 
-    def __init__(self, meter: "Meter", *, server_url: str | None = None) -> None:
-        self.context_sizes = ContextSizes(server_url)
+    def __init__(self, meter: "Meter", *, server_url: str | None = None, api_key: str | None = None) -> None:
+        self.context_sizes = ContextSizes(server_url, api_key)
         self.queue_wait = meter.create_histogram(
             sc.METRIC_QUEUE_WAIT, unit="s", explicit_bucket_boundaries_advisory=list(sc.QUEUE_WAIT_BUCKETS),
             description="Time a request spent outside a llama-server slot: waiting for a free slot plus fixed overhead.",

@@ -34,7 +34,8 @@ class Telemetry(Recorder):
         content_limit: int = DEFAULT_CONTENT_LIMIT,
     ) -> None:
         super().__init__(server_address=settings.host, server_port=settings.port, tracer_provider=tracer_provider,
-                         meter_provider=meter_provider, capture_content=capture_content, content_limit=content_limit)
+                         meter_provider=meter_provider, capture_content=capture_content, content_limit=content_limit,
+                         server_url=settings.base_url, api_key=settings.api_key)
         self.settings = settings
 
 

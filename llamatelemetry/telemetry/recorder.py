@@ -110,6 +110,8 @@ class Recorder:
             ``.time_per_output_token`` (what a gateway in front of llama-server measures).
         latest_semconv: emit the newer GenAI conventions' token metrics (default:
             ``$OTEL_SEMCONV_STABILITY_OPT_IN`` contains ``gen_ai_latest_experimental``).
+        server_url / api_key: where the slot context size (``n_ctx``) is looked up, once per model, off the
+            call's path (``GET /props``; default ``http://server_address:server_port``, no key).
 
     Never raises into the caller once constructed: :meth:`start` returns None if it cannot start.
 
@@ -130,6 +132,8 @@ class Recorder:
         content_limit: int = DEFAULT_CONTENT_LIMIT,
         server_metrics: bool = False,
         latest_semconv: bool | None = None,
+        server_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.capture_content = capture_content_from_env() if capture_content is None else capture_content
         self.content_limit = content_limit
@@ -145,7 +149,7 @@ class Recorder:
         self.instruments = Instruments(meter, latest_semconv=self.latest_semconv, server_metrics=server_metrics,
                                        base_attributes=self.base_attributes)
         #: Queue wait, context, tool calls, drafts, prompt cache (llamatelemetry.telemetry.agent_record).
-        self.agent = AgentInstruments(meter, server_url=f"http://{server_address}:{server_port}")
+        self.agent = AgentInstruments(meter, server_url=server_url or f"http://{server_address}:{server_port}", api_key=api_key)
 
     def start(
         self,
