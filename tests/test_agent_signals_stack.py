@@ -83,12 +83,12 @@ def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents
     prom.wait_for('count_over_time(llamatelemetry_target_energy_joules_total{target="draft"}[1m]) >= 2', timeout=60)
     # Each client's series exist before the measured traffic: their rates then share the same scrapes.
     for client in ("aider", "claude-code"):
-        assert agents.chat("draft", client, max_tokens=1).status_code == 200
+        assert agents.chat("draft", client, max_tokens=8, ignore_eos=True).status_code == 200
     agents.gateway.wait_for_spans(2)
-    prom.wait_for('count(count_over_time(llamatelemetry_prompt_tokens_total{gen_ai_request_model="scripted"}[1m]) >= 2) == 2',
-                  timeout=30)
+    for name in ("llamatelemetry_prompt_tokens_total", "llamatelemetry_speculative_draft_tokens_total"):
+        prom.wait_for(f'count(count_over_time({name}{{gen_ai_request_model="scripted"}}[1m]) >= 2) == 2', timeout=30)
     # Two agents on the draft server: aider generates 3 x 64 tokens, claude-code 64; the same prompt (cache hits).
-    # (The exporter reads the server's counter: 2 warm-up tokens + 256.)
+    # (The exporter reads the server's counter: 2 x 8 warm-up tokens + 256.)
     for client, runs in (("aider", 3), ("claude-code", 1)):
         for _ in range(runs):
             assert agents.chat("draft", client, max_tokens=64, ignore_eos=True).status_code == 200
@@ -99,7 +99,7 @@ def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents
     agents.gateway.wait_for_spans(9)
     agents.nvml.gpus[0].energy_mj += 25_600  # 25.6 J spent by the draft server since the exporter's first reading
     prom.wait_for('llamatelemetry_target_energy_joules_total{target="draft"} == 25.6', timeout=30)
-    prom.wait_for('llamacpp_tokens_predicted_total{target="draft"} == 258', timeout=30)
+    prom.wait_for('llamacpp_tokens_predicted_total{target="draft"} == 272', timeout=30)
     prom.wait_for('sum(llamatelemetry_tool_calls_malformed_total) >= 1', timeout=30)
     prom.wait_for('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}', timeout=30)
     time.sleep(2.5)  # a couple of rule evaluations after the last change
@@ -113,7 +113,7 @@ def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents
     claude = prom.value('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}')
     per_token = prom.value('target:llamatelemetry_joules_per_token:rate5m{target="draft"}')
     assert aider is not None and claude is not None and per_token is not None
-    assert per_token == pytest.approx(25.6 / 258, rel=0.05)
+    assert per_token == pytest.approx(25.6 / 272, rel=0.05)
     assert aider / claude == pytest.approx(3.0, rel=0.15)  # rates of series seen from different first scrapes
     model = prom.value('model:llamatelemetry_joules:rate5m{gen_ai_response_model="scripted"}')
     assert model == pytest.approx(aider + claude, rel=1e-9)
