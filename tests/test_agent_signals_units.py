@@ -116,3 +116,30 @@ def test_top_cache_hit_ratio_column_per_client() -> None:
     assert rows["aider"].cache_hit_ratio == 0.75
     assert rows["curl"].cache_hit_ratio is None  # no prompt tokens in the window: no ratio
     assert CLIENT_COLUMNS[-1] == "cache" and str(client_cells(rows["aider"])[-1]) == "75%"
+
+
+def test_recorder_counts_a_server_parse_error_as_a_malformed_tool_call() -> None:
+    """llama-server's chat parser rejecting the output (500) — not reproducible with the scripted models (the
+    lazy tool grammar keeps their output parseable), so the server's exact error body is fed to the recorder,
+    as the client (an APIStatusError) and the gateway (the raw body) hand it over."""
+    import json
+
+    from llamatelemetry import errors
+    from llamatelemetry.telemetry import semconv as sc
+    from llamatelemetry.telemetry.recorder import Recorder
+    from telemetry_helpers import Telemetry
+
+    body = {"error": {"code": 500, "type": "server_error",
+                      "message": "The model produced output that does not match the expected Qwen3.5 format"}}
+    tel = Telemetry()
+    recorder = Recorder(server_address="127.0.0.1", server_port=9, **tel.providers)
+    client_side = recorder.start("/v1/chat/completions", {"model": "m", "messages": []})
+    gateway_side = recorder.start("/v1/chat/completions", {"model": "m", "messages": []})
+    assert client_side is not None and gateway_side is not None
+    client_side.fail(errors.APIStatusError("mid-stream error", status_code=500, url="/v1/chat/completions", body=body))
+    gateway_side.fail_status(500, json.dumps(body))
+    for span in tel.spans():
+        assert span.attributes[sc.ERROR_TYPE] == "500" and span.attributes[sc.TOOL_CALLS_MALFORMED_COUNT] == 1
+        assert [dict(e.attributes) for e in span.events] == [{sc.TOOL_CALL_MALFORMED_REASON: "parse_error"}]
+    points = [p for p in tel.points(sc.METRIC_TOOL_CALLS_MALFORMED) if p.attributes[sc.TOOL_CALL_MALFORMED_REASON] == "parse_error"]
+    assert sum(p.value for p in points) == 2
