@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 
-__all__ = ["LlamaCppClient", "AsyncLlamaCppClient"]
+__all__ = ["AsyncLlamaCppClient", "LlamaCppClient", "instrument", "uninstrument"]
 
 logger = logging.getLogger("llamatelemetry")
 TimeoutTypes = float | httpx.Timeout | None
@@ -126,7 +126,7 @@ class _ClientBase:
         self._telemetry: Telemetry | None = None
         if telemetry:
             self._telemetry = Telemetry(
-                self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
+                self._settings.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
             )
 
     @property
@@ -472,3 +472,38 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# --- turning telemetry on and off for an existing client -----------------------------------------
+
+#: Either client: :func:`instrument` returns the very type it was given.
+ClientT = TypeVar("ClientT", LlamaCppClient, AsyncLlamaCppClient)
+
+
+def instrument(
+    client: ClientT,
+    *,
+    tracer_provider: "TracerProvider | None" = None,
+    meter_provider: "MeterProvider | None" = None,
+    capture_content: bool | None = None,
+) -> ClientT:
+    """Turn on (or re-configure) telemetry for an existing client, sync or async; returns it, typed as it was.
+
+    Example::
+
+        client = llamatelemetry.instrument(LlamaCppClient(telemetry=False), tracer_provider=provider)
+    """
+    client._telemetry = Telemetry(client.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                  capture_content=capture_content)
+    return client
+
+
+def uninstrument(client: ClientT) -> ClientT:
+    """Turn telemetry off for a client; returns it.
+
+    Example::
+
+        llamatelemetry.uninstrument(client)  # no spans or metrics from its next call on
+    """
+    client._telemetry = None
+    return client

@@ -32,13 +32,14 @@ import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 
-from .._base import resolve_settings
+from .._defaults import VERSION
 from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
 from ..telemetry import semconv as sc
 from ..telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher
 from ..telemetry.lookups import AsyncLookups, ServerModel
 from ..telemetry.recorder import (
     Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    server_address,
 )
 from ..telemetry.sse import Done, SSEDecoder
 from .clients import CLIENT_NAME_HEADER, client_name
@@ -87,10 +88,8 @@ class Observer:
         self.capture_content = capture_content
         self.http = http
         self.recent = recent if recent is not None else RecentRequests()
-        from .. import __version__
-
         # The recorder's meter (same name, version and schema): one instrumentation scope for all our metrics.
-        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, __version__, meter_provider, schema_url=sc.SCHEMA_URL)
+        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, VERSION, meter_provider, schema_url=sc.SCHEMA_URL)
         self.requests = meter.create_counter(
             METRIC_PROXY_REQUESTS, unit="{request}", description="Requests the gateway forwarded, inference or not.",
         )
@@ -104,8 +103,8 @@ class Observer:
         """The recorder for one upstream (its address and port are span and metric attributes)."""
         found = self._recorders.get(upstream)
         if found is None:
-            settings = resolve_settings(upstream, None, 0)
-            found = Recorder(server_address=settings.host, server_port=settings.port, tracer_provider=self.tracer_provider,
+            host, port = server_address(upstream)
+            found = Recorder(server_address=host, server_port=port, tracer_provider=self.tracer_provider,
                              meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
             self._recorders[upstream] = found
         return found
