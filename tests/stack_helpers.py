@@ -172,34 +172,6 @@ def variable_queries() -> list[tuple[str, str, str, str]]:
     return out
 
 
-#: Where the data of a query comes from, for the live tests: metric-name markers -> source.
-#: "proxy": the tracing gateway's admin /metrics (branch proxy); "energy": the exporter's per-target energy
-#: counter and its recording rules in collector/recording_rules.yml (branch exporter).
-_SOURCE_MARKERS = {
-    "proxy": ("llamatelemetry_proxy_", "gen_ai_server_", "llamatelemetry_client_name"),
-    "energy": ("llamatelemetry_joules_per_", "llamatelemetry_target_energy_joules_total"),
-}
-
-
-def query_source(expr: str) -> str:
-    """``"proxy"``, ``"energy"`` or ``"core"`` (exporter + client telemetry, always available)."""
-    for source, markers in _SOURCE_MARKERS.items():
-        if any(marker in expr for marker in markers):
-            return source
-    return "core"
-
-
-def source_missing(source: str) -> str | None:
-    """Why a data source cannot be fed in this tree (a branch not merged yet), or ``None`` when it can."""
-    import importlib.util
-
-    if source == "proxy" and importlib.util.find_spec("llamatelemetry.proxy") is None:
-        return "llamatelemetry.proxy is not in this tree yet (branch proxy)"
-    if source == "energy" and not (COLLECTOR / "recording_rules.yml").exists():
-        return "collector/recording_rules.yml is not in this tree yet (branch exporter)"
-    return None
-
-
 def recording_rule_files() -> list[Path]:
     """The recording rule files Prometheus loads next to alerts.yml (collector/prometheus.yml's glob)."""
     return [path for path in sorted(COLLECTOR.glob("recording_rules*.yml")) if not path.name.endswith("_test.yml")]

@@ -1,6 +1,6 @@
 """One monitored llama-server "host" for the live stack tests: the real exporter in front of a real
-llama-server (GPU series from the fake NVML), real client telemetry under traffic, and — when the proxy
-is in the tree — the real proxy with agent-like traffic through it.
+llama-server (GPU series from the fake NVML), real client telemetry under traffic, and the real
+proxy with agent-like traffic through it.
 
 ``monitored_host(server)`` yields the scrape targets by job name (the job names of collector/prometheus.yml
 and deploy/prometheus-agent.yml), so a test points a Prometheus (or a Prometheus agent) at them::
@@ -34,7 +34,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from llamatelemetry import LlamaCppClient
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port, stop_process
-from stack_helpers import source_missing
 
 try:  # the fake NVML lives in tests/ once the exporter branch is merged
     from fake_nvml import FakeNVML, FakeProcess  # type: ignore[import-not-found]
@@ -94,7 +93,7 @@ class Traffic:
 
 
 class ProxyTraffic:
-    """Agent-like traffic through a real ``llamatelemetry proxy`` (CLI as fixed in CONTRACTS.md): OpenAI chat
+    """Agent-like traffic through a real ``llamatelemetry proxy`` (its real CLI): OpenAI chat
     (plain, streamed, budget-exhausting) and a rejected request, under several client names."""
 
     CLIENTS = ("aider", "claude-code", "curl")
@@ -190,7 +189,7 @@ class MonitoredHost:
 @contextlib.contextmanager
 def monitored_host(server: LlamaServer, *, service_name: str = "stack-test", workers: int = 2,
                    pause: float = 0.05) -> Iterator[MonitoredHost]:
-    """Exporter + client telemetry (+ proxy when available) for ``server`` until the ``with`` block ends."""
+    """Exporter + client telemetry + proxy for ``server`` until the ``with`` block ends."""
     nvml = FakeNVML()
     nvml.gpus[0].processes.append(FakeProcess(pid=server.pid, used_bytes=3 << 30))
     exporter = ExporterApp(ExporterConfig(targets=[f"{TARGET}={server.base_url}"], host="127.0.0.1", port=0), nvml=nvml)
@@ -208,11 +207,10 @@ def monitored_host(server: LlamaServer, *, service_name: str = "stack-test", wor
     broken = LlamaCppClient(f"http://127.0.0.1:{free_port()}", meter_provider=meter_provider, tracer_provider=tracer_provider,
                             max_retries=0)
     traffic = Traffic(client, broken, workers=workers, pause=pause)
-    proxy = ProxyTraffic(server.base_url, pause=pause * 5) if source_missing("proxy") is None else None
+    proxy = ProxyTraffic(server.base_url, pause=pause * 5)
     exporter_addr = exporter.url.split("://", 1)[1].rstrip("/")
     targets = {EXPORTER_JOB: [exporter_addr], COLLECTOR_JOB: [f"127.0.0.1:{metrics_port}"]}
-    if proxy is not None:
-        targets[PROXY_JOB] = [proxy.admin]
+    targets[PROXY_JOB] = [proxy.admin]
     host = MonitoredHost(server, targets, traffic, proxy)
     try:
         traffic.one_round(0)  # fail fast, in the test's thread, if the client cannot talk to the server

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import pytest
 
 from prom_helpers import RunningPrometheus, start_prometheus
-from stack_helpers import (AGENT_STACK_PANELS, COLLECTOR, OFFLINE_ONLY_RULES, alert_query_parts, alert_rules, dashboard_queries, load_yaml,
-                           query_source, recording_rule_files, source_missing, variable_queries)
+from stack_helpers import (AGENT_STACK_PANELS, COLLECTOR, OFFLINE_ONLY_RULES, alert_query_parts, alert_rules, dashboard_queries,
+                           load_yaml, recording_rule_files, variable_queries)
 from stack_host import COLLECTOR_JOB, EXPORTER_JOB, TARGET, monitored_host
 
 
@@ -52,7 +52,7 @@ def stack(full_server: Any) -> Iterator[RunningPrometheus]:
 
 def test_scrape_targets_are_healthy(stack: RunningPrometheus) -> None:
     targets = stack.targets()
-    assert len(targets) == (3 if source_missing("proxy") is None else 2)
+    assert len(targets) == 3
     for t in targets:
         assert t["health"] == "up", t
     # the exporter saw the llama-server up and healthy on (nearly) every scrape under traffic
@@ -78,13 +78,7 @@ def _diagnose(stack: RunningPrometheus, expr: str) -> str:
     return "\n".join(lines)
 
 
-def pending(expr: str) -> list[pytest.MarkDecorator]:
-    """Queries over a source another branch brings (proxy, per-target energy) run once it is in the tree."""
-    reason = source_missing(query_source(expr))
-    return [pytest.mark.skip(reason=reason)] if reason else []
-
-
-@pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}", marks=pending(e))
+@pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}")
                                                   for i, (d, t, e) in enumerate(DASHBOARD_QUERIES)])
 def test_dashboard_query_returns_data(stack: RunningPrometheus, dashboard: str, title: str, expr: str) -> None:
     result = stack.query(expr)
@@ -93,7 +87,7 @@ def test_dashboard_query_returns_data(stack: RunningPrometheus, dashboard: str, 
 
 # `cluster`/`host` come from the agents' external labels: a single box has none (their "All" matches the
 # absent label); tests/test_fleet.py resolves them against the central Prometheus of two hosts.
-SINGLE_BOX_VARIABLES = [pytest.param(*v, id=str(v), marks=pending(v[2])) for v in variable_queries() if v[1] not in {"cluster", "host"}]
+SINGLE_BOX_VARIABLES = [pytest.param(*v, id=str(v)) for v in variable_queries() if v[1] not in {"cluster", "host"}]
 
 
 @pytest.mark.parametrize("dashboard,name,metric,label", SINGLE_BOX_VARIABLES)

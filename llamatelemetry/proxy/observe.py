@@ -10,8 +10,10 @@ GenAI metric, here with a SERVER span joined to the caller's ``traceparent`` and
 
 Telemetry never breaks or delays forwarding: every method here swallows its own errors, a
 non-streamed body is parsed after the client has its answer, and the end of each inference
-call (which may count reasoning tokens with a ``/tokenize`` call to the same llama-server)
-runs in a background task.
+call (which may count reasoning tokens with a ``/tokenize`` call to the same llama-server,
+:mod:`llamatelemetry.telemetry.lookups`) runs in a background task of the recorder's one
+finisher (:class:`~llamatelemetry.telemetry.finisher.TaskFinisher`): bounded, and when full
+the call's span ends at once without the side request, as the client's do.
 
 Example::
 
@@ -21,22 +23,23 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from typing import Any, Coroutine, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 
-from .. import _calls
-from .._base import resolve_settings
+from .._defaults import VERSION
 from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
 from ..telemetry import semconv as sc
+from ..telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher
+from ..telemetry.lookups import AsyncLookups, ServerModel
 from ..telemetry.recorder import (
     Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    server_address,
 )
 from ..telemetry.sse import Done, SSEDecoder
 from .clients import CLIENT_NAME_HEADER, client_name
@@ -47,10 +50,6 @@ log = logging.getLogger("llamatelemetry.proxy")
 
 METRIC_PROXY_REQUESTS = sc.METRIC_PROXY_REQUESTS
 ATTR_MAX_TOKENS_RAISED_FROM = sc.PROXY_MAX_TOKENS_RAISED_FROM
-#: A reasoning-token count must not keep a finished request's telemetry waiting for long.
-TOKEN_COUNT_TIMEOUT = 2.0
-#: How often to retry a failed lookup of the upstream's model (for requests that name none).
-MODEL_LOOKUP_RETRY_SECONDS = 30.0
 
 
 def parse_json_body(path: str, body: bytes) -> dict[str, Any] | None:
@@ -89,64 +88,60 @@ class Observer:
         self.capture_content = capture_content
         self.http = http
         self.recent = recent if recent is not None else RecentRequests()
-        from .. import __version__
-
         # The recorder's meter (same name, version and schema): one instrumentation scope for all our metrics.
-        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, __version__, meter_provider, schema_url=sc.SCHEMA_URL)
+        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, VERSION, meter_provider, schema_url=sc.SCHEMA_URL)
         self.requests = meter.create_counter(
             METRIC_PROXY_REQUESTS, unit="{request}", description="Requests the gateway forwarded, inference or not.",
         )
         self._recorders: dict[str, Recorder] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: upstream -> its model id (from /v1/models), for requests that name none (as the client does).
-        self._default_models: dict[str, str] = {}
-        self._model_lookup_at: dict[str, float] = {}
+        #: Runs the end of each call's telemetry (and the model lookups) off the forwarding path.
+        self.finisher = TaskFinisher()
+        #: upstream -> its model (from /v1/models), for requests that name none (as the client does).
+        self._models: dict[str, ServerModel] = {}
 
     def recorder_for(self, upstream: str) -> Recorder:
         """The recorder for one upstream (its address and port are span and metric attributes)."""
         found = self._recorders.get(upstream)
         if found is None:
-            settings = resolve_settings(upstream, None, 0)
-            found = Recorder(server_address=settings.host, server_port=settings.port, tracer_provider=self.tracer_provider,
+            host, port = server_address(upstream)
+            found = Recorder(server_address=host, server_port=port, tracer_provider=self.tracer_provider,
                              meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True,
-                             server_url=settings.base_url)
+                             server_url=upstream)
             self._recorders[upstream] = found
         return found
 
+    def lookups(self, upstream: str, authorization: str | None) -> AsyncLookups:
+        """The telemetry's side requests to ``upstream``, with the caller's credentials."""
+        return AsyncLookups(self.http, upstream, {"authorization": authorization} if authorization else None)
+
     def default_model(self, upstream: str, authorization: str | None) -> str | None:
         """The upstream's model for requests that name none; looked up once in the background (None until then)."""
-        found = self._default_models.get(upstream)
-        if found is None and time.monotonic() - self._model_lookup_at.get(upstream, -MODEL_LOOKUP_RETRY_SECONDS) >= MODEL_LOOKUP_RETRY_SECONDS:
-            self._model_lookup_at[upstream] = time.monotonic()
-            self.spawn(self._look_up_model(upstream, authorization))
-        return found
+        memo = self._models.get(upstream)
+        if memo is None:
+            memo = self._models[upstream] = ServerModel()
+        if memo.due():
+            lookups = self.lookups(upstream, authorization)
 
-    async def _look_up_model(self, upstream: str, authorization: str | None) -> None:
-        headers = {"authorization": authorization} if authorization else {}
-        try:
-            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=TOKEN_COUNT_TIMEOUT)
-            response.raise_for_status()
-            model = response.json()["data"][0]["id"]
-            if isinstance(model, str) and model:
-                self._default_models[upstream] = model
-        except Exception:  # noqa: BLE001 - spans are then named by operation only; retried later
-            log.debug("could not look up the model of %s", upstream, exc_info=True)
+            async def look_up() -> None:
+                memo.remember(await lookups.model())
+
+            # Refused (finisher full): the span is named by operation only; retried after the delay.
+            self.spawn(look_up, lambda: memo.remember(None))
+        return memo.model
 
     def begin(self, scope: Mapping[str, Any], upstream: str, body: dict[str, Any] | None, *,
               max_tokens_raised_from: int | None = None) -> "Exchange":
         """Start observing one request (its span, if it is an inference call, starts now)."""
         return Exchange(self, scope, upstream, body, max_tokens_raised_from)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run telemetry work in the background (kept referenced until done)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]], refused: Callable[[], None]) -> None:
+        """Run telemetry work in the background; ``refused`` runs at once instead when the finisher is full."""
+        if not self.finisher.submit(work):
+            refused()
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Wait (bounded) for background telemetry to finish, e.g. before shutdown."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.finisher.flush(timeout)
 
 
 class Exchange:
@@ -188,34 +183,13 @@ class Exchange:
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
             default_model=default_model,
-            counting=AsyncCounting(self._count_tokens), span_attributes=span_attributes,
+            counting=AsyncCounting(self.observer.lookups(self.upstream, self.authorization).count_tokens), span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
         if self.record is not None:
             self.trace_headers = self.record.trace_headers
             if self.stream:
                 self.accumulator = accumulator_for(self.path)
-
-    async def _count_tokens(self, text: str) -> int | None:
-        call = _calls.tokenize(text, parse_special=False)
-        headers = {"authorization": self.authorization} if self.authorization else {}
-        for attempt in range(2):
-            try:
-                response = await self.observer.http.post(self.upstream + call.path, json=call.body, headers=headers,
-                                                         timeout=TOKEN_COUNT_TIMEOUT)
-                response.raise_for_status()
-                return len(response.json()["tokens"])
-            except httpx.RemoteProtocolError:
-                # llama-server sometimes closes a keep-alive connection just after a streamed response (9 times
-                # in 40 when /tokenize follows a stream at once): the pooled connection was already closing and
-                # the request went unanswered. /tokenize is idempotent: send it once more, on a new connection.
-                if attempt == 0:
-                    continue
-                log.debug("reasoning token count failed", exc_info=True)
-            except Exception:  # noqa: BLE001 - a missing count is better than a broken span
-                log.debug("reasoning token count failed", exc_info=True)
-            return None
-        return None
 
     # -- outcomes reported by the forwarding edge --
 
@@ -242,13 +216,13 @@ class Exchange:
                 record.fail_status(status, raw[:500].decode("utf-8", "replace"))  # on_end records the rest
             elif headers.get("content-encoding", "identity") != "identity":
                 # Compressed: forwarded as is; not worth decompressing for telemetry.
-                self.observer.spawn(record.aend({}))
+                self._end(record, {})
             else:
-                self.observer.spawn(record.aend(json.loads(raw)))
+                self._end(record, json.loads(raw))
         except Exception:  # noqa: BLE001 - e.g. a 200 whose body is not JSON
             log.debug("telemetry could not read a response", exc_info=True)
             if record is not None:
-                self.observer.spawn(record.aend({}))
+                self._end(record, {})
 
     def chunk(self, raw: bytes) -> None:
         """Some SSE bytes were relayed: fold the complete events into the stream's accumulator."""
@@ -282,11 +256,17 @@ class Exchange:
                 if failure is not None:
                     record.fail(failure)
                 else:
-                    self.observer.spawn(record.aend({}))
+                    self._end(record, {})
             else:
-                self.observer.spawn(record.aend_stream(self.accumulator, failure))
+                acc = self.accumulator
+                # Refused (finisher full): end now, without the reasoning count's /tokenize request.
+                self.observer.spawn(lambda: record.aend_stream(acc, failure), lambda: record.end_stream(acc, failure))
         except Exception:  # noqa: BLE001
             log.debug("telemetry failed at the end of a stream", exc_info=True)
+
+    def _end(self, record: CallRecord, data: object) -> None:
+        # Refused (finisher full): end now, without the reasoning count's /tokenize request.
+        self.observer.spawn(lambda: record.aend(data), lambda: record.end(data))
 
     def _fail(self, status: int | None, error: BaseException) -> None:
         self.status = status

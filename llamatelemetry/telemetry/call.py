@@ -8,7 +8,7 @@ before any extra request (a token count) is made.
 Whether the caller is sync or async is said once, at the start, by the counting it gives
 (:class:`SyncCounting` or :class:`AsyncCounting`): how to ask the server to tokenize a text, and
 optionally a finisher that runs that request and the span's end off the caller's path (see
-:mod:`llamatelemetry._background`); once handed off, later end calls are no-ops. Sync ends
+:mod:`.finisher`); once handed off, later end calls are no-ops. Sync ends
 (:meth:`CallRecord.end`, :meth:`~CallRecord.end_stream`) count only with a sync counter; async
 ends (:meth:`~CallRecord.aend`, :meth:`~CallRecord.aend_stream`) with either.
 Every public method swallows its own exceptions: telemetry must never break the caller.

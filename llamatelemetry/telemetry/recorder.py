@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlsplit
 from typing import Any, Callable, Mapping
 
 from opentelemetry import metrics, propagate, trace
@@ -33,6 +34,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
+from .._defaults import VERSION
 from .accumulate import Accumulator, accumulator_for
 from . import semconv as sc
 from .agent_record import AgentInstruments
@@ -43,7 +45,7 @@ from .outcome import Outcome, error_type_of, model_label, outcome_of_json
 
 __all__ = [
     "Accumulator", "AsyncCounting", "CallRecord", "Counting", "EndedCall", "MetricAttributes", "Outcome", "Recorder",
-    "SyncCounting", "accumulator_for", "context_from_headers", "error_type_of", "model_label", "operation_for",
+    "SyncCounting", "accumulator_for", "context_from_headers", "server_address", "error_type_of", "model_label", "operation_for",
     "outcome_of_json",
 ]
 
@@ -71,6 +73,17 @@ def operation_for(path: str) -> str | None:
     return _OPERATIONS.get(path.split("?", 1)[0].rstrip("/") or "/")
 
 
+def server_address(url: str) -> tuple[str, int]:
+    """The host and port of a server URL, for the ``server.address``/``server.port`` attributes.
+
+    Example::
+
+        server_address("http://127.0.0.1:8080/v1")  # ("127.0.0.1", 8080)
+    """
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def context_from_headers(headers: Mapping[str, str]) -> Context:
     """The trace context an incoming request carries (``traceparent``/``tracestate``), for ``parent=``.
 
@@ -90,12 +103,6 @@ def capture_content_from_env() -> bool:
     """
     value = os.environ.get(sc.CAPTURE_CONTENT_ENV, "").strip().lower()
     return value in ("1", "true", "yes", "on", "span_only", "span_and_event")
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 class Recorder:
@@ -138,14 +145,14 @@ class Recorder:
         self.capture_content = capture_content_from_env() if capture_content is None else capture_content
         self.content_limit = content_limit
         self.latest_semconv = sc.latest_experimental() if latest_semconv is None else latest_semconv
-        self.tracer = trace.get_tracer(sc.INSTRUMENTATION_NAME, _version(), tracer_provider, schema_url=sc.SCHEMA_URL)
+        self.tracer = trace.get_tracer(sc.INSTRUMENTATION_NAME, VERSION, tracer_provider, schema_url=sc.SCHEMA_URL)
         # Attributes known once per target: computed here, not per call.
         self.base_attributes: dict[str, AttributeValue] = {
             sc.PROVIDER: sc.PROVIDER_NAME,
             sc.SERVER_ADDRESS: server_address,
             sc.SERVER_PORT: server_port,
         }
-        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, _version(), meter_provider, schema_url=sc.SCHEMA_URL)
+        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, VERSION, meter_provider, schema_url=sc.SCHEMA_URL)
         self.instruments = Instruments(meter, latest_semconv=self.latest_semconv, server_metrics=server_metrics,
                                        base_attributes=self.base_attributes)
         #: Queue wait, context, tool calls, drafts, prompt cache (llamatelemetry.telemetry.agent_record).

@@ -19,7 +19,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import httpx
 
@@ -287,13 +286,3 @@ def _reraise_cancel(exc: BaseException) -> None:
     # gather(return_exceptions=True) hands back cancellation too; only real read failures are states.
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
         raise exc
-
-
-def merge_labels(samples: Iterable[Sample], by: str) -> dict[str, float]:
-    """Sum sample values grouped by the value of label ``by`` (samples without it are skipped)."""
-    out: dict[str, float] = {}
-    for sample in samples:
-        key = sample.labels.get(by)
-        if key is not None:
-            out[key] = out.get(key, 0.0) + sample.value
-    return out

@@ -23,3 +23,11 @@ async def async_mistakes(client: AsyncLlamaCppClient) -> None:
         print(chunk)
     ids: list[int] = client.tokenize("x")  # error
     print(ids)
+
+
+def instrumented_mistakes() -> None:
+    import llamatelemetry
+
+    wrong: AsyncLlamaCppClient = llamatelemetry.instrument(LlamaCppClient(telemetry=False))  # error
+    llamatelemetry.instrument("http://127.0.0.1:8080")  # error
+    print(wrong)
