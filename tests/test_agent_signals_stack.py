@@ -80,13 +80,13 @@ def agents(llama_server_binary: Path, scripted_model: Path, tmp_path_factory: py
 
 def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents) -> None:
     prom = agents.prom
-    prom.wait_for('count_over_time(llamatelemetry_target_energy_joules_total{target="draft"}[1m]) >= 2', timeout=60)
+    prom.wait_for('count_over_time(llamatelemetry_target_energy_joules_total{target="draft"}[1m]) >= 2', timeout=90)
     # Each client's series exist before the measured traffic: their rates then share the same scrapes.
     for client in ("aider", "claude-code"):
         assert agents.chat("draft", client, max_tokens=8, ignore_eos=True).status_code == 200
     agents.gateway.wait_for_spans(2)
     for name in ("llamatelemetry_prompt_tokens_total", "llamatelemetry_speculative_draft_tokens_total"):
-        prom.wait_for(f'count(count_over_time({name}{{gen_ai_request_model="scripted"}}[1m]) >= 2) == 2', timeout=30)
+        prom.wait_for(f'count(count_over_time({name}{{gen_ai_request_model="scripted"}}[1m]) >= 2) == 2', timeout=90)
     # Two agents on the draft server: aider generates 3 x 64 tokens, claude-code 64; the same prompt (cache hits).
     # (The exporter reads the server's counter: 2 x 8 warm-up tokens + 256.)
     for client, runs in (("aider", 3), ("claude-code", 1)):
@@ -98,10 +98,10 @@ def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents
         assert agents.chat(route, "aider", messages=WEATHER, tools=[TOOL_CALL_TOOL], max_tokens=40).status_code == 200
     agents.gateway.wait_for_spans(9)
     agents.nvml.gpus[0].energy_mj += 25_600  # 25.6 J spent by the draft server since the exporter's first reading
-    prom.wait_for('llamatelemetry_target_energy_joules_total{target="draft"} == 25.6', timeout=30)
-    prom.wait_for('llamacpp_tokens_predicted_total{target="draft"} == 272', timeout=30)
-    prom.wait_for('sum(llamatelemetry_tool_calls_malformed_total) >= 1', timeout=30)
-    prom.wait_for('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}', timeout=30)
+    prom.wait_for('llamatelemetry_target_energy_joules_total{target="draft"} == 25.6', timeout=90)
+    prom.wait_for('llamacpp_tokens_predicted_total{target="draft"} == 272', timeout=90)
+    prom.wait_for('sum(llamatelemetry_tool_calls_malformed_total) >= 1', timeout=90)
+    prom.wait_for('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}', timeout=90)
     time.sleep(2.5)  # a couple of rule evaluations after the last change
 
     missing = [(title, expr) for board, title, expr in dashboard_queries()
