@@ -223,7 +223,10 @@ class CallRecord:
     def _success_signals(self, out: Outcome, duration: float) -> "ar.AgentSignals":
         if self.agent is None:
             return ar.AgentSignals()
-        return self.agent.signals_of_success(self.model, wall=duration, timings=out.timings, prompt_tokens=out.input_tokens,
+        # Embeddings and rerank use no prompt cache and no generation slot time: they would dilute the hit ratio.
+        generates = self.operation in ("chat", "text_completion")
+        return self.agent.signals_of_success(self.model, wall=duration, timings=out.timings,
+                                             prompt_tokens=out.input_tokens if generates else None,
                                              cached_tokens=out.cached_tokens, tool_calls=out.tool_calls)
 
     # -- ending with a result (sync) --
