@@ -251,6 +251,8 @@ def test_prompt_cache_hits_of_a_repeated_long_prompt(one_slot: LlamaServer) -> N
     labels = {sc.CLIENT_NAME: "aider", sc.REQUEST_MODEL: "scripted"}
     assert _counter(gw, sc.METRIC_PROMPT_TOKENS, **labels) == 3 * prompt
     assert _counter(gw, sc.METRIC_PROMPT_CACHED_TOKENS, **labels) == sum(cached)
+    # ... and the gateway's queue-wait histogram is per client and model too
+    assert sum(p.count for p in _points(gw, sc.METRIC_QUEUE_WAIT, **labels)) == 3
     assert "llamatelemetry_prompt_cached_tokens_total{" in metrics_text and "llamatelemetry_prompt_tokens_total{" in metrics_text
 
 
