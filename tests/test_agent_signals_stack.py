@@ -109,11 +109,12 @@ def test_agent_panels_return_data_and_joules_follow_output_tokens(agents: Agents
     assert not missing, missing
 
     # Joules per client = the target's J/token x the client's output tokens/s: aider made 3/4 of the tokens.
-    aider = prom.value('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="aider"}')
-    claude = prom.value('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}')
-    per_token = prom.value('target:llamatelemetry_joules_per_token:rate5m{target="draft"}')
+    at = time.time() - 1.5  # one evaluation of the rule group for every value (a rule group is evaluated each second)
+    aider = prom.value('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="aider"}', at=at)
+    claude = prom.value('client:llamatelemetry_joules:rate5m{llamatelemetry_client_name="claude-code"}', at=at)
+    per_token = prom.value('target:llamatelemetry_joules_per_token:rate5m{target="draft"}', at=at)
     assert aider is not None and claude is not None and per_token is not None
     assert per_token == pytest.approx(25.6 / 272, rel=0.05)
     assert aider / claude == pytest.approx(3.0, rel=0.15)  # rates of series seen from different first scrapes
-    model = prom.value('model:llamatelemetry_joules:rate5m{gen_ai_response_model="scripted"}')
+    model = prom.value('model:llamatelemetry_joules:rate5m{gen_ai_response_model="scripted"}', at=at)
     assert model == pytest.approx(aider + claude, rel=1e-9)
