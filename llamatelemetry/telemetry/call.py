@@ -30,8 +30,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from . import reasoning as rc
 from . import semconv as sc
 from .attributes import ContentCapture, request_attributes, response_attributes
-from .instruments import Instruments, Measured
-from .outcome import Outcome, error_type_of, model_label, outcome_of_json, outcome_of_result, outcome_of_stream
+from .instruments import Instruments
+from .outcome import EndedCall, Outcome, error_type_of, model_label, outcome_of_json, outcome_of_result, outcome_of_stream
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -78,24 +78,6 @@ class AsyncCounting:
 
 
 Counting = Union[SyncCounting, AsyncCounting]
-
-
-@dataclass(slots=True, frozen=True)
-class EndedCall:
-    """What a finished call measured, handed to ``on_end`` (e.g. a gateway's recent-requests list)."""
-
-    operation: str
-    #: The model's label (alias or file basename), as on the span name and metrics.
-    model: str | None
-    outcome: Outcome
-    duration: float
-    time_to_first_chunk: float | None
-    time_per_output_token: float | None
-    reasoning_tokens: int | None
-    budget_exhausted: bool
-    error_type: str | None
-    #: The base metric attributes this call recorded with (extra attributes and error.type included).
-    metric_attributes: Mapping[str, "AttributeValue"]
 
 
 class CallRecord:
@@ -371,13 +353,12 @@ class CallRecord:
             any(r in _LENGTH_REASONS for r in out.finish_reasons) and not out.content.strip() and bool(out.reasoning.strip())
         )
         ttft = out.first_chunk_at - self.started if out.first_chunk_at is not None else None
-        measured = Measured(out, ended - self.started, ttft, self._time_per_output_token(out, ended), reasoning_tokens,
-                            exhausted, error is None)
+        per_token = self._time_per_output_token(out, ended)
         error_type = error_type_of(error) if error is not None else None
         try:
             if self.recording:
                 span.set_attributes(response_attributes(
-                    out, reasoning_tokens=reasoning_tokens, ttft=ttft, per_token=measured.time_per_output_token,
+                    out, reasoning_tokens=reasoning_tokens, ttft=ttft, per_token=per_token,
                     started=self.started, capture=self.capture,
                 ))
                 if exhausted:
@@ -395,14 +376,15 @@ class CallRecord:
         response_label = model_label(out.response_model) if out.response_model else None
         attrs = self.instruments.attributes.get(self.operation, self.model, response_label, error_type,
                                                 self.extra_metric_attributes)
+        summary = EndedCall(self.operation, self.model, out, ended - self.started, ttft, per_token, reasoning_tokens,
+                            exhausted, error_type, attrs.base)
         try:
-            self.instruments.record_end(measured, attrs, self.context, record_gaps=not gaps_later)
+            self.instruments.record_end(summary, attrs, self.context, record_gaps=not gaps_later)
         except Exception:  # noqa: BLE001
             logger.debug("llamatelemetry: a metric instrument failed; the span was already ended", exc_info=True)
         if exhausted:
             self._warn_exhausted(reasoning_tokens, out.finish_reasons)
-        self._notify(EndedCall(self.operation, self.model, out, measured.duration, ttft, measured.time_per_output_token,
-                               reasoning_tokens, exhausted, error_type, attrs.base))
+        self._notify(summary)
         return attrs.base if gaps_later and ttft is not None and out.chunk_gaps else None
 
     def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:
