@@ -31,8 +31,8 @@ from . import agent_record as ar
 from . import reasoning as rc
 from . import semconv as sc
 from .attributes import ContentCapture, request_attributes, response_attributes
-from .instruments import Instruments, Measured
-from .outcome import Outcome, error_type_of, model_label, outcome_of_json, outcome_of_result, outcome_of_stream
+from .instruments import Instruments
+from .outcome import EndedCall, Outcome, error_type_of, model_label, outcome_of_json, outcome_of_result, outcome_of_stream
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -79,24 +79,6 @@ class AsyncCounting:
 
 
 Counting = Union[SyncCounting, AsyncCounting]
-
-
-@dataclass(slots=True, frozen=True)
-class EndedCall:
-    """What a finished call measured, handed to ``on_end`` (e.g. a gateway's recent-requests list)."""
-
-    operation: str
-    #: The model's label (alias or file basename), as on the span name and metrics.
-    model: str | None
-    outcome: Outcome
-    duration: float
-    time_to_first_chunk: float | None
-    time_per_output_token: float | None
-    reasoning_tokens: int | None
-    budget_exhausted: bool
-    error_type: str | None
-    #: The base metric attributes this call recorded with (extra attributes and error.type included).
-    metric_attributes: Mapping[str, "AttributeValue"]
 
 
 class CallRecord:
@@ -403,16 +385,15 @@ class CallRecord:
             and not out.has_tool_calls
         )
         ttft = out.first_chunk_at - self.started if out.first_chunk_at is not None else None
-        measured = Measured(out, ended - self.started, ttft, self._time_per_output_token(out, ended), reasoning_tokens,
-                            exhausted, error is None)
+        per_token = self._time_per_output_token(out, ended)
         error_type = error_type_of(error) if error is not None else None
-        signals = self._failure_signals(error) if error is not None else self._success_signals(out, measured.duration)
+        signals = self._failure_signals(error) if error is not None else self._success_signals(out, ended - self.started)
         if signals.overflow:
             error_type = sc.ERROR_TYPE_CONTEXT_OVERFLOW
         try:
             if self.recording:
                 span.set_attributes(response_attributes(
-                    out, reasoning_tokens=reasoning_tokens, ttft=ttft, per_token=measured.time_per_output_token,
+                    out, reasoning_tokens=reasoning_tokens, ttft=ttft, per_token=per_token,
                     started=self.started, capture=self.capture,
                 ))
                 span.set_attributes(ar.span_attributes(signals))
@@ -432,8 +413,10 @@ class CallRecord:
         response_label = model_label(out.response_model) if out.response_model else None
         attrs = self.instruments.attributes.get(self.operation, self.model, response_label, error_type,
                                                 self.extra_metric_attributes)
+        summary = EndedCall(self.operation, self.model, out, ended - self.started, ttft, per_token, reasoning_tokens,
+                            exhausted, error_type, attrs.base)
         try:
-            self.instruments.record_end(measured, attrs, self.context, record_gaps=not gaps_later)
+            self.instruments.record_end(summary, attrs, self.context, record_gaps=not gaps_later)
             if self.agent is not None:
                 self.agent.record(signals, attrs.base)
         except Exception:  # noqa: BLE001
@@ -442,8 +425,7 @@ class CallRecord:
             ar.warn_overflow(signals, self.model)
         if exhausted:
             self._warn_exhausted(reasoning_tokens, out.finish_reasons)
-        self._notify(EndedCall(self.operation, self.model, out, measured.duration, ttft, measured.time_per_output_token,
-                               reasoning_tokens, exhausted, error_type, attrs.base))
+        self._notify(summary)
         return attrs.base if gaps_later and ttft is not None and out.chunk_gaps else None
 
     def _time_per_output_token(self, out: Outcome, ended: float) -> float | None:

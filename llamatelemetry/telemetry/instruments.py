@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Mapping
 from opentelemetry.metrics import Counter, Histogram, Meter
 
 from . import semconv as sc
-from .outcome import Outcome
+from .outcome import EndedCall, Outcome
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -212,19 +212,6 @@ class ServerHistograms(NoServerHistograms):
 
 # -- all of them ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Measured:
-    """What one finished call measured, as the metrics need it."""
-
-    outcome: Outcome
-    duration: float
-    time_to_first_chunk: float | None
-    time_per_output_token: float | None
-    reasoning_tokens: int | None
-    budget_exhausted: bool
-    succeeded: bool
-
-
 class Instruments:
     """Every metric instrument of one recorder, typed, chosen once (see module docs)."""
 
@@ -251,21 +238,21 @@ class Instruments:
         )
         self.server: NoServerHistograms = ServerHistograms(meter) if server_metrics else NoServerHistograms()
 
-    def record_end(self, measured: Measured, attrs: MetricAttributes, context: "Context | None", *,
+    def record_end(self, ended: EndedCall, attrs: MetricAttributes, context: "Context | None", *,
                    record_gaps: bool = True) -> None:
         """Record a finished call; with ``record_gaps=False`` the chunk gaps are left to :meth:`arecord_gaps`."""
-        if measured.budget_exhausted:
+        if ended.budget_exhausted:
             self.budget_exhausted.add(1, attrs.base)
         # The span's context makes the duration an exemplar: dashboards jump from latency to the trace.
-        self.duration.record(measured.duration, attrs.base, context=context)
-        self.usage.record(measured.outcome, attrs, measured.reasoning_tokens)
-        if measured.time_to_first_chunk is not None:
-            self.time_to_first_chunk.record(measured.time_to_first_chunk, attrs.base)
+        self.duration.record(ended.duration, attrs.base, context=context)
+        self.usage.record(ended.outcome, attrs, ended.reasoning_tokens)
+        if ended.time_to_first_chunk is not None:
+            self.time_to_first_chunk.record(ended.time_to_first_chunk, attrs.base)
             if record_gaps:  # recorded at the end, not while the caller reads the stream
-                for gap in measured.outcome.chunk_gaps:
+                for gap in ended.outcome.chunk_gaps:
                     self.time_per_output_chunk.record(gap, attrs.base)
-        self.server.record(measured.duration, measured.time_to_first_chunk, measured.time_per_output_token,
-                           measured.succeeded, attrs, context)
+        self.server.record(ended.duration, ended.time_to_first_chunk, ended.time_per_output_token,
+                           ended.succeeded, attrs, context)
 
     def record_failure(self, duration: float, attrs: MetricAttributes, context: "Context | None") -> None:
         """Record a call that failed before it produced a result."""

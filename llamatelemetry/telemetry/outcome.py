@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
+
+from opentelemetry.util.types import AttributeValue
 
 from .. import errors, types
 from . import agent_signals as ag
@@ -25,7 +27,7 @@ from . import semconv as sc
 if TYPE_CHECKING:
     from .accumulate import Accumulator
 
-__all__ = ["Outcome", "error_type_of", "model_label", "outcome_of_json", "outcome_of_result", "outcome_of_stream"]
+__all__ = ["EndedCall", "Outcome", "error_type_of", "model_label", "outcome_of_json", "outcome_of_result", "outcome_of_stream"]
 
 
 @dataclass(slots=True)
@@ -54,6 +56,30 @@ class Outcome:
     reasoning_count_method: str | None = None
     # tool calls: how many, which malformed (llamatelemetry.telemetry.agent_signals)
     tool_calls: "ag.ToolCalls | None" = None
+
+
+@dataclass(slots=True, frozen=True)
+class EndedCall:
+    """What a finished call measured, handed to ``on_end`` (e.g. a gateway's recent-requests list)."""
+
+    operation: str
+    #: The model's label (alias or file basename), as on the span name and metrics.
+    model: str | None
+    outcome: Outcome
+    duration: float
+    time_to_first_chunk: float | None
+    time_per_output_token: float | None
+    reasoning_tokens: int | None
+    budget_exhausted: bool
+    error_type: str | None
+    #: The base metric attributes this call recorded with (extra attributes and error.type included).
+    metric_attributes: Mapping[str, AttributeValue]
+
+
+    @property
+    def succeeded(self) -> bool:
+        """The call ended without an error."""
+        return self.error_type is None
 
 
 def _timings(timings: types.Timings | None) -> dict[str, Any] | None:

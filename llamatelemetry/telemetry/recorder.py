@@ -39,9 +39,9 @@ from .accumulate import Accumulator, accumulator_for
 from . import semconv as sc
 from .agent_record import AgentInstruments
 from .attributes import ContentCapture
-from .call import AsyncCounting, CallRecord, Counting, EndedCall, SyncCounting
+from .call import AsyncCounting, CallRecord, Counting, SyncCounting
 from .instruments import Instruments, MetricAttributes
-from .outcome import Outcome, error_type_of, model_label, outcome_of_json
+from .outcome import EndedCall, Outcome, error_type_of, model_label, outcome_of_json
 
 __all__ = [
     "Accumulator", "AsyncCounting", "CallRecord", "Counting", "EndedCall", "MetricAttributes", "Outcome", "Recorder",
