@@ -26,6 +26,7 @@ JAEGER = {"type": "jaeger", "uid": JAEGER_UID}
 SEARCH_LLAMA = {"queryType": "search", "service": "${service}", "tags": "gen_ai.provider.name=llama.cpp"}
 SEARCH_ERRORS = {"queryType": "search", "service": "${service}", "tags": "gen_ai.provider.name=llama.cpp error=true"}
 SEARCH_GATEWAY = {"queryType": "search", "service": "llamatelemetry-proxy"}
+SEARCH_COLD_STARTS = {"queryType": "search", "service": "llamatelemetry-proxy", "tags": "llamatelemetry.model.cold_start=true"}
 
 GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
 
@@ -564,6 +565,7 @@ def proxy() -> Board:
                "{{llamatelemetry_client_name}} {{error_type}}")],
             w=24, unit="reqps", min=0, custom=ts(stack=True, draw="bars", fill=80), options=LEGEND,
             description="Requests llama-server rejected (e.g. context overflow 400) or that failed upstream, per client.")
+    agent_panels(b, c)
     return b
 
 
@@ -586,7 +588,7 @@ def models() -> Board:
     b = Board("llamatelemetry-models", "Models (router)",
               "llama-server router mode (--models-dir / --models-preset): per-model state, swaps, load durations and "
               "failures from the exporter, and how long requests through the gateway waited for their model to load.",
-              variables, [dashboards_link(), explore_link("Cold starts in Tempo", '{span.llamatelemetry.model.cold_start=true}')])
+              variables, [dashboards_link(), explore_link("Cold starts in Jaeger", SEARCH_COLD_STARTS)])
     code = " + ".join(f'sum by (cluster, host, target, model) (llamatelemetry_model_state{{{m}, state="{name}"}}) * {value}'
                       for name, value, _ in MODEL_STATE_CODES if value)
     b.row("Which model was loaded when")
@@ -630,6 +632,66 @@ def models() -> Board:
             w=12, unit="short", min=0, options=BARGAUGE, steps=((GREEN, None), (ORANGE, 10)),
             description="Requests per client and model that found their model not loaded over the time range.")
     return b
+
+
+#: The OTel SDK's Prometheus exporter names a unit-"1" histogram without a suffix, the collector's with `_ratio`.
+CONTEXT_UTILIZATION = "llamatelemetry_context_utilization(_ratio)?_bucket"
+
+
+def agent_panels(b: Board, c: str) -> None:
+    """What agents run into on a shared server: queueing, context, tool calls, prompt cache, drafts, energy."""
+    by = "llamatelemetry_client_name, gen_ai_request_model"
+    legend = "{{llamatelemetry_client_name}} {{gen_ai_request_model}}"
+    b.row("Agents: queueing, context, tool calls")
+    b.panel("timeseries", "Queue wait (p50 / p95)",
+            [q(f"histogram_quantile({p}, sum by (le, {by}) (rate(llamatelemetry_request_queue_wait_seconds_bucket{{{c}}}[{RI}])))",
+               f"{legend} p{round(p * 100)}") for p in (0.5, 0.95)],
+            w=12, unit="s", min=0, custom=ts(fill=0), options=LEGEND,
+            description="Time each request spent outside a llama-server slot (waiting for a free slot, plus a few ms of "
+                        "fixed overhead): wall time minus the server's prompt + generation time.")
+    b.panel("timeseries", "Context utilisation (p95)",
+            [q(f'histogram_quantile(0.95, sum by (le, {by}) (rate({{__name__=~"{CONTEXT_UTILIZATION}", {c}}}[{RI}])))', legend)],
+            w=12, unit="percentunit", min=0, max=1, steps=((GREEN, None), (ORANGE, 0.8), (RED, 0.95)), custom=ts(fill=0),
+            options=LEGEND, description="Prompt tokens / the slot's n_ctx per request: a line creeping to 100% is a "
+                                        "conversation about to overflow.")
+    b.panel("stat", "Context overflows in range",
+            [q(f"sum by ({by}) (increase(llamatelemetry_context_overflows_total{{{c}}}[$__range]))", legend, instant=True)],
+            w=6, unit="short", min=0, steps=((GREEN, None), (RED, 1)), options={**STAT, "graphMode": "none"},
+            description="Prompts llama-server refused with exceed_context_size_error (400), per client and model.")
+    b.panel("timeseries", "Tool calls/s and malformed",
+            [q(f"sum by (llamatelemetry_client_name) (rate(llamatelemetry_tool_calls_total{{{c}}}[{RI}]))",
+               "{{llamatelemetry_client_name}} calls"),
+             q(f"sum by (llamatelemetry_client_name, llamatelemetry_tool_call_malformed_reason) "
+               f"(rate(llamatelemetry_tool_calls_malformed_total{{{c}}}[{RI}]))",
+               "{{llamatelemetry_client_name}} malformed: {{llamatelemetry_tool_call_malformed_reason}}")],
+            w=10, unit="ops", min=0, custom=ts(), options=LEGEND,
+            description="Tool calls per second, and malformed ones by reason: invalid JSON arguments, finish reason "
+                        "tool_calls without a call, or llama-server's parser rejecting the output (500).")
+    b.panel("stat", "Prompt-cache hit ratio",
+            [q(f"sum by ({by}) (rate(llamatelemetry_prompt_cached_tokens_total{{{c}}}[{RI}])) / "
+               f"(sum by ({by}) (rate(llamatelemetry_prompt_tokens_total{{{c}}}[{RI}])) > 0)", legend)],
+            w=8, unit="percentunit", min=0, max=1, steps=((RED, None), (ORANGE, 0.5), (GREEN, 0.8)), options=STAT,
+            description="Share of prompt tokens llama-server reused from its prompt cache, per client and model: a "
+                        "low ratio is an agent re-reading its whole context each turn (recording rule "
+                        "client_model:llamatelemetry_prompt_cache_hit_ratio:rate5m).")
+    b.row("Agents: speculative decoding and energy")
+    b.panel("timeseries", "Speculative acceptance ratio",
+            [q(f"sum by (gen_ai_request_model) (rate(llamatelemetry_speculative_accepted_tokens_total{{{c}}}[{RI}])) / "
+               f"(sum by (gen_ai_request_model) (rate(llamatelemetry_speculative_draft_tokens_total{{{c}}}[{RI}])) > 0)",
+               "{{gen_ai_request_model}}")],
+            w=8, unit="percentunit", min=0, max=1, custom=ts(fill=0), options=LEGEND,
+            description="Drafted tokens the target model accepted (llama-server's draft_n_accepted / draft_n), per model.")
+    b.panel("timeseries", "Power per client (W)",
+            [q(f'sum by (llamatelemetry_client_name) (client:llamatelemetry_joules:rate5m{{llamatelemetry_client_name=~"$client", {H}}})',
+               "{{llamatelemetry_client_name}}")],
+            w=8, unit="watt", min=0, custom=ts(stack=True), options=LEGEND,
+            description="Joules per second spent on each client: its output tokens/s times the upstream's joules per "
+                        "token (exporter, NVML). Needs the exporter's target named address:port.")
+    b.panel("stat", "Energy per client in range",
+            [q(f'sum by (llamatelemetry_client_name) (avg_over_time(client:llamatelemetry_joules:rate5m{{llamatelemetry_client_name=~"$client", {H}}}[$__range])) * $__range_s',
+               "{{llamatelemetry_client_name}}", instant=True)],
+            w=8, unit="joule", min=0, options={**STAT, "graphMode": "none"},
+            description="Joules each client cost over the time range: its average power times the range's length.")
 
 
 BOARDS = {"llama-server.json": llama_server, "gpu.json": gpu, "requests.json": requests, "proxy.json": proxy}

@@ -13,13 +13,13 @@ Example::
     print(client.chat_completion(messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)
 """
 
-__version__ = "0.1.0"
-
 from . import errors, types
-from ._defaults import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
-from .client import AsyncLlamaCppClient, LlamaCppClient
+from ._defaults import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, VERSION
+from .client import AsyncLlamaCppClient, LlamaCppClient, instrument, uninstrument
 from .streaming import AsyncStream, Stream
-from .telemetry import configure, instrument, uninstrument
+from .telemetry import configure
+
+__version__ = VERSION
 
 __all__ = [
     "API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "AsyncLlamaCppClient", "AsyncStream", "LlamaCppClient",

@@ -1,5 +1,8 @@
 """Defaults shared by every part of llamatelemetry, so no two parts disagree (e.g. on the port)."""
 
+#: llamatelemetry's version (``llamatelemetry.__version__``; the instrumentation scope's version).
+VERSION = "0.1.0"
+
 #: Where llama-server listens unless told otherwise (its own default: 127.0.0.1:8080).
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 #: Environment variable read for the llama-server URL when none is passed.

@@ -3,10 +3,12 @@
 Sync and async get separate classes, as in openai-python, so every signature is exact: the
 async methods are ``async def`` (a missing ``await`` is a type error), and ``create`` is
 overloaded on ``stream`` (``stream=True`` gives a stream of chunks, otherwise the result).
-The parameters, their defaults and the docstrings come from the request builders in
-:mod:`llamatelemetry._calls`, the single source; the overloads below restate the three
-stream-capable builders' parameters for type checkers, and ``tests/test_typing.py`` fails if
-they ever drift apart.
+Each endpoint's parameters, their defaults and the docstrings are declared once, by its request
+builder in :mod:`llamatelemetry._calls`. Plain methods take them from there at runtime
+(:func:`_endpoint`); the overloads of the stream-capable methods are written from them by
+``scripts/gen_resources.py`` between the ``# <generated ...>`` markers (do not edit those by hand;
+``tests/test_typing.py`` fails when they are stale). Everything else here is hand-written: add a
+plain method (``load = _endpoint(_calls.load_model)``) as the classes below do.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Resource:
 
 
 class ChatCompletions(Resource):
+    # <generated ChatCompletions.create from _calls.chat_completion: scripts/gen_resources.py>
     @overload
     def create(
         self,
@@ -150,6 +153,7 @@ class ChatCompletions(Resource):
     @_same_signature_as(_calls.chat_completion)
     def create(self, **kwargs: Any) -> types.ChatCompletion | Stream[types.ChatCompletionChunk]:
         return self._client._execute(_calls.chat_completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class Chat(Resource):
@@ -159,6 +163,7 @@ class Chat(Resource):
 
 
 class Completions(Resource):
+    # <generated Completions.create from _calls.completion: scripts/gen_resources.py>
     @overload
     def create(
         self,
@@ -219,9 +224,11 @@ class Completions(Resource):
     @_same_signature_as(_calls.completion)
     def create(self, **kwargs: Any) -> types.Completion | Stream[types.Completion]:
         return self._client._execute(_calls.completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class Messages(Resource):
+    # <generated Messages.create from _calls.message: scripts/gen_resources.py>
     @overload
     def create(
         self,
@@ -279,6 +286,7 @@ class Messages(Resource):
     @_same_signature_as(_calls.message)
     def create(self, **kwargs: Any) -> types.Message | Stream[types.MessageStreamEvent]:
         return self._client._execute(_calls.message(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class Embeddings(Resource):
@@ -319,6 +327,7 @@ class ClientMethods:
     def _client(self) -> "LlamaCppClient":
         return self  # type: ignore[return-value]
 
+    # <generated ClientMethods.chat_completion from _calls.chat_completion: scripts/gen_resources.py>
     @overload
     def chat_completion(
         self,
@@ -394,6 +403,7 @@ class ClientMethods:
     @_same_signature_as(_calls.chat_completion)
     def chat_completion(self, **kwargs: Any) -> types.ChatCompletion | Stream[types.ChatCompletionChunk]:
         return self._client._execute(_calls.chat_completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
     embed = _endpoint(_calls.embed)
     tokenize = _endpoint(_calls.tokenize)
@@ -409,6 +419,7 @@ class AsyncResource:
 
 
 class AsyncChatCompletions(AsyncResource):
+    # <generated AsyncChatCompletions.create from _calls.chat_completion: scripts/gen_resources.py>
     @overload
     async def create(
         self,
@@ -484,6 +495,7 @@ class AsyncChatCompletions(AsyncResource):
     @_same_signature_as(_calls.chat_completion)
     async def create(self, **kwargs: Any) -> types.ChatCompletion | AsyncStream[types.ChatCompletionChunk]:
         return await self._client._execute(_calls.chat_completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class AsyncChat(AsyncResource):
@@ -493,6 +505,7 @@ class AsyncChat(AsyncResource):
 
 
 class AsyncCompletions(AsyncResource):
+    # <generated AsyncCompletions.create from _calls.completion: scripts/gen_resources.py>
     @overload
     async def create(
         self,
@@ -553,9 +566,11 @@ class AsyncCompletions(AsyncResource):
     @_same_signature_as(_calls.completion)
     async def create(self, **kwargs: Any) -> types.Completion | AsyncStream[types.Completion]:
         return await self._client._execute(_calls.completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class AsyncMessages(AsyncResource):
+    # <generated AsyncMessages.create from _calls.message: scripts/gen_resources.py>
     @overload
     async def create(
         self,
@@ -613,6 +628,7 @@ class AsyncMessages(AsyncResource):
     @_same_signature_as(_calls.message)
     async def create(self, **kwargs: Any) -> types.Message | AsyncStream[types.MessageStreamEvent]:
         return await self._client._execute(_calls.message(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
 
 class AsyncEmbeddings(AsyncResource):
@@ -653,6 +669,7 @@ class AsyncClientMethods:
     def _client(self) -> "AsyncLlamaCppClient":
         return self  # type: ignore[return-value]
 
+    # <generated AsyncClientMethods.chat_completion from _calls.chat_completion: scripts/gen_resources.py>
     @overload
     async def chat_completion(
         self,
@@ -728,6 +745,7 @@ class AsyncClientMethods:
     @_same_signature_as(_calls.chat_completion)
     async def chat_completion(self, **kwargs: Any) -> types.ChatCompletion | AsyncStream[types.ChatCompletionChunk]:
         return await self._client._execute(_calls.chat_completion(**kwargs))  # type: ignore[no-any-return]
+    # </generated>
 
     embed = _async_endpoint(_calls.embed)
     tokenize = _async_endpoint(_calls.tokenize)

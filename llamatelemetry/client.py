@@ -19,12 +19,12 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from . import _calls, errors, types
-from ._accumulate import Accumulator, accumulator_for
+from .telemetry.accumulate import Accumulator, accumulator_for
 from ._base import (
     DEFAULT_LIMITS, DEFAULT_TIMEOUT, Call, RetryPolicy, Settings, decode_json, default_headers, resolve_settings,
     transport_error,
@@ -35,16 +35,18 @@ from ._resources import (
     Props, Resource, Slots,
 )
 from .streaming import AsyncStream, Stream
-from ._background import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
+from .telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
+from .telemetry.instrumentation import Telemetry
+from .telemetry.lookups import TIMEOUT as TELEMETRY_TIMEOUT
+from .telemetry.lookups import AsyncLookups, Lookups, ServerModel
+from .telemetry.recorder import AsyncCounting, CallRecord, Counting, SyncCounting
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .telemetry._record import CallRecord
-    from .telemetry.instrumentation import Telemetry
 
-__all__ = ["LlamaCppClient", "AsyncLlamaCppClient"]
+__all__ = ["AsyncLlamaCppClient", "LlamaCppClient", "instrument", "uninstrument"]
 
 logger = logging.getLogger("llamatelemetry")
 TimeoutTypes = float | httpx.Timeout | None
@@ -54,22 +56,8 @@ def _accumulator_for(call: "Call[Any]") -> Accumulator:
     return accumulator_for(call.path, show_usage_chunk=call.caller_wants_usage, show_timings=call.caller_wants_timings)
 
 
-#: Telemetry's token count must not hold up the caller for long; health probes answer fast or not at all.
-TELEMETRY_TIMEOUT = 2.0
-#: After a failed default-model lookup, wait this long before trying again.
-MODEL_LOOKUP_RETRY_SECONDS = 30.0
+#: Health probes answer fast or not at all.
 HEALTH_TIMEOUT = 5.0
-
-
-def _token_count_call(text: str, model: str | None = None) -> "Call[list[int]]":
-    # The tokenize request itself, sent directly (no retries, no span): it only serves telemetry.
-    call = _calls.tokenize(text, parse_special=False)
-    if model:
-        # A llama-server router routes /tokenize by "model" (400 without; a single llama-server ignores it), and
-        # autoload=false keeps a count from loading the model again if a swap evicted it meanwhile.
-        call.body = {**(call.body or {}), "model": model}
-        call.params = {"autoload": "false"}
-    return call
 
 
 def _not_ready(base_url: str, timeout: float, health: types.Health) -> errors.APITimeoutError:
@@ -135,14 +123,13 @@ class _ClientBase:
     ) -> None:
         self._settings: Settings = resolve_settings(base_url, api_key, max_retries)
         self._headers = default_headers(self._settings)
-        self._default_model: str | None = None
-        self._next_model_lookup = 0.0  # monotonic time of the next allowed lookup (after a failed one)
-        self._telemetry: "Telemetry | None" = None
+        #: The server's model, for spans of calls that name none (looked up once, before such a call).
+        self._model = ServerModel()
+        self._telemetry: Telemetry | None = None
         if telemetry:
-            from .telemetry.instrumentation import Telemetry
-
             self._telemetry = Telemetry(
-                self._settings, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content
+                self._settings.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content,
+                api_key=self._settings.api_key,  # for the n_ctx lookup on that same server only
             )
 
     @property
@@ -152,36 +139,28 @@ class _ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
 
-    _count_tokens: Callable[..., Any]  # (text, model=None), sync or async, defined by each client
+    def _counting(self, model: str | None) -> Counting:
+        """How this client counts tokens with its server (``model``'s tokenizer behind a router), and finishes
+        telemetry off the caller's path."""
+        raise NotImplementedError
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        """Give the record this client's background finisher (each client sets its own kind)."""
-
-    def _start_record(self, call: "Call[Any]") -> "CallRecord | None":
+    def _start_record(self, call: "Call[Any]") -> CallRecord | None:
         if call.operation is None or self._telemetry is None:
             return None
         model = (call.body or {}).get("model")
-        count_tokens = functools.partial(self._count_tokens, model=model) if isinstance(model, str) else self._count_tokens
+        model = model if isinstance(model, str) else None
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                       default_model=self._default_model, count_tokens=count_tokens)
+                                       default_model=self._model.model, counting=self._counting(model))
         if record is not None:
-            self._let_finish_later(record)
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
         return record
 
     def _needs_default_model(self, call: "Call[Any]") -> bool:
         return (
-            call.operation is not None and self._telemetry is not None and self._default_model is None
+            call.operation is not None and self._telemetry is not None
             and isinstance(call.body, dict) and "model" not in call.body
-            and time.monotonic() >= self._next_model_lookup
+            and self._model.due()  # last: it marks the lookup as made
         )
-
-    def _remember_models(self, models: types.ModelList | None) -> None:
-        if models is not None and models.data:
-            self._default_model = models.data[0].id
-        else:
-            # Server down or still loading: look again later, not on every call and not never.
-            self._next_model_lookup = time.monotonic() + MODEL_LOOKUP_RETRY_SECONDS
 
     def _url(self, path: str) -> str:
         return self._settings.base_url + path
@@ -248,6 +227,7 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         # Our own pool carries the default headers, so requests don't merge them on every call.
         self._http = http_client or httpx.Client(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self._lookups = Lookups(self._http, self._settings.base_url, self._request_headers)
         self._finisher = ThreadFinisher()
         self.chat = Chat(self)
         self.completions = Completions(self)
@@ -324,23 +304,11 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             return None
 
     def _lookup_default_model(self) -> None:
-        call = _calls.list_models()
-        try:
-            response = self._http.get(self._url(call.path), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
-            models = call.parse(response.json()) if response.status_code == 200 else None
-        except Exception:  # noqa: BLE001 - telemetry must never break the call
-            models = None
-        self._remember_models(models)
+        self._model.remember(self._lookups.model())
 
     def _count_tokens(self, text: str, model: str | None = None) -> int | None:
         """Exact token count of ``text`` by the server's tokenizer (telemetry; None on any failure)."""
-        call = _token_count_call(text, model)
-        try:
-            response = self._http.post(self._url(call.path), json=call.body, params=call.params, headers=self._request_headers,
-                                       timeout=TELEMETRY_TIMEOUT)
-            return len(call.parse(response.json())) if response.status_code == 200 else None
-        except Exception:  # noqa: BLE001 - telemetry must never break the call
-            return None
+        return self._lookups.count_tokens(text, model)
 
     def _probe_health(self) -> types.Health:
         try:
@@ -349,8 +317,8 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        record.defer = self._finisher.submit
+    def _counting(self, model: str | None) -> Counting:
+        return SyncCounting(functools.partial(self._count_tokens, model=model), defer=self._finisher.submit)
 
     def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -426,6 +394,7 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, headers=self._headers, limits=DEFAULT_LIMITS)
         self._request_headers = None if self._owns_http else self._headers
+        self._lookups = AsyncLookups(self._http, self._settings.base_url, self._request_headers)
         self._finisher = TaskFinisher()
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
@@ -499,22 +468,11 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             return None
 
     async def _lookup_default_model(self) -> None:
-        call = _calls.list_models()
-        try:
-            response = await self._http.get(self._url(call.path), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
-            models = call.parse(response.json()) if response.status_code == 200 else None
-        except Exception:  # noqa: BLE001 - telemetry must never break the call
-            models = None
-        self._remember_models(models)
+        self._model.remember(await self._lookups.model())
 
     async def _count_tokens(self, text: str, model: str | None = None) -> int | None:
-        call = _token_count_call(text, model)
-        try:
-            response = await self._http.post(self._url(call.path), json=call.body, params=call.params,
-                                             headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
-            return len(call.parse(response.json())) if response.status_code == 200 else None
-        except Exception:  # noqa: BLE001 - telemetry must never break the call
-            return None
+        """Exact token count of ``text`` by the server's tokenizer (telemetry; None on any failure)."""
+        return await self._lookups.count_tokens(text, model)
 
     async def _probe_health(self) -> types.Health:
         try:
@@ -523,8 +481,8 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _let_finish_later(self, record: "CallRecord") -> None:
-        record.adefer = self._finisher.submit
+    def _counting(self, model: str | None) -> Counting:
+        return AsyncCounting(functools.partial(self._count_tokens, model=model), defer=self._finisher.submit)
 
     async def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -551,3 +509,38 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# --- turning telemetry on and off for an existing client -----------------------------------------
+
+#: Either client: :func:`instrument` returns the very type it was given.
+ClientT = TypeVar("ClientT", LlamaCppClient, AsyncLlamaCppClient)
+
+
+def instrument(
+    client: ClientT,
+    *,
+    tracer_provider: "TracerProvider | None" = None,
+    meter_provider: "MeterProvider | None" = None,
+    capture_content: bool | None = None,
+) -> ClientT:
+    """Turn on (or re-configure) telemetry for an existing client, sync or async; returns it, typed as it was.
+
+    Example::
+
+        client = llamatelemetry.instrument(LlamaCppClient(telemetry=False), tracer_provider=provider)
+    """
+    client._telemetry = Telemetry(client.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                  capture_content=capture_content, api_key=client._settings.api_key)
+    return client
+
+
+def uninstrument(client: ClientT) -> ClientT:
+    """Turn telemetry off for a client; returns it.
+
+    Example::
+
+        llamatelemetry.uninstrument(client)  # no spans or metrics from its next call on
+    """
+    client._telemetry = None
+    return client

@@ -191,6 +191,14 @@ def _print_span(span: Any) -> None:
         print(f"      !! error: {a[sc.ERROR_TYPE]}")
 
 
+def _spans_after(telemetry: _DemoTelemetry, before: int, expected: int, timeout: float = 10.0) -> list[Any]:
+    """The spans that ended after the first ``before``, once ``expected`` of them have (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while len(telemetry.spans.get_finished_spans()) < before + expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return list(telemetry.spans.get_finished_spans()[before:])
+
+
 _KEY_METRICS = (
     "llamatelemetry_target_up", "llamatelemetry_server_state", "llamacpp_prompt_tokens_total",
     "llamacpp_tokens_predicted_total", "llamacpp_requests_processing", "llamacpp_requests_deferred",
@@ -245,10 +253,8 @@ def _through_proxy(base_url: str, api_key: str | None, telemetry: _DemoTelemetry
             except (openai.APIError, anthropic.APIError) as exc:
                 print(f"    failed: {exc}")
                 continue
-            deadline = time.monotonic() + 5  # the gateway ends its span just after the answer
-            while len(telemetry.spans.get_finished_spans()) == before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            for span in telemetry.spans.get_finished_spans()[before:]:
+            gateway.drain()  # the gateway ends its span in the background, just after the answer
+            for span in _spans_after(telemetry, before, 1):
                 _print_span(span)
                 client = (span.attributes or {}).get("llamatelemetry.client.name")
                 print(f"      client={client} kind=SERVER (the gateway's span)")
@@ -327,7 +333,10 @@ def _run_demo(args: argparse.Namespace, base_url: str, stop: threading.Event) ->
                     step.run(client)
                 except errors.LlamaCppError as exc:
                     print(f"    failed: {exc}")
-                for span in telemetry.spans.get_finished_spans()[before:]:
+                # Spans may end in the background (a reasoning count's /tokenize): wait for this step's
+                # own, so each prints under its heading and none spills into the next section.
+                client.flush_telemetry()
+                for span in _spans_after(telemetry, before, step.spans):
                     _print_span(span)
             if not stop.is_set():
                 _through_proxy(base_url, args.api_key, telemetry)

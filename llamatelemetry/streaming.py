@@ -15,54 +15,18 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TYPE_CHECKING, Any, AsyncIterator, Generic, Iterator, TypeVar, overload
 
 import httpx
 
 from . import errors, types
-from ._accumulate import Accumulator
+from .telemetry.accumulate import Accumulator
+from .telemetry.sse import Done, decode_sse_line
 
 if TYPE_CHECKING:
-    from .telemetry._record import CallRecord
+    from .telemetry.recorder import CallRecord
 
 T = TypeVar("T")
-_DONE = object()
-
-
-def decode_sse_line(line: str, path: str) -> Any:
-    """Return the JSON payload of one SSE line, ``_DONE`` for ``[DONE]``, or None for other lines.
-
-    llama-server sends one ``data:`` line per event (Anthropic streams add an ``event:`` line
-    before it, which the JSON's own ``type`` repeats), and ``:`` comment lines as pings.
-    """
-    if not line.startswith("data:"):
-        if line.startswith("error:"):
-            line = "data:" + line[6:]
-        else:
-            return None  # blank separator, "event: ...", ": ping"
-    payload = line[5:].strip()
-    if payload == "[DONE]":
-        return _DONE
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        raise errors.ResponseDecodeError(
-            f"llama-server sent a malformed stream event on {path}: {payload[:200]!r}; "
-            "check that base_url points at llama-server and no proxy rewrites the stream"
-        ) from None
-    if not isinstance(data, dict):
-        raise errors.ResponseDecodeError(f"llama-server sent a stream event that is not a JSON object on {path}: {payload[:200]!r}")
-    if "error" in data and "choices" not in data:
-        err = data["error"] if isinstance(data["error"], dict) else {"message": str(data["error"])}
-        code = err.get("code")
-        status = code if isinstance(code, int) else 500
-        raise errors.APIStatusError(
-            f"llama-server reported an error mid-stream on {path}: {err.get('message')}",
-            status_code=status, url=path, body=data,
-            code=status, type=err.get("type"), server_message=err.get("message"),
-        )
-    return data
 
 
 class _StreamBase(Generic[T]):
@@ -73,13 +37,15 @@ class _StreamBase(Generic[T]):
         self._record = record
         self._closed = False
         self._error: BaseException | None = None
+        #: Closed by the garbage collector: telemetry must not make network calls.
+        self._finalizing = False
 
     def _handle(self, line: str) -> tuple[bool, T | None]:
         """Process one line: (stream finished?, chunk to hand to the caller or None)."""
         data = decode_sse_line(line, self._path)
         if data is None:
             return False, None
-        if data is _DONE:
+        if isinstance(data, Done):
             self._acc.finished = True
             return True, None
         visible = self._acc.add(data)
@@ -154,7 +120,7 @@ class Stream(_StreamBase[T]):
             self.response.close()
         finally:
             if self._record is not None:
-                self._record.end_stream(self._acc, self._error)
+                self._record.end_stream(self._acc, self._error, finalizing=self._finalizing)
 
     def __enter__(self) -> "Stream[T]":
         return self
@@ -165,8 +131,7 @@ class Stream(_StreamBase[T]):
     def __del__(self) -> None:
         # An abandoned stream still ends its span (marked as cut short) and frees its connection.
         if not getattr(self, "_closed", True):
-            if self._record is not None:
-                self._record.in_finalizer = True
+            self._finalizing = True
             self.close()
 
 
@@ -271,5 +236,4 @@ class AsyncStream(_StreamBase[T]):
                 except RuntimeError:  # the loop closed meanwhile
                     pass
             if self._record is not None:
-                self._record.in_finalizer = True
-                self._record.end_stream(self._acc, self._error)
+                self._record.end_stream(self._acc, self._error, finalizing=True)

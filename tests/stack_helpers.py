@@ -25,7 +25,8 @@ PROVISIONING = DASHBOARDS / "provisioning"
 DASHBOARD_FILES = sorted(DASHBOARDS.glob("*.json"))
 
 #: Values substituted for Grafana's built-in variables before a query is sent to Prometheus.
-BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__from": "0", "__to": "0"}
+BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__from": "0", "__to": "0",
+                     "__range_s": "300"}
 
 #: Trailing threshold comparison of an alert expression (see the convention in collector/alerts.yml).
 _THRESHOLD_RE = re.compile(r"^(?P<query>.*?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>-?[0-9][0-9.e+-]*)\s*$", re.S)
@@ -159,34 +160,6 @@ def variable_queries() -> list[tuple[str, str, str, str]]:
             assert m, f"{path.name} ${var['name']}: unsupported variable query {query!r}"
             out.append((path.name, var["name"], m.group("metric"), m.group("label")))
     return out
-
-
-#: Where the data of a query comes from, for the live tests: metric-name markers -> source.
-#: "proxy": the tracing gateway's admin /metrics (branch proxy); "energy": the exporter's per-target energy
-#: counter and its recording rules in collector/recording_rules.yml (branch exporter).
-_SOURCE_MARKERS = {
-    "proxy": ("llamatelemetry_proxy_", "gen_ai_server_", "llamatelemetry_client_name"),
-    "energy": ("llamatelemetry_joules_per_", "llamatelemetry_target_energy_joules_total"),
-}
-
-
-def query_source(expr: str) -> str:
-    """``"proxy"``, ``"energy"`` or ``"core"`` (exporter + client telemetry, always available)."""
-    for source, markers in _SOURCE_MARKERS.items():
-        if any(marker in expr for marker in markers):
-            return source
-    return "core"
-
-
-def source_missing(source: str) -> str | None:
-    """Why a data source cannot be fed in this tree (a branch not merged yet), or ``None`` when it can."""
-    import importlib.util
-
-    if source == "proxy" and importlib.util.find_spec("llamatelemetry.proxy") is None:
-        return "llamatelemetry.proxy is not in this tree yet (branch proxy)"
-    if source == "energy" and not (COLLECTOR / "recording_rules.yml").exists():
-        return "collector/recording_rules.yml is not in this tree yet (branch exporter)"
-    return None
 
 
 def recording_rule_files() -> list[Path]:

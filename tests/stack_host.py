@@ -37,7 +37,6 @@ import llamatelemetry
 from llamatelemetry import LlamaCppClient
 from llamatelemetry.exporter.server import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port, stop_process
-from stack_helpers import source_missing
 
 try:  # the fake NVML lives in tests/ once the exporter branch is merged
     from fake_nvml import FakeNVML, FakeProcess  # type: ignore[import-not-found]
@@ -109,7 +108,7 @@ class Traffic:
 
 
 class ProxyTraffic:
-    """Agent-like traffic through a real ``llamatelemetry proxy`` (CLI as fixed in CONTRACTS.md): OpenAI chat
+    """Agent-like traffic through a real ``llamatelemetry proxy`` (its real CLI): OpenAI chat
     (plain, streamed, budget-exhausting) and a rejected request, under several client names."""
 
     CLIENTS = ("aider", "claude-code", "curl")
@@ -235,7 +234,7 @@ def monitored_host(server: LlamaServer, *, otlp_endpoint: str, service_name: str
 
     client = traced_client(server.base_url, providers)
     broken = traced_client(f"http://127.0.0.1:{free_port()}", providers, max_retries=0)
-    proxy = ProxyTraffic(server.base_url, pause=pause * 5, otlp_endpoint=otlp_endpoint) if source_missing("proxy") is None else None
+    proxy = ProxyTraffic(server.base_url, pause=pause * 5, otlp_endpoint=otlp_endpoint)
     via_gateway = traced_client(proxy.url, providers) if proxy is not None else None
     traffic = Traffic(client, broken, workers=workers, pause=pause, via_gateway=via_gateway)
     exporter_addr = exporter.url.split("://", 1)[1].rstrip("/")

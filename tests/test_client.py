@@ -158,9 +158,9 @@ def test_models_props_slots(client):
 
 
 def test_slot_save_restore_erase(client):
-    client.chat_completion(messages=HI, max_tokens=64)
+    client.chat_completion(messages=HI, max_tokens=64, extra_body={"id_slot": 0})  # slot 0 holds this conversation
     saved = client.slots.save(0, "slot0.bin")
-    assert saved["filename"] == "slot0.bin" and saved["n_saved"] >= 0
+    assert saved["filename"] == "slot0.bin" and saved["n_saved"] > 0
     restored = client.slots.restore(0, "slot0.bin")
     assert restored["n_restored"] == saved["n_saved"]
     erased = client.slots.erase(0)

@@ -26,6 +26,43 @@ def _servers_running() -> set[int]:
     return {int(p) for p in out.split()}
 
 
+def _sections(out: str) -> dict[str, list[str]]:
+    """The demo's output per request: each two-space heading with the lines indented under it."""
+    sections: dict[str, list[str]] = {}
+    rows: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            rows = sections.setdefault(line.strip(), [])
+        elif line.startswith("    "):
+            rows.append(line.strip())
+    return sections
+
+
+def _finish(row: str) -> str:
+    return re.search(r"finish=(\S+)", row).group(1)  # type: ignore[union-attr]
+
+
+def _check_each_section_shows_its_own_request(out: str) -> None:
+    """Each heading shows the span of the request sent under it — not the previous request's, late."""
+    lines = _sections(out)
+    s = {title: [row for row in rows if "finish=" in row] for title, rows in lines.items()}  # the span rows
+    assert [r.split()[0:2] for r in s["plain chat (thinking off)"]] == [["chat", "scripted"]]
+    assert _finish(s["plain chat (thinking off)"][0]) == "stop" and "reasoning=  -" in s["plain chat (thinking off)"][0]
+    assert len(s["streaming chat"]) == 1 and _finish(s["streaming chat"][0]) == "stop"
+    assert "ttft=       -" not in s["streaming chat"][0], "a stream has a time to first chunk"
+    assert f"reasoning={REASONING_TOKENS:>3}" in s["reasoning chat"][0] and _finish(s["reasoning chat"][0]) == "stop"
+    assert [_finish(r) for r in s["reasoning runs out of max_tokens"]] == ["length"]
+    assert any("reasoning used up max_tokens" in row for row in lines["reasoning runs out of max_tokens"])
+    assert [_finish(r) for r in s["4 concurrent chats across the slots"]] == ["stop"] * 4
+    assert [_finish(r) for r in s["Anthropic-style /v1/messages"]] == ["end_turn"]
+    assert [r.split()[0] for r in s["embedding"]] == ["embeddings"]
+    assert s["tokenize (no span: not an inference call)"] == []
+    for title, finish, client in (("openai SDK (OPENAI_BASE_URL=<proxy>/v1)", "stop", "openai-python"),
+                                  ("anthropic SDK (ANTHROPIC_BASE_URL=<proxy>)", "end_turn", "anthropic-python")):
+        assert [_finish(r) for r in s[title]] == [finish], title
+        assert f"client={client} kind=SERVER (the gateway's span)" in lines[title], title
+
+
 def test_demo_runs_everything_and_cleans_up(llama_server_binary):
     before = _servers_running()
     proc = subprocess.run(DEMO, capture_output=True, text=True, timeout=300)
@@ -38,6 +75,7 @@ def test_demo_runs_everything_and_cleans_up(llama_server_binary):
     assert "llamacpp_tokens_predicted_total" in out and 'llamatelemetry_target_up{target="demo"} 1' in out
     assert "everything the demo started is stopped" in out
     assert "client=openai-python kind=SERVER" in out and "client=anthropic-python kind=SERVER" in out
+    _check_each_section_shows_its_own_request(out)
     assert _servers_running() == before
 
 

@@ -37,12 +37,16 @@ def probe_app() -> Iterator[ExporterApp]:
 
 
 def test_probe_scrapes_exactly_the_target_it_is_given(probe_app: ExporterApp, full_server) -> None:  # noqa: ANN001
+    httpx.post(full_server.base_url + "/v1/chat/completions", timeout=30,
+               json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}).raise_for_status()
     resp = probe(probe_app, host_port(full_server.base_url))  # host:port, as Prometheus passes __address__
     assert resp.status_code == 200
     series = parse_exposition(resp.text)
     name = host_port(full_server.base_url)
     assert one(series, "llamatelemetry_target_up", target=name) == 1
-    assert one(series, "llamacpp_tokens_predicted_total", target=name) >= 0
+    own = parse_exposition(httpx.get(full_server.base_url + "/metrics", timeout=10).text)
+    predicted = one(series, "llamacpp_tokens_predicted_total", target=name)
+    assert predicted > 0 and predicted == one(own, "llamacpp:tokens_predicted_total")  # the target's own counter
     assert not [k for k in series if k[0].startswith("llamatelemetry_gpu_")]  # GPU metrics stay on /metrics
     # /metrics of a probe-only exporter has no target at all
     assert not pick(scrape(probe_app.url), "llamatelemetry_target_up")

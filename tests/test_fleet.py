@@ -37,8 +37,8 @@ import pytest
 
 from prom_helpers import RunningPrometheus, run_prometheus
 from stack_helpers import (COLLECTOR, HEALTH, JAEGER_QUERY, OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, ROOT, SELF_METRICS,
-                           RunningOtel, alert_rules, dashboard_queries_for, jaeger_in, load_yaml, query_source,
-                           recording_rule_files, run_otel, source_missing, span_tags, split_top_level, stack_binaries,
+                           RunningOtel, alert_rules, dashboard_queries_for, jaeger_in, load_yaml,
+                           recording_rule_files, run_otel, span_tags, split_top_level, stack_binaries,
                            strip_threshold, variable_queries)
 from stack_host import (COLLECTOR_JOB, COLLECTOR_SELF_JOB, HI, MODEL, TARGET, MonitoredHost, monitored_host,
                         series_hosts, traced_client)
@@ -198,12 +198,7 @@ def test_each_host_arrives_with_its_external_labels(fleet: Fleet) -> None:
 QUERIES = dashboard_queries_for(host="HOST", cluster=CLUSTER)
 
 
-def _pending(expr: str) -> list[pytest.MarkDecorator]:
-    reason = source_missing(query_source(expr))
-    return [pytest.mark.skip(reason=reason)] if reason else []
-
-
-@pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}", marks=_pending(e))
+@pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}")
                                                   for i, (d, t, e) in enumerate(QUERIES)])
 def test_dashboard_query_returns_per_host_data(fleet: Fleet, dashboard: str, title: str, expr: str) -> None:
     for host in HOSTS:
@@ -218,7 +213,7 @@ def test_dashboard_query_returns_per_host_data(fleet: Fleet, dashboard: str, tit
         assert series_hosts(everything) == set(HOSTS), (dashboard, title, series_hosts(everything))
 
 
-@pytest.mark.parametrize("dashboard,name,metric,label", [pytest.param(*v, id=str(v), marks=_pending(v[2])) for v in variable_queries()])
+@pytest.mark.parametrize("dashboard,name,metric,label", [pytest.param(*v, id=str(v)) for v in variable_queries()])
 def test_dashboard_variables_resolve_on_the_central_prometheus(fleet: Fleet, dashboard: str, name: str, metric: str, label: str) -> None:
     values = {s["metric"].get(label) for s in fleet.central.query(metric)} - {None, ""}
     assert values, f"{dashboard} ${name}: label_values({metric}, {label}) is empty"

@@ -137,12 +137,14 @@ def test_context_overflow_400_passes_through_untouched(fresh, full_server):
     assert caught.value.status_code == 400 == direct.status_code
     assert caught.value.response.content == direct.content  # byte for byte llama-server's error
     span = fresh.wait_for_spans(1)[0]
-    assert span.attributes[sc.ERROR_TYPE] == "400" and span.attributes[sc.CLIENT_NAME] == "openai-python"
+    # A context overflow is its own error.type (llama-server's), not just "400".
+    overflow = "exceed_context_size_error"
+    assert span.attributes[sc.ERROR_TYPE] == overflow and span.attributes[sc.CLIENT_NAME] == "openai-python"
     counted = [p for p in fresh.points("llamatelemetry.proxy.requests")
-               if p.attributes.get(sc.ERROR_TYPE) == "400" and p.attributes.get(sc.CLIENT_NAME) == "openai-python"]
+               if p.attributes.get(sc.ERROR_TYPE) == overflow and p.attributes.get(sc.CLIENT_NAME) == "openai-python"]
     assert counted and counted[0].attributes["http.response.status_code"] == 400
     recent = fresh.gateway.recent.newest(1)[0]
-    assert recent.status == 400 and recent.error_type == "400" and recent.client == "openai-python"
+    assert recent.status == 400 and recent.error_type == overflow and recent.client == "openai-python"
 
 
 def test_non_streamed_bodies_are_byte_identical(full_server):

@@ -65,6 +65,6 @@ def test_panel_query_per_client(scraped, title):
     elif title == "empty answers per client":
         assert [m["llamatelemetry_client_name"] for m in labels] == ["aider"]
     elif title == "errors per client":
-        assert {(m["llamatelemetry_client_name"], m["error_type"]) for m in labels} == {("aider", "400")}
+        assert {(m["llamatelemetry_client_name"], m["error_type"]) for m in labels} == {("aider", "exceed_context_size_error")}
     else:
         assert {m["llamatelemetry_client_name"] for m in labels} == {"openai-python", "aider"}

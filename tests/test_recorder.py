@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 from llamatelemetry.provision.model import REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.recorder import (
-    EndedCall, Recorder, accumulator_for, context_from_headers, model_label, operation_for,
+    EndedCall, Recorder, SyncCounting, accumulator_for, context_from_headers, model_label, operation_for,
 )
 
 from telemetry_helpers import Telemetry
@@ -49,7 +49,7 @@ def test_non_streamed_json_gives_a_server_span_in_the_incoming_trace(full_server
     body = {"messages": HI, "max_tokens": 64}
     record = recorder.start(
         "/v1/chat/completions", body, kind=SpanKind.SERVER, parent=context_from_headers({"traceparent": INCOMING_TRACE}),
-        default_model="scripted", count_tokens=_count_with(full_server),
+        default_model="scripted", counting=SyncCounting(_count_with(full_server)),
         span_attributes={sc.USER_AGENT_ORIGINAL: "aider/0.80", **CLIENT}, metric_attributes=CLIENT, on_end=ended.append,
     )
     assert record is not None
@@ -76,7 +76,7 @@ def test_non_streamed_json_gives_a_server_span_in_the_incoming_trace(full_server
 def test_sse_event_dicts_one_by_one_and_no_counter_means_no_guess(full_server, tel):
     recorder = _recorder(full_server, tel)
     body = {"messages": HI, "max_tokens": 64, "stream": True}
-    record = recorder.start("/v1/chat/completions", body, stream=True, kind=SpanKind.SERVER, count_tokens=None,
+    record = recorder.start("/v1/chat/completions", body, stream=True, kind=SpanKind.SERVER,
                             metric_attributes=CLIENT)
     acc = accumulator_for("/v1/chat/completions")
     with httpx.stream("POST", full_server.base_url + "/v1/chat/completions",

@@ -63,6 +63,10 @@ NEEDS_A_CONDITION: dict[str, str] = {
     # runs the router alerts' queries and tests/test_proxy_router.py / test_top_router.py the models board's
     # against a Prometheus scraping a real router and gateway.
     "llamatelemetry_model_": "router-mode series need a llama-server router target (covered by the router tests)",
+    # Agent signals that need a model the shared stack does not run; tests/test_agent_signals_stack.py runs these
+    # panels' queries against a real Prometheus fed by a tool-calling model and a draft model.
+    "llamatelemetry_tool_calls": "needs a tool-calling model (tests/test_agent_signals_stack.py)",
+    "llamatelemetry_speculative_": "needs a draft model, -md (tests/test_agent_signals_stack.py)",
 }
 
 #: The compose service:port each shipped scrape target names -> the shipped port of the process the test runs.

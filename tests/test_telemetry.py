@@ -226,7 +226,7 @@ def test_broken_telemetry_never_breaks_the_call(full_server, tel):
     with LlamaCppClient(full_server.base_url, **tel.providers) as c:
         c._telemetry.tracer = Exploding()
         assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == "Hello there!"
-        c._telemetry.duration = Exploding()
+        c._telemetry.instruments.duration = Exploding()
         c._telemetry.tracer = tel.tracer_provider.get_tracer("t")
         assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == "Hello there!"
         stream = c.chat.completions.create(messages=HI, max_tokens=64, stream=True)

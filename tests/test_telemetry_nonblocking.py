@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient
-from llamatelemetry._background import ThreadFinisher
+from llamatelemetry.telemetry.finisher import ThreadFinisher
 from llamatelemetry.telemetry import semconv as sc
 
 from telemetry_helpers import Telemetry

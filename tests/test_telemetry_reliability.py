@@ -18,6 +18,7 @@ from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors
 from llamatelemetry._base import MAX_RETRY_AFTER_SECONDS, retry_delay
 from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.telemetry import semconv as sc
+from llamatelemetry.telemetry.lookups import RETRY_SECONDS
 
 from telemetry_helpers import Telemetry
 
@@ -126,10 +127,10 @@ class Exploding:
         raise RuntimeError("instrument broke")
 
 
-@pytest.mark.parametrize("instrument", ["duration", "token_usage", "time_to_first_chunk"])
+@pytest.mark.parametrize("instrument", ["duration", "usage", "time_to_first_chunk"])
 def test_raising_metric_instrument_keeps_the_span(full_server, tel, end_calls, instrument):
     with LlamaCppClient(full_server.base_url, **tel.providers) as c:
-        setattr(c._telemetry, instrument, Exploding())
+        setattr(c._telemetry.instruments, instrument, Exploding())
         assert c.chat_completion(messages=HI, max_tokens=64).choices[0].message.content == "Hello there!"
         assert c.chat.completions.create(messages=HI, max_tokens=64, stream=True).get_final_completion().choices
         with pytest.raises(errors.BadRequestError):
@@ -243,7 +244,7 @@ def test_failed_model_lookup_is_retried_later(tel):
     c.chat_completion(messages=HI)
     c.chat_completion(messages=HI)
     assert len(lookups) == 1, "a failed lookup is not repeated on every call"
-    c._next_model_lookup = 0.0  # the retry delay has passed
+    c._model.clock = lambda: time.monotonic() + RETRY_SECONDS  # the retry delay has passed
     c.chat_completion(messages=HI)
     assert len(lookups) == 2
     assert [s.name for s in tel.spans()] == ["chat", "chat", "chat Qwen3-4B.gguf"]

@@ -1,4 +1,4 @@
-"""The end of a long stream records every chunk gap without holding the event loop (see _record._GAPS_PER_SLICE)."""
+"""The end of a long stream records every chunk gap without holding the event loop (see instruments.GAPS_PER_SLICE)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from llamatelemetry._accumulate import accumulator_for
+from llamatelemetry.telemetry.accumulate import accumulator_for
 from llamatelemetry.telemetry import semconv as sc
-from llamatelemetry.telemetry._record import _GAPS_PER_SLICE
+from llamatelemetry.telemetry.instruments import GAPS_PER_SLICE as _GAPS_PER_SLICE
 from llamatelemetry.telemetry.recorder import Recorder
 
 from telemetry_helpers import Telemetry

@@ -396,6 +396,8 @@ def test_clients_and_recent_requests_from_the_gateway_under_sdk_traffic(exporter
         assert oa_row[2] == str(sum(u.prompt_tokens for u in sent["openai"]))
         assert oa_row[3] == str(sum(u.completion_tokens for u in sent["openai"]))
         assert oa_row[6] == "1" and oa_row[7] == "1"  # one empty answer, one error ...
+        cached = sum(u.prompt_tokens_details.cached_tokens or 0 for u in sent["openai"] if u.prompt_tokens_details)
+        assert oa_row[8] == f"{cached / sum(u.prompt_tokens for u in sent['openai']) * 100:.0f}%"  # prompt-cache hit ratio
         cells = app.panels["clients"].rows["openai-python"]
         assert any("reverse" in s for s in _styles(cells[6])) and any("reverse" in s for s in _styles(cells[7]))  # ... highlighted
         an_row = row(app, "clients", "anthropic-python")

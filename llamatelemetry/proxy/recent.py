@@ -23,7 +23,7 @@ DEFAULT_RECENT_LIMIT = 200
 
 @dataclass(slots=True)
 class RecentRequest:
-    """One forwarded request as ``/api/recent`` shows it (field names are a contract: see CONTRACTS.md)."""
+    """One forwarded request as ``/api/recent`` shows it (field names are a contract: ``llamatelemetry top`` and dashboards read them)."""
 
     time: float  #: unix seconds when the request arrived
     client: str

@@ -55,7 +55,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Protocol
 
@@ -186,7 +185,7 @@ class CountedOutcome(Protocol):
 
 
 TokenCounter = Callable[[str], "int | None"]
-AsyncTokenCounter = Callable[[str], "Awaitable[int | None] | int | None"]
+AsyncTokenCounter = Callable[[str], "Awaitable[int | None]"]
 
 
 def _inputs(out: CountedOutcome) -> dict[str, Any]:
@@ -230,15 +229,12 @@ def count_outcome(out: CountedOutcome, count_tokens: TokenCounter | None) -> int
 
 
 async def acount_outcome(out: CountedOutcome, count_tokens: AsyncTokenCounter | None) -> int | None:
-    """:func:`count_outcome` with an async token counter (a sync one is accepted too).
+    """:func:`count_outcome` with an async token counter.
 
     Example::
 
         tokens = await acount_outcome(outcome, async_client_token_counter)
     """
     lookup = needed_lookup(**_inputs(out))
-    looked_up = None
-    if lookup is not None and count_tokens is not None:
-        counted = count_tokens(lookup.text)
-        looked_up = await counted if inspect.isawaitable(counted) else counted
+    looked_up = await count_tokens(lookup.text) if lookup is not None and count_tokens is not None else None
     return _settle(out, looked_up)

@@ -148,3 +148,39 @@ MODEL_LOAD_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0
 ERROR_TYPE_MODEL_NOT_FOUND = "model_not_found"
 ERROR_TYPE_MODEL_NOT_LOADED = "model_not_loaded"
 ERROR_TYPE_MODEL_LOAD_FAILED = "model_load_failed"
+
+# -- what agents run into on a shared server (llamatelemetry.telemetry.agent_signals) --
+#: Seconds the request spent outside a slot: wall time minus llama-server's prompt_ms + predicted_ms
+#: (queueing for a free slot plus the server's fixed per-request overhead; an upper bound on the wait).
+QUEUE_WAIT = "llamatelemetry.request.queue_wait"
+#: The slot's context size (n_ctx): from the 400 of an overflow, else from the server's /props.
+CONTEXT_N_CTX = "llamatelemetry.context.n_ctx"
+#: Prompt tokens llama-server counted against n_ctx (on an overflow: its n_prompt_tokens).
+CONTEXT_PROMPT_TOKENS = "llamatelemetry.context.prompt_tokens"
+#: Prompt tokens / n_ctx (0-1; above 1 on an overflow).
+CONTEXT_UTILIZATION = "llamatelemetry.context.utilization"
+#: error.type of a prompt that does not fit the slot's context (llama-server's own error type).
+ERROR_TYPE_CONTEXT_OVERFLOW = "exceed_context_size_error"
+#: Tool calls in the response, and how many of them were malformed.
+TOOL_CALLS_COUNT = "llamatelemetry.tool_calls.count"
+TOOL_CALLS_MALFORMED_COUNT = "llamatelemetry.tool_calls.malformed_count"
+#: Why a tool call was malformed: invalid_arguments, missing_call, parse_error (event and metric attribute).
+TOOL_CALL_MALFORMED_REASON = "llamatelemetry.tool_call.malformed_reason"
+EVENT_TOOL_CALL_MALFORMED = "llamatelemetry.tool_call.malformed"
+#: Speculative decoding: tokens drafted and accepted (llama-server's timings.draft_n / draft_n_accepted).
+SPECULATIVE_DRAFT_TOKENS = "llamatelemetry.speculative.draft_tokens"
+SPECULATIVE_ACCEPTED_TOKENS = "llamatelemetry.speculative.accepted_tokens"
+METRIC_QUEUE_WAIT = "llamatelemetry.request.queue_wait"
+METRIC_CONTEXT_UTILIZATION = "llamatelemetry.context.utilization"
+METRIC_CONTEXT_OVERFLOWS = "llamatelemetry.context.overflows"
+METRIC_TOOL_CALLS = "llamatelemetry.tool_calls"
+METRIC_TOOL_CALLS_MALFORMED = "llamatelemetry.tool_calls.malformed"
+METRIC_SPECULATIVE_DRAFT_TOKENS = "llamatelemetry.speculative.draft_tokens"
+METRIC_SPECULATIVE_ACCEPTED_TOKENS = "llamatelemetry.speculative.accepted_tokens"
+#: Prompt tokens (cached included) and the cached part: their rates give the prompt-cache hit ratio.
+METRIC_PROMPT_TOKENS = "llamatelemetry.prompt.tokens"
+METRIC_PROMPT_CACHED_TOKENS = "llamatelemetry.prompt.cached_tokens"
+#: Seconds: an idle server's overhead is milliseconds, a queue behind agents minutes.
+QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Fractions of n_ctx; the top buckets are fine-grained where truncation starts.
+UTILIZATION_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)

@@ -91,6 +91,8 @@ class ClientRow:
     ttft_p95_s: float | None
     empty_answers: float | None
     errors: float | None
+    #: Prompt tokens served from llama-server's prompt cache / all prompt tokens, over the window.
+    cache_hit_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -483,6 +485,8 @@ class Model:
         tokens_out = increase(m, before, "gen_ai_client_token_usage_sum", CLIENT_LABEL, where=lambda l: l.get("gen_ai_token_type") == "output")
         empty = increase(m, before, "llamatelemetry_reasoning_budget_exhausted_total", CLIENT_LABEL)
         ttft = bucket_increase(m, before, "gen_ai_server_time_to_first_token_seconds", CLIENT_LABEL)
+        prompt = increase(m, before, "llamatelemetry_prompt_tokens_total", CLIENT_LABEL)
+        cached = increase(m, before, "llamatelemetry_prompt_cached_tokens_total", CLIENT_LABEL)
         rows = []
         for name in names:
             count = requests.get(name, 0.0)
@@ -493,6 +497,7 @@ class Model:
                 ttft_p50_s=histogram_quantile(0.5, buckets) if buckets else None,
                 ttft_p95_s=histogram_quantile(0.95, buckets) if buckets else None,
                 empty_answers=empty.get(name, 0.0), errors=errors.get(name, 0.0),
+                cache_hit_ratio=_ratio(cached.get(name), prompt.get(name, 0.0)),
             ))
         view.clients = sorted(rows, key=lambda r: (-(r.requests or 0.0), r.client))
 

@@ -7,8 +7,8 @@ down) is also marked with a word or a symbol, so it still reads on a monochrome 
 Example::
 
     >>> from llamatelemetry.top.model import ClientRow
-    >>> [str(c) for c in client_cells(ClientRow("aider", 12.0, 12.0, 900, 40, 0.21, 0.8, 1, 0))]
-    ['aider', '12.0', '900', '40', '210ms', '800ms', '1', '0']
+    >>> [str(c) for c in client_cells(ClientRow("aider", 12.0, 12.0, 900, 40, 0.21, 0.8, 1, 0, 0.75))]
+    ['aider', '12.0', '900', '40', '210ms', '800ms', '1', '0', '75%']
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ GOOD = "green"
 
 SERVER_COLUMNS = ("SERVERS", "state", "model", "gen tok/s", "prompt tok/s", "run", "wait")
 SLOT_COLUMNS = ("SLOTS", "state", "context", "used", "gen")
-CLIENT_COLUMNS = ("CLIENTS", "req/min", "tok in", "tok out", "TTFT p50", "p95", "empty", "errors")
+CLIENT_COLUMNS = ("CLIENTS", "req/min", "tok in", "tok out", "TTFT p50", "p95", "empty", "errors", "cache")
 GPU_COLUMNS = ("GPUS", "util", "memory", "power", "temp", "J/tok")
 RECENT_COLUMNS = ("RECENT", "age", "client", "endpoint", "in", "out", "think", "TTFT", "dur", "status")
 MODEL_COLUMNS = ("MODELS", "state", "since", "loads", "last load", "requests", "cold")
@@ -134,6 +134,7 @@ def client_cells(row: ClientRow) -> tuple[Text, ...]:
         Text(fmt_seconds(row.ttft_p95_s)),
         _alert_if(row.empty_answers, fmt_count(row.empty_answers)),
         _alert_if(row.errors, fmt_count(row.errors)),
+        Text(f"{row.cache_hit_ratio * 100:.0f}%" if row.cache_hit_ratio is not None else NONE),
     )
 
 

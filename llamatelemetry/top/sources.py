@@ -20,7 +20,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import httpx
 
@@ -39,6 +38,8 @@ GATEWAY_SERIES = (
     "gen_ai_server_request_duration_seconds_count",
     "llamatelemetry_model_load_wait_seconds_count",  # cold starts per model (router upstreams)
     "llamatelemetry_proxy_upstream_up",  # the gateway reaches its llama-server(s), or not
+    "llamatelemetry_prompt_tokens_total",  # with the next: the prompt-cache hit ratio per client
+    "llamatelemetry_prompt_cached_tokens_total",
 )
 
 #: Largest page read from one endpoint: a misconfigured URL pointing at something huge must not eat memory.
@@ -305,13 +306,3 @@ def _reraise_cancel(exc: BaseException) -> None:
     # gather(return_exceptions=True) hands back cancellation too; only real read failures are states.
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
         raise exc
-
-
-def merge_labels(samples: Iterable[Sample], by: str) -> dict[str, float]:
-    """Sum sample values grouped by the value of label ``by`` (samples without it are skipped)."""
-    out: dict[str, float] = {}
-    for sample in samples:
-        key = sample.labels.get(by)
-        if key is not None:
-            out[key] = out.get(key, 0.0) + sample.value
-    return out

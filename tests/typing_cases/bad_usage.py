@@ -26,3 +26,11 @@ async def async_mistakes(client: AsyncLlamaCppClient) -> None:
     client.models.load(model=7)  # error
     loaded: bool = client.models.unload("coder")  # error
     print(loaded)
+
+
+def instrumented_mistakes() -> None:
+    import llamatelemetry
+
+    wrong: AsyncLlamaCppClient = llamatelemetry.instrument(LlamaCppClient(telemetry=False))  # error
+    llamatelemetry.instrument("http://127.0.0.1:8080")  # error
+    print(wrong)

@@ -65,3 +65,13 @@ async def async_usage(client: AsyncLlamaCppClient) -> None:
     assert_type(await client.models.load("coder"), bool)
     assert_type(await client.models.unload("coder"), bool)
     assert_type(await client.health.check(), types.Health)
+
+
+def instrumented_clients_keep_their_type() -> None:
+    import llamatelemetry
+
+    client = llamatelemetry.instrument(LlamaCppClient(telemetry=False))
+    assert_type(client, LlamaCppClient)
+    assert_type(client.chat.completions.create(messages=HI), types.ChatCompletion)
+    aclient = llamatelemetry.uninstrument(llamatelemetry.instrument(AsyncLlamaCppClient(telemetry=False)))
+    assert_type(aclient, AsyncLlamaCppClient)

@@ -1,17 +1,26 @@
-"""Finishing a call's telemetry off the caller's path.
+"""The one background finisher: ends a call's telemetry off the caller's path, bounded, for every caller.
 
 Some calls need one more request before their span can be completed: the reasoning-token count
 of an answer with visible content asks the server to tokenize that answer (``/tokenize``, bounded
-by a 2 s timeout). The caller must not wait for it. A client hands that work to a finisher:
+by a 2 s timeout, :mod:`.lookups`). The caller must not wait for it. Every caller hands that work
+to a finisher of the kind that fits it:
 
 - :class:`ThreadFinisher` (sync client): one daemon thread per client, started on demand and
   stopped when idle; ``close()`` and an exit hook wait for pending work, bounded.
-- :class:`TaskFinisher` (async client): an asyncio task per call, strongly referenced until done;
-  ``close()`` awaits pending ones, bounded.
+- :class:`TaskFinisher` (async client, and the gateway's ``Observer``): an asyncio task per job,
+  strongly referenced until done; ``close()``/``drain()`` await pending ones, bounded.
 
-Both refuse work beyond :data:`MAX_PENDING` calls (the call then ends without the lookup: the
-span is never lost, only that reasoning count), so a slow server cannot make work pile up.
-The span's end time is the call's end either way, so durations do not include the lookup.
+One bound and one overflow rule for all of them: at most :data:`MAX_PENDING` jobs wait at once;
+``submit`` refuses the next one (returns False), and the caller then ends the call's telemetry at
+once without the side request — the span is never lost, only that reasoning count — so a slow
+server cannot make work pile up. The span's end time is the call's end either way, so durations
+do not include the lookup.
+
+Example::
+
+    finisher = TaskFinisher()
+    if not finisher.submit(lambda: record.aend(result)):
+        record.end(result)  # full: end now, without the /tokenize request
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import Any, Callable, Coroutine
 
 logger = logging.getLogger("llamatelemetry.telemetry")
 
-#: Calls whose telemetry may wait for a lookup at once, per client.
+#: Jobs that may wait at once, per finisher (a client's, or the gateway's).
 MAX_PENDING = 256
 #: How long ``close()`` and the interpreter's exit wait for pending telemetry (seconds).
 CLOSE_TIMEOUT = 5.0

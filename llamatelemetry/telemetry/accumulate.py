@@ -1,4 +1,4 @@
-"""Fold streamed chunks into the final result, and keep what telemetry needs from a stream.
+"""Fold streamed chunks into the final result, and keep what telemetry needs from a stream (client and gateway alike).
 
 One accumulator per stream kind (chat, text completion, Anthropic messages). They work on
 the raw JSON dicts, so the per-chunk cost stays at a few dictionary look-ups.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import types
+from .. import types
 
 
 class Accumulator:
