@@ -20,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import httpx
 
@@ -306,3 +307,17 @@ def _reraise_cancel(exc: BaseException) -> None:
     # gather(return_exceptions=True) hands back cancellation too; only real read failures are states.
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
         raise exc
+
+
+def merge_labels(samples: Iterable[Sample], by: str) -> dict[str, float]:
+    """Sum sample values grouped by the value of label ``by`` (samples without it are skipped).
+
+    Example: requests per model from the gateway's per-client series,
+    ``merge_labels(metrics.series("gen_ai_server_request_duration_seconds_count"), "gen_ai_request_model")``.
+    """
+    out: dict[str, float] = {}
+    for sample in samples:
+        key = sample.labels.get(by)
+        if key is not None:
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
