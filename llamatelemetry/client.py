@@ -318,7 +318,8 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         return _health_from(response.status_code, response.content)
 
     def _counting(self, model: str | None) -> Counting:
-        return SyncCounting(functools.partial(self._count_tokens, model=model), defer=self._finisher.submit)
+        count = self._count_tokens if model is None else functools.partial(self._count_tokens, model=model)
+        return SyncCounting(count, defer=self._finisher.submit)
 
     def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -482,7 +483,8 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         return _health_from(response.status_code, response.content)
 
     def _counting(self, model: str | None) -> Counting:
-        return AsyncCounting(functools.partial(self._count_tokens, model=model), defer=self._finisher.submit)
+        count = self._count_tokens if model is None else functools.partial(self._count_tokens, model=model)
+        return AsyncCounting(count, defer=self._finisher.submit)
 
     async def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.

@@ -373,3 +373,30 @@ def jaeger_traces(jaeger_query_url: str, service: str, *, limit: int = 200, tags
 def span_tags(span: dict[str, Any]) -> dict[str, Any]:
     """A Jaeger API span's tags as a dict."""
     return {t["key"]: t["value"] for t in span.get("tags", [])}
+
+
+#: Series the live stack (tests/test_stack_live.py) and the fleet (tests/test_fleet.py) cannot produce, by metric-name substring -> why. A dashboard query or alert-expression
+#: part that mentions one still runs (it must evaluate without error) but need not return data.
+#: Add an entry only with its reason; prefer making the stack produce the series.
+NEEDS_A_CONDITION: dict[str, str] = {
+    # The collector creates this counter at its first failed export; the fault test at the end of tests/test_stack_live.py
+    # makes exports fail and checks OtelCollectorDroppingData fires on it.
+    "otelcol_exporter_send_failed_spans": "appears at the first failed export (covered by the fault test below)",
+    # A sending queue refuses only when it is full; the fault test's outages are shorter than the queue.
+    "otelcol_exporter_enqueue_failed_": "needs a full sending queue (a long outage under heavy load)",
+    # The prometheus exporter serves a pull endpoint: it never fails to "send" metric points.
+    "otelcol_exporter_send_failed_metric_points": "needs a failing push exporter of metrics (none in the compose config)",
+    # Router mode (llama-server --models-dir): the single-box stack has no router. tests/test_exporter_router.py
+    # runs the router alerts' queries and tests/test_proxy_router.py / test_top_router.py the models board's
+    # against a Prometheus scraping a real router and gateway.
+    "llamatelemetry_model_": "router-mode series need a llama-server router target (covered by the router tests)",
+    # Agent signals that need a model the shared stack does not run; tests/test_agent_signals_stack.py runs these
+    # panels' queries against a real Prometheus fed by a tool-calling model and a draft model.
+    "llamatelemetry_tool_calls": "needs a tool-calling model (tests/test_agent_signals_stack.py)",
+    "llamatelemetry_speculative_": "needs a draft model, -md (tests/test_agent_signals_stack.py)",
+}
+
+
+def needs_a_condition(expr: str) -> str | None:
+    """Why ``expr`` may return no data in the live stack or the fleet (None: it must return data)."""
+    return next((why for marker, why in NEEDS_A_CONDITION.items() if marker in expr), None)

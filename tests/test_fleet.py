@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from prom_helpers import RunningPrometheus, run_prometheus
-from stack_helpers import (COLLECTOR, HEALTH, JAEGER_QUERY, OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, ROOT, SELF_METRICS,
+from stack_helpers import (COLLECTOR, needs_a_condition, HEALTH, JAEGER_QUERY, OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, ROOT, SELF_METRICS,
                            RunningOtel, alert_rules, dashboard_queries_for, jaeger_in, load_yaml,
                            recording_rule_files, run_otel, span_tags, split_top_level, stack_binaries,
                            strip_threshold, variable_queries)
@@ -201,6 +201,9 @@ QUERIES = dashboard_queries_for(host="HOST", cluster=CLUSTER)
 @pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}")
                                                   for i, (d, t, e) in enumerate(QUERIES)])
 def test_dashboard_query_returns_per_host_data(fleet: Fleet, dashboard: str, title: str, expr: str) -> None:
+    if needs_a_condition(expr) is not None:
+        fleet.central.query(expr)  # must evaluate; its data needs a condition the fleet does not produce
+        return
     for host in HOSTS:
         result = fleet.central.query(expr.replace('"HOST"', f'"{host}"'))
         assert result, f"{dashboard} {title!r} has no data for host {host}: {expr}"
@@ -216,6 +219,8 @@ def test_dashboard_query_returns_per_host_data(fleet: Fleet, dashboard: str, tit
 @pytest.mark.parametrize("dashboard,name,metric,label", [pytest.param(*v, id=str(v)) for v in variable_queries()])
 def test_dashboard_variables_resolve_on_the_central_prometheus(fleet: Fleet, dashboard: str, name: str, metric: str, label: str) -> None:
     values = {s["metric"].get(label) for s in fleet.central.query(metric)} - {None, ""}
+    if needs_a_condition(metric) is not None:
+        return  # e.g. a router's models: the fleet runs none
     assert values, f"{dashboard} ${name}: label_values({metric}, {label}) is empty"
     if name == "host":
         assert set(HOSTS) <= values

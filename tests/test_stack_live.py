@@ -18,7 +18,7 @@ Dashboard queries: ``$target``/``$gpu``/``$model``/... become the variables' "Al
 ``$__range`` 5m; each query must return at least one series. Alert rules: every expression is
 ``<query> <comparison> <number>``; the query without the comparison must return data. Both lists are read from
 dashboards/*.json and collector/alerts.yml when the tests are collected, so panels and rules added later are
-covered without touching this file. ``NEEDS_A_CONDITION`` is the one place to list a series the live stack cannot
+covered without touching this file. ``stack_helpers.NEEDS_A_CONDITION`` is the one place to list a series the live stack cannot
 produce (with the reason); such a query still has to run without error.
 """
 
@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from prom_helpers import RunningPrometheus, run_prometheus
-from stack_helpers import (COLLECTOR, HEALTH, JAEGER_QUERY, OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, SELF_METRICS,
+from stack_helpers import (COLLECTOR, needs_a_condition, HEALTH, JAEGER_QUERY, OTLP_GRPC, OTLP_HTTP, PROM_EXPORTER, SELF_METRICS,
                            RunningOtel, alert_query_parts, alert_rules, dashboard_queries, jaeger_in, jaeger_traces,
                            load_yaml, recording_rule_files, run_otel, span_tags, stack_binaries, variable_queries)
 from stack_host import COLLECTOR_JOB, COLLECTOR_SELF_JOB, EXPORTER_JOB, JAEGER_JOB, TARGET, MonitoredHost, monitored_host
@@ -48,34 +48,9 @@ from stack_host import COLLECTOR_JOB, COLLECTOR_SELF_JOB, EXPORTER_JOB, JAEGER_J
 SERVICE = "stack-test"
 PROXY_SERVICE = "llamatelemetry-proxy"
 
-#: Series the live stack cannot produce, by metric-name substring -> why. A dashboard query or alert-expression
-#: part that mentions one still runs (it must evaluate without error) but need not return data.
-#: Add an entry only with its reason; prefer making the stack produce the series.
-NEEDS_A_CONDITION: dict[str, str] = {
-    # The collector creates this counter at its first failed export; the fault test at the end of this module
-    # makes exports fail and checks OtelCollectorDroppingData fires on it.
-    "otelcol_exporter_send_failed_spans": "appears at the first failed export (covered by the fault test below)",
-    # A sending queue refuses only when it is full; the fault test's outages are shorter than the queue.
-    "otelcol_exporter_enqueue_failed_": "needs a full sending queue (a long outage under heavy load)",
-    # The prometheus exporter serves a pull endpoint: it never fails to "send" metric points.
-    "otelcol_exporter_send_failed_metric_points": "needs a failing push exporter of metrics (none in the compose config)",
-    # Router mode (llama-server --models-dir): the single-box stack has no router. tests/test_exporter_router.py
-    # runs the router alerts' queries and tests/test_proxy_router.py / test_top_router.py the models board's
-    # against a Prometheus scraping a real router and gateway.
-    "llamatelemetry_model_": "router-mode series need a llama-server router target (covered by the router tests)",
-    # Agent signals that need a model the shared stack does not run; tests/test_agent_signals_stack.py runs these
-    # panels' queries against a real Prometheus fed by a tool-calling model and a draft model.
-    "llamatelemetry_tool_calls": "needs a tool-calling model (tests/test_agent_signals_stack.py)",
-    "llamatelemetry_speculative_": "needs a draft model, -md (tests/test_agent_signals_stack.py)",
-}
-
 #: The compose service:port each shipped scrape target names -> the shipped port of the process the test runs.
 #: Jobs whose process the test does not run are listed with the reason.
 JOBS_NOT_RUN = {"prometheus": "Prometheus scraping itself: its port is only known after it started"}
-
-
-def _needs_a_condition(expr: str) -> str | None:
-    return next((why for marker, why in NEEDS_A_CONDITION.items() if marker in expr), None)
 
 
 @dataclass
@@ -187,7 +162,7 @@ def _diagnose(prom: RunningPrometheus, expr: str) -> str:
 @pytest.mark.parametrize("dashboard,title,expr", [pytest.param(d, t, e, id=f"{d}:{t}:{i}") for i, (d, t, e) in enumerate(DASHBOARD_QUERIES)])
 def test_dashboard_query_returns_data(stack: LiveStack, dashboard: str, title: str, expr: str) -> None:
     result = stack.prom.query(expr)  # raises when Prometheus cannot evaluate it
-    if _needs_a_condition(expr) is None:
+    if needs_a_condition(expr) is None:
         assert result, f"{dashboard} panel {title!r} returns no data: {expr}\n{_diagnose(stack.prom, expr)}"
 
 
@@ -199,7 +174,8 @@ SINGLE_BOX_VARIABLES = [pytest.param(*v, id=str(v)) for v in variable_queries() 
 @pytest.mark.parametrize("dashboard,name,metric,label", SINGLE_BOX_VARIABLES)
 def test_dashboard_variable_resolves(stack: LiveStack, dashboard: str, name: str, metric: str, label: str) -> None:
     values = {s["metric"].get(label) for s in stack.prom.query(metric)} - {None, ""}
-    assert values, f"{dashboard} ${name}: label_values({metric}, {label}) is empty"
+    if needs_a_condition(metric) is None:
+        assert values, f"{dashboard} ${name}: label_values({metric}, {label}) is empty"
 
 
 RULES = alert_rules()
@@ -209,7 +185,7 @@ RULES = alert_rules()
 def test_alert_query_returns_data(stack: LiveStack, rule: dict[str, Any]) -> None:
     for query in alert_query_parts(rule["expr"]):
         result = stack.prom.query(query)
-        if _needs_a_condition(query) is None:
+        if needs_a_condition(query) is None:
             assert result, f"{rule['alert']}: {query} returns no data\n{_diagnose(stack.prom, query)}"
     stack.prom.query(rule["expr"])  # the full expression runs too (empty: nothing is wrong right now)
 
