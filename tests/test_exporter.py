@@ -130,8 +130,10 @@ def test_token_counters_move_by_exactly_the_generated_tokens(app: ExporterApp, f
         ratio = one(after, "llamatelemetry_slot_context_utilization_ratio", target="full", slot=str(slot["id"]))
         assert ratio == pytest.approx(got / slot["n_ctx"])
     last = usages[-1]
-    # (The last sampled token is never decoded back into the cache, hence the upper bound.)
-    assert last["prompt_tokens"] < max(pick(after, "llamatelemetry_slot_context_tokens", target="full").values()) <= last["prompt_tokens"] + last["completion_tokens"]
+    # (The last sampled token is never decoded back into the cache, hence the upper bound.) Another slot may
+    # still hold an earlier test's longer context: look for the one that served these requests, not the fullest.
+    held = pick(after, "llamatelemetry_slot_context_tokens", target="full").values()
+    assert any(last["prompt_tokens"] < tokens <= last["prompt_tokens"] + last["completion_tokens"] for tokens in held), held
 
 
 def test_slot_processing_is_seen_during_a_request(full_server) -> None:  # noqa: ANN001

@@ -239,9 +239,12 @@ def test_min_max_tokens_guard(full_server):
 
 
 def test_admin_endpoints(fresh):
+    # A stream too: the time-to-first-token histogram exists only once a stream was served (not left to other tests).
+    for _ in _oai(fresh).chat.completions.create(model="scripted", messages=HI, max_tokens=64, stream=True):
+        pass
     httpx.get(fresh.url + "/health", headers={"user-agent": "curl/8.5.0"})
     _oai(fresh).chat.completions.create(model="scripted", messages=HI, max_tokens=64)
-    fresh.wait_for_spans(1)
+    fresh.wait_for_spans(2)
     assert httpx.get(fresh.admin_url + "/health").text == "ok"
     items = httpx.get(fresh.admin_url + "/api/recent", params={"limit": 2}).json()["requests"]
     assert len(items) == 2

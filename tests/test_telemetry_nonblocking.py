@@ -26,7 +26,7 @@ from telemetry_helpers import Telemetry
 
 HI = [{"role": "user", "content": "Hi"}]
 THINKING = {"type": "enabled", "budget_tokens": 64}
-DELAY = 1.0
+DELAY = 3.0  # long enough that a caller who waited for it cannot pass for one who did not, even on a loaded machine
 
 
 class SlowTokenize(httpx.BaseTransport):
