@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import AsyncIterator
@@ -63,13 +64,21 @@ _TIMEOUT_EXTENSION = {"timeout": UPSTREAM_TIMEOUT.as_dict()}
 _MAX_CACHED_TARGETS = 256
 
 
-def upstream_transport() -> httpx.AsyncHTTPTransport:
+#: ``aiohttp`` selects the aiohttp-based upstream transport (measured in benchmarks/bench_proxy.py --aiohttp).
+UPSTREAM_CLIENT_ENV = "LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT"
+
+
+def upstream_transport() -> httpx.AsyncBaseTransport:
     """The one connection pool every route shares (``trust_env=False``: the upstream is named
     explicitly, so ``HTTP_PROXY`` must not redirect it)."""
+    if os.environ.get(UPSTREAM_CLIENT_ENV) == "aiohttp":
+        from .aiohttp_upstream import AiohttpTransport
+
+        return AiohttpTransport()
     return httpx.AsyncHTTPTransport(limits=UPSTREAM_LIMITS, trust_env=False)
 
 
-def upstream_client(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
+def upstream_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` on the shared pool, for the gateway's own requests (never stores cookies)."""
     no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(transport=transport, timeout=UPSTREAM_TIMEOUT, trust_env=False,
@@ -83,7 +92,7 @@ def _json_response(path: str, status: int, message: str) -> Response:
 class ProxyApp:
     """ASGI app forwarding every HTTP request to ``upstream`` (see module docs)."""
 
-    def __init__(self, upstream: str, transport: httpx.AsyncHTTPTransport, observer: Observer, *,
+    def __init__(self, upstream: str, transport: httpx.AsyncBaseTransport, observer: Observer, *,
                  min_max_tokens: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  gate: ConcurrencyGate | None = None) -> None:
         self.upstream = upstream.rstrip("/")
