@@ -257,11 +257,23 @@ class ProxyApp:
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self.transport.handle_async_request(request)
+            return await self._send_once(request)
         except httpx.RemoteProtocolError:
             # "Server disconnected without sending a response": a pooled connection llama-server
             # closed as we reused it. No response byte arrived, so sending once more is safe.
+            return await self._send_once(request)
+
+    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+        try:
             return await self.transport.handle_async_request(request)
+        except httpx.HTTPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a transport's own failure, told as what it is
+            # Seen in the soak (an upstream restart under 32 clients): httpcore's anyio backend raises
+            # AttributeError ("'NoneType' object has no attribute 'getpeername'") when llama-server
+            # closes a connection as it is being opened. Nothing was sent: a resend is safe.
+            raise httpx.RemoteProtocolError(f"the upstream connection failed as it opened ({type(exc).__name__}: {exc})",
+                                            request=request) from exc
 
 
 def _unreachable(exc: httpx.HTTPError) -> bool:
