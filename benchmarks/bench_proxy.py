@@ -181,13 +181,14 @@ def main() -> None:
     parser.add_argument("--litellm-path", metavar="DIR", help="where litellm[proxy] was installed with pip --target")
     parser.add_argument("--baseline", metavar="DIR", help="also run the proxy of another checkout (before/after in "
                         "one run), e.g. `git archive main | tar -x -C /tmp/base`")
-    parser.add_argument("--aiohttp", action="store_true", help="also run the gateway with the aiohttp upstream "
-                        "client (C HTTP parser) instead of httpx (h11), on the same requests")
+    parser.add_argument("--aiohttp", action="store_true", help="run the gateway with each upstream client on the "
+                        "same requests: httpx (h11, pure Python) and aiohttp (C HTTP parser)")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(_llama_server(args.base_url))
-        proxy, admin, pid = stack.enter_context(_proxy(upstream))
+        # With --aiohttp both upstream clients run, each pinned; else the gateway's default.
+        proxy, admin, pid = stack.enter_context(_proxy(upstream, upstream_client="httpx" if args.aiohttp else None))
         peer = stack.enter_context(_litellm(upstream, args.litellm_path)) if args.litellm else None
         targets = {"direct": upstream, "proxy": proxy}
         pids = {"proxy": pid}
@@ -241,7 +242,8 @@ def main() -> None:
         t, total = statistics.median(ttfb[name]), statistics.median(long_total[name])
         diff = "" if name == "direct" else f"+{(t - d_ttfb) * 1000:.2f} ms"
         cpu = "" if name not in pids else f"{cpu_short[name] / args.short * 1000:.2f} ms / {cpu_long[name] / args.long * 1000:.1f} ms"
-        label = {"direct": "direct", "proxy": "llamatelemetry proxy", "litellm": "LiteLLM proxy",
+        label = {"direct": "direct", "proxy": "llamatelemetry proxy" + (", httpx upstream client" if args.aiohttp else ""),
+                 "litellm": "LiteLLM proxy",
                  "aiohttp": "llamatelemetry proxy, aiohttp upstream client",
                  "baseline": f"llamatelemetry proxy from {args.baseline}"}[name]
         print(f"| {label} | {t * 1000:.2f} ms | {diff} | {total * 1000:.1f} ms | {total / d_long:.3f}x | {cpu} |")

@@ -1,6 +1,6 @@
-"""The aiohttp upstream transport (``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=aiohttp``, measured in
-``benchmarks/bench_proxy.py --aiohttp``) keeps the behaviours the gateway's tests pin, against a real
-llama-server: byte-identical bodies, SSE event by event, a client's disconnect frees the slot, 502s
+"""Both upstream clients — aiohttp's (the default) and httpx's (``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=httpx``),
+compared in ``benchmarks/bench_proxy.py --aiohttp`` — keep the behaviours the gateway's tests pin, against a
+real llama-server: byte-identical bodies, SSE event by event, a client's disconnect frees the slot, 502s
 in dialect that tell "down" from "closed"."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from proxy_helpers import TcpTap, running_gateway
 HI = [{"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture()
-def aiohttp_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(UPSTREAM_CLIENT_ENV, "aiohttp")
+@pytest.fixture(params=["aiohttp", "httpx"])
+def aiohttp_upstream(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    monkeypatch.setenv(UPSTREAM_CLIENT_ENV, request.param)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def test_bodies_byte_identical_and_streams_event_by_event(aiohttp_upstream, serv
     with TcpTap(host, int(port)) as tap, running_gateway(tap.url) as gw:
         from llamatelemetry.proxy.aiohttp_upstream import AiohttpTransport
 
-        assert isinstance(gw.gateway._servers[0].config.app.transport, AiohttpTransport)  # noqa: SLF001
+        transport = gw.gateway._servers[0].config.app.transport  # noqa: SLF001
+        assert isinstance(transport, AiohttpTransport) == (aiohttp_upstream == "aiohttp")
         tap.reset()
         got = httpx.post(gw.url + "/v1/chat/completions", json={"model": "scripted", "messages": HI, "max_tokens": 64},
                          timeout=30)

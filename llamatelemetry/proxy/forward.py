@@ -4,19 +4,23 @@ Why Starlette + uvicorn (and not aiohttp): uvicorn is the most used ASGI server,
 C parser (httptools) and uvloop when installed; Starlette's ``StreamingResponse`` listens for
 the client's ``http.disconnect`` while it streams and cancels the stream at once, which is
 what frees a llama-server slot when an agent gives up mid-answer. The upstream side is one
-shared httpx connection pool (the project's HTTP library): requests go straight to its
-``AsyncHTTPTransport`` — the client layer's cookies, redirects and auth are exactly what a
-transparent proxy must not apply, and skipping it saves ~160 µs of CPU per request — and
-``aiter_raw()`` hands over bytes as they arrive from the socket, still content-encoded: bodies
+shared connection pool behind httpx's transport interface — aiohttp's client by default
+(:mod:`.aiohttp_upstream`, a C HTTP parser), httpx's ``AsyncHTTPTransport`` otherwise (see
+:func:`upstream_transport`). Requests go straight to the transport — the client layer's cookies,
+redirects and auth are exactly what a transparent proxy must not apply, and skipping it saves ~160 µs
+of CPU per request — and ``aiter_raw()`` hands over bytes as they arrive from the socket, still content-encoded: bodies
 pass byte for byte and SSE events reach the client as soon as llama-server sends them, never
 re-chunked or buffered. The telemetry's own calls (token counts) use an ``httpx.AsyncClient``
 on the same transport: one pool, one keep-alive policy.
 
 What is forwarded: every method and path, the query string byte for byte, the body, the
 headers less hop-by-hop ones (:mod:`.headers`). What the gateway adds: a ``traceparent``
-(W3C trace context of its span) towards llama-server, and its own error when llama-server
-cannot be reached (a 502 in the endpoint's dialect, :mod:`.dialect`) or cuts a stream short
-(an error event, then the end of the stream).
+(W3C trace context of its span) towards llama-server, and its own error — in the endpoint's
+dialect, :mod:`.dialect` — when llama-server cannot be reached (502, ``APIConnectionError``),
+closes the connection before answering (502, :class:`UpstreamClosedError`), or cuts a stream
+short (an error event, then the end of the stream). Before forwarding, :mod:`.limits` applies:
+a body over ``--max-body-size`` is a 413 and more than ``--max-concurrent`` requests a 503, the
+upstream request never started; an answer too large to hold is relayed as it arrives.
 
 Example::
 
@@ -64,17 +68,26 @@ _TIMEOUT_EXTENSION = {"timeout": UPSTREAM_TIMEOUT.as_dict()}
 _MAX_CACHED_TARGETS = 256
 
 
-#: ``aiohttp`` selects the aiohttp-based upstream transport (measured in benchmarks/bench_proxy.py --aiohttp).
+#: ``httpx`` or ``aiohttp``: which client speaks to llama-server (default: aiohttp when installed).
 UPSTREAM_CLIENT_ENV = "LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT"
 
 
 def upstream_transport() -> httpx.AsyncBaseTransport:
-    """The one connection pool every route shares (``trust_env=False``: the upstream is named
-    explicitly, so ``HTTP_PROXY`` must not redirect it)."""
-    if os.environ.get(UPSTREAM_CLIENT_ENV) == "aiohttp":
-        from .aiohttp_upstream import AiohttpTransport
+    """The one connection pool every route shares (never through ``HTTP_PROXY``: the upstream is named
+    explicitly).
 
-        return AiohttpTransport()
+    aiohttp's client (C HTTP parser) by default: measured side by side in ``benchmarks/bench_proxy.py
+    --aiohttp``, it takes ~0.5 ms off the first byte and ~40 % of the gateway's CPU per relayed event
+    against httpx's h11; every behaviour the tests pin holds with either. httpx's transport when aiohttp
+    is not installed, or with ``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=httpx``.
+    """
+    if os.environ.get(UPSTREAM_CLIENT_ENV, "aiohttp") != "httpx":
+        try:
+            from .aiohttp_upstream import AiohttpTransport
+        except ImportError:
+            pass
+        else:
+            return AiohttpTransport()
     return httpx.AsyncHTTPTransport(limits=UPSTREAM_LIMITS, trust_env=False)
 
 
