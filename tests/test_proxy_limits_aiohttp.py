@@ -51,6 +51,10 @@ def test_bodies_byte_identical_and_streams_event_by_event(aiohttp_upstream, serv
         assert reads > 50, "events should arrive as they are generated"
         a = gw.wait_for_spans(2)[-1].attributes
         assert a[sc.USAGE_OUTPUT_TOKENS] == 300
+        tap.reset()
+        odd = "/no/such/path?x=%7e&y=a+b&z=%2F&w=%zz&v=~"
+        assert httpx.get(gw.url + odd).status_code == 404
+        assert f"GET {odd} HTTP/1.1".encode() in tap.to_server, "the path and query must go out byte for byte"
         reply = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
             model="scripted", messages=HI, max_tokens=64)
         assert reply.choices[0].message.content == ANSWER_TEXT

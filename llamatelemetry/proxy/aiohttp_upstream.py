@@ -19,6 +19,7 @@ from typing import AsyncIterator
 
 import aiohttp
 import httpx
+import yarl
 
 #: Same pool policy as the httpx transport (``forward.UPSTREAM_LIMITS``): llama-server closes idle
 #: keep-alive connections after 5 s, so ours are dropped after 2 s.
@@ -71,7 +72,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         content = request.content if request.method not in ("GET", "HEAD") or request.content else None
         try:
-            response = await self._open().request(request.method, str(request.url), headers=headers, data=content,
+            # encoded=True: the path and query go out byte for byte (yarl would otherwise re-quote them).
+            url = yarl.URL(str(request.url), encoded=True)
+            response = await self._open().request(request.method, url, headers=headers, data=content,
                                                   allow_redirects=False, timeout=timeout, auto_decompress=False)
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
