@@ -62,7 +62,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(**_POOL),  # type: ignore[arg-type]
                 auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
