@@ -1,4 +1,4 @@
-"""Both upstream clients — aiohttp's (the default) and httpx's (``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=httpx``),
+"""Both upstream clients — httpx's (the default) and aiohttp's (``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=aiohttp``),
 compared in ``benchmarks/bench_proxy.py --aiohttp`` — keep the behaviours the gateway's tests pin, against a
 real llama-server: byte-identical bodies, SSE event by event, a client's disconnect frees the slot, 502s
 in dialect that tell "down" from "closed"."""

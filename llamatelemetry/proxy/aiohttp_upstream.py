@@ -1,7 +1,7 @@
 """The gateway's upstream transport on aiohttp's client (C HTTP parser) instead of httpx's (h11, pure Python).
 
-The default when aiohttp is installed (the ``proxy`` extra installs it); ``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=httpx``
-selects httpx's. ``benchmarks/bench_proxy.py --aiohttp`` runs both side by side. It is an ``httpx.AsyncBaseTransport``, so the forwarding edge stays one piece
+Selected with ``LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT=aiohttp`` (``pip install aiohttp``); httpx's is the
+default. ``benchmarks/bench_proxy.py --aiohttp`` runs both side by side. It is an ``httpx.AsyncBaseTransport``, so the forwarding edge stays one piece
 of code whichever client parses llama-server's answers: aiohttp's errors are mapped to the httpx errors
 the edge tells apart (cannot connect vs closed vs cut short), and a response closed before its end
 closes its connection (which stops llama-server generating, as with httpx).
