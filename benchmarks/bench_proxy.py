@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_proxy.py
     python benchmarks/bench_proxy.py --short 200 --long 20 --litellm --litellm-path /tmp/litellm
+    python benchmarks/bench_proxy.py --aiohttp    # httpx vs aiohttp as the upstream client
 """
 
 from __future__ import annotations
@@ -103,10 +104,14 @@ def _litellm(upstream: str, path: str | None) -> Iterator[tuple[str, int] | None
 
 
 @contextlib.contextmanager
-def _proxy(upstream: str, tree: str | None = None) -> Iterator[tuple[str, str, int]]:
-    """``llamatelemetry proxy`` in its own process; from the checkout ``tree`` instead of this one if given."""
+def _proxy(upstream: str, tree: str | None = None, upstream_client: str | None = None) -> Iterator[tuple[str, str, int]]:
+    """``llamatelemetry proxy`` in its own process; from the checkout ``tree`` instead of this one if given;
+    ``upstream_client="aiohttp"``: with the aiohttp upstream transport instead of httpx's."""
     port, admin = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER")}
+    env.pop("LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT", None)
+    if upstream_client:
+        env["LLAMATELEMETRY_PROXY_UPSTREAM_CLIENT"] = upstream_client
     if tree:
         env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
     # `python -m` puts the working directory first on sys.path: run in `tree`, or this checkout would win.
@@ -176,17 +181,23 @@ def main() -> None:
     parser.add_argument("--litellm-path", metavar="DIR", help="where litellm[proxy] was installed with pip --target")
     parser.add_argument("--baseline", metavar="DIR", help="also run the proxy of another checkout (before/after in "
                         "one run), e.g. `git archive main | tar -x -C /tmp/base`")
+    parser.add_argument("--aiohttp", action="store_true", help="run the gateway with each upstream client on the "
+                        "same requests: httpx (h11, pure Python) and aiohttp (C HTTP parser)")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(_llama_server(args.base_url))
-        proxy, admin, pid = stack.enter_context(_proxy(upstream))
+        # With --aiohttp both upstream clients run, each pinned; else the gateway's default.
+        proxy, admin, pid = stack.enter_context(_proxy(upstream, upstream_client="httpx" if args.aiohttp else None))
         peer = stack.enter_context(_litellm(upstream, args.litellm_path)) if args.litellm else None
         targets = {"direct": upstream, "proxy": proxy}
         pids = {"proxy": pid}
         admins = {"proxy": admin}
         if args.baseline:
             targets["baseline"], admins["baseline"], pids["baseline"] = stack.enter_context(_proxy(upstream, args.baseline))
+        if args.aiohttp:
+            targets["aiohttp"], admins["aiohttp"], pids["aiohttp"] = stack.enter_context(
+                _proxy(upstream, upstream_client="aiohttp"))
         if peer is not None:
             targets["litellm"], pids["litellm"] = peer
         ttfb: dict[str, list[float]] = {name: [] for name in targets}
@@ -231,7 +242,9 @@ def main() -> None:
         t, total = statistics.median(ttfb[name]), statistics.median(long_total[name])
         diff = "" if name == "direct" else f"+{(t - d_ttfb) * 1000:.2f} ms"
         cpu = "" if name not in pids else f"{cpu_short[name] / args.short * 1000:.2f} ms / {cpu_long[name] / args.long * 1000:.1f} ms"
-        label = {"direct": "direct", "proxy": "llamatelemetry proxy", "litellm": "LiteLLM proxy",
+        label = {"direct": "direct", "proxy": "llamatelemetry proxy" + (", httpx upstream client" if args.aiohttp else ""),
+                 "litellm": "LiteLLM proxy",
+                 "aiohttp": "llamatelemetry proxy, aiohttp upstream client",
                  "baseline": f"llamatelemetry proxy from {args.baseline}"}[name]
         print(f"| {label} | {t * 1000:.2f} ms | {diff} | {total * 1000:.1f} ms | {total / d_long:.3f}x | {cpu} |")
     p_ttfb, p_long = statistics.median(ttfb["proxy"]), statistics.median(long_total["proxy"])
@@ -240,6 +253,11 @@ def main() -> None:
           f"{per_chunk * 1e6:.0f} us of CPU per relayed event, on the same cores as llama-server and this client.")
     print(f"targets: TTFB <= direct + 1 ms: {'met' if p_ttfb - d_ttfb <= 0.001 else 'NOT met'}; "
           f"{LONG_TOKENS}-token stream <= 1.05x: {'met' if p_long / d_long <= 1.05 else 'NOT met'}")
+    if "aiohttp" in targets:
+        a_ttfb, a_long = statistics.median(ttfb["aiohttp"]), statistics.median(long_total["aiohttp"])
+        print(f"aiohttp upstream client: TTFB {(a_ttfb - p_ttfb) * 1000:+.2f} ms vs httpx, {LONG_TOKENS}-token stream "
+              f"{a_long / p_long:.3f}x httpx's; CPU per {LONG_TOKENS}-token stream {cpu_long['aiohttp'] / args.long * 1000:.1f} ms "
+              f"vs {cpu_long['proxy'] / args.long * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

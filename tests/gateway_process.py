@@ -23,13 +23,13 @@ from llamatelemetry.provision.server import free_port, stop_process
 class GatewayProcess:
     """``llamatelemetry proxy`` as a user runs it (a subprocess), in front of one llama-server."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *extra_args: str) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llamatelemetry.cli", "proxy", "--upstream", upstream, "--port", str(self.port),
-             "--admin-port", str(self.admin_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--admin-port", str(self.admin_port), *extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -52,6 +52,11 @@ class GatewayProcess:
             assert time.monotonic() < deadline, f"only {len(items)} of {count} requests recorded"
             time.sleep(0.05)
         return items
+
+    def memory_kib(self) -> tuple[int, int]:
+        """(resident now, peak resident since start) of the gateway process, in KiB (Linux /proc)."""
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{self.process.pid}/status").read().splitlines())
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -203,3 +203,38 @@ def test_client_leaving_before_a_non_streamed_answer_frees_the_slot(fresh, four_
     assert max(_decoded(s) for s in _slots(four_slots)) < LONG / 2
     a = fresh.wait_for_spans(1)[0].attributes
     assert a[sc.ERROR_TYPE] == "ConnectionAbortedError"
+
+
+class _BrokenOpen(httpx.AsyncBaseTransport):
+    """The real transport, except that the first ``failures`` requests fail as httpcore's anyio backend
+    failed in the soak (a connection closed as it opened: AttributeError, not an httpx error)."""
+
+    def __init__(self, real: httpx.AsyncBaseTransport, failures: int) -> None:
+        self.real, self.failures = real, failures
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.failures > 0:
+            self.failures -= 1
+            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+        return await self.real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_connection_failing_as_it_opens_is_resent_once_then_reported(four_slots, monkeypatch, failures):
+    from llamatelemetry.proxy import gateway as gateway_module
+
+    real = gateway_module.upstream_transport
+    monkeypatch.setattr(gateway_module, "upstream_transport", lambda: _BrokenOpen(real(), failures))
+    with running_gateway(four_slots.base_url) as gw:
+        answer = httpx.post(gw.url + "/v1/messages", json={"model": "scripted", "max_tokens": 64, "messages": HI},
+                            timeout=30)
+        span = gw.wait_for_spans(1)[0]
+        if failures == 1:  # nothing was sent the first time: sent once more, answered
+            assert answer.status_code == 200 and sc.ERROR_TYPE not in span.attributes
+        else:  # an answer in dialect and an ended span, not uvicorn's bare 500 and a lost span
+            assert answer.status_code == 502 and answer.json()["type"] == "error"
+            assert "closed the connection" in answer.json()["error"]["message"]
+            assert span.attributes[sc.ERROR_TYPE] == "UpstreamClosedError"

@@ -23,6 +23,9 @@ from .._defaults import (
     BASE_URL_ENV, DEFAULT_BASE_URL, PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST, PROXY_DEFAULT_PORT,
 )
 
+# limits.py imports nothing from outside the standard library: ``--help`` works without the [proxy] extra.
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, human_bytes
+
 HELP = "tracing gateway: put it between agent tools and llama-server to trace every request"
 DESCRIPTION = f"""\
 Tracing gateway for llama.cpp's llama-server.
@@ -46,6 +49,10 @@ ENV_LISTEN = "LLAMATELEMETRY_PROXY_LISTEN"
 ENV_PORT = "LLAMATELEMETRY_PROXY_PORT"
 ENV_ADMIN_PORT = "LLAMATELEMETRY_PROXY_ADMIN_PORT"
 ENV_MIN_MAX_TOKENS = "LLAMATELEMETRY_PROXY_MIN_MAX_TOKENS"
+ENV_MAX_BODY_SIZE = "LLAMATELEMETRY_PROXY_MAX_BODY_SIZE"
+ENV_MAX_CONCURRENT = "LLAMATELEMETRY_PROXY_MAX_CONCURRENT"
+#: Suffixes --max-body-size accepts (binary units, as llama-server's own limit is written).
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 
 log = logging.getLogger("llamatelemetry.proxy")
 
@@ -74,6 +81,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def byte_size(text: str) -> int:
+    """``--max-body-size`` values: a byte count with an optional binary unit.
+
+    Example::
+
+        >>> byte_size("100MiB"), byte_size("512k"), byte_size("1048576")
+        (104857600, 524288, 1048576)
+    """
+    raw = text.strip().lower().replace(" ", "")
+    digits = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(digits):]
+    if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"must be a size like 100MiB, 512KiB or 1048576 (bytes), got {text!r}")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
@@ -91,6 +114,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     env_floor = os.environ.get(ENV_MIN_MAX_TOKENS)
     parser.add_argument("--min-max-tokens", type=_positive, metavar="N", default=_positive(env_floor) if env_floor else None,
                         help=f"raise a max_tokens below N on chat/messages requests to N (off by default; recorded on the span) [{ENV_MIN_MAX_TOKENS}]")
+    env_size, env_concurrent = os.environ.get(ENV_MAX_BODY_SIZE), os.environ.get(ENV_MAX_CONCURRENT)
+    parser.add_argument("--max-body-size", type=byte_size, metavar="SIZE",
+                        default=byte_size(env_size) if env_size else DEFAULT_MAX_BODY_BYTES,
+                        help=f"answer 413 to request bodies larger than SIZE, before forwarding (default "
+                             f"{human_bytes(DEFAULT_MAX_BODY_BYTES)}, llama-server's own limit) [{ENV_MAX_BODY_SIZE}]")
+    parser.add_argument("--max-concurrent", type=_positive, metavar="N",
+                        default=_positive(env_concurrent) if env_concurrent else DEFAULT_MAX_CONCURRENT,
+                        help=f"requests handled at once across all routes; past it a 503 (default "
+                             f"{DEFAULT_MAX_CONCURRENT}) [{ENV_MAX_CONCURRENT}]")
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"), metavar="URL",
                         help="export spans and metrics over OTLP here too [OTEL_EXPORTER_OTLP_ENDPOINT]")
     parser.add_argument("--recent", type=_positive, default=200, metavar="N",
@@ -148,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         providers = local_providers("llamatelemetry-proxy", metric_readers=[reader])
     config = GatewayConfig(routes=routes, listen=args.listen, admin_port=args.admin_port,
-                           min_max_tokens=args.min_max_tokens, recent_limit=args.recent)
+                           min_max_tokens=args.min_max_tokens, recent_limit=args.recent,
+                           max_body_bytes=args.max_body_size, max_concurrent=args.max_concurrent)
     try:
         gateway = Gateway(config, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider,
                           registry=registry)

@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from .._defaults import PROXY_ADMIN_DEFAULT_PORT, PROXY_DEFAULT_HOST
 from .admin import admin_app
 from .forward import ProxyApp, upstream_client, upstream_transport
+from .headlimit import http_protocol
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, MAX_HEADER_BYTES, ConcurrencyGate
 from .observe import Observer
 from .recent import DEFAULT_RECENT_LIMIT, RecentRequests
 from .upstreams import UpstreamHealth
@@ -44,6 +46,10 @@ class GatewayConfig:
     min_max_tokens: int | None = None
     recent_limit: int = DEFAULT_RECENT_LIMIT
     capture_content: bool | None = None
+    #: Request bodies larger than this are answered 413 (default: llama-server's own limit).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Requests handled at once across all routes; past it a 503.
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
 
 
 class _Server(uvicorn.Server):
@@ -81,7 +87,8 @@ CLIENT_KEEP_ALIVE_SECONDS = 75
 def _uvicorn_config(app: Any) -> uvicorn.Config:
     # No Server/Date headers of our own: llama-server's are forwarded. No lifespan: nothing to set up.
     return uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                          server_header=False, date_header=False, timeout_keep_alive=CLIENT_KEEP_ALIVE_SECONDS)
+                          server_header=False, date_header=False, timeout_keep_alive=CLIENT_KEEP_ALIVE_SECONDS,
+                          http=http_protocol(), h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 class Gateway:
@@ -105,6 +112,8 @@ class Gateway:
         self.upstreams = UpstreamHealth(r.upstream for r in config.routes)  # admin /health, its gauge, the log
         with contextlib.suppress(ValueError):  # a registry shared with another gateway has the gauge already
             self.registry.register(self.upstreams)
+        #: Requests in flight across every route (``gate.in_flight``), bounded by ``config.max_concurrent``.
+        self.gate = ConcurrencyGate(config.max_concurrent)
         self._sockets = [_bind(config.listen, r.port) for r in config.routes]
         self._admin_socket = _bind(config.listen, config.admin_port)
         self.observer: Observer | None = None
@@ -133,7 +142,9 @@ class Gateway:
         http = upstream_client(transport)
         self.observer = Observer(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, http=http,
                                  recent=self.recent, capture_content=self.config.capture_content, upstreams=self.upstreams)
-        apps = [ProxyApp(route.upstream, transport, self.observer, min_max_tokens=self.config.min_max_tokens)
+        gate = self.gate
+        apps = [ProxyApp(route.upstream, transport, self.observer, min_max_tokens=self.config.min_max_tokens,
+                         max_body_bytes=self.config.max_body_bytes, gate=gate)
                 for route in self.config.routes]
         self._servers = [_Server(_uvicorn_config(app)) for app in apps]
         admin = _Server(_uvicorn_config(admin_app(self.registry, self.recent, self.upstreams)))

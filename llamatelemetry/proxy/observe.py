@@ -236,6 +236,10 @@ class Exchange:
         self.observer.upstreams.failed(self.upstream, exc, path=self.path, client=self.client)
         self._fail(502, APIConnectionError(f"upstream {self.upstream} unreachable: {exc!r}", url=self.upstream + self.path))
 
+    def failed(self, status: int | None, error: BaseException) -> None:
+        """The request failed with ``error`` (its class is the ``error.type``), answered ``status`` by the gateway."""
+        self._fail(status, error)
+
     def client_left(self) -> None:
         """The client disconnected before the (non-streamed) answer came; the upstream request was closed."""
         self._fail(None, ConnectionAbortedError(f"the client disconnected before {self.upstream} answered"))
