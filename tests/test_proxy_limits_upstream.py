@@ -47,8 +47,10 @@ class Peer:
                 if not data:
                     return
                 head += data
-            if head.startswith(b"GET /v1/models"):  # the gateway's own lookup of the default model
-                body = b'{"data":[{"id":"peer"}]}'
+            if head.startswith(b"GET "):
+                # The gateway's own side requests: the default model (/v1/models), router detection (/props) and
+                # its upstream health check (/health). Only the inference request gets the hostile answer.
+                body = b'{"data":[{"id":"peer"}]}' if head.startswith(b"GET /v1/models") else b'{"status":"ok"}'
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                              + str(len(body)).encode() + b"\r\n\r\n" + body)
                 return
