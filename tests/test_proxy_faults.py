@@ -213,7 +213,8 @@ class _BrokenOpen(httpx.AsyncBaseTransport):
         self.real, self.failures = real, failures
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.failures > 0:
+        # Only the forwarded request: the gateway's own GETs (upstream health, router detection) share the transport.
+        if self.failures > 0 and request.method == "POST":
             self.failures -= 1
             raise AttributeError("'NoneType' object has no attribute 'getpeername'")
         return await self.real.handle_async_request(request)
