@@ -47,6 +47,16 @@ class Peer:
                 if not data:
                     return
                 head += data
+            # Read the whole request body: closing a socket with unread bytes sends a reset, which can
+            # discard the end of our own answer still in flight.
+            head_part, _, body = head.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head_part.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                body += data
             if head.startswith(b"GET /v1/models"):  # the gateway's own lookup of the default model
                 body = b'{"data":[{"id":"peer"}]}'
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
