@@ -47,6 +47,16 @@ class Peer:
                 if not data:
                     return
                 head += data
+            # Read the whole request body: closing a socket with unread bytes sends a reset, which can
+            # discard the end of our own answer still in flight.
+            head_part, _, body = head.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head_part.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                body += data
             if head.startswith(b"GET "):
                 # The gateway's own side requests: the default model (/v1/models), router detection (/props) and
                 # its upstream health check (/health). Only the inference request gets the hostile answer.
