@@ -110,3 +110,19 @@ def router_factory(llama_server_binary: Path, scripted_model: Path,
     yield start
     for router in started:
         router.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``takes_down_shared_stack`` run after the rest of their module.
+
+    The suite runs shuffled (pytest-randomly, which reorders first); a test that kills the collector or a
+    backend of a module-scoped stack would otherwise take it away from the tests that run after it. Moving it
+    to the end of its own module keeps the module's tests together (the stack starts once) and shuffled.
+    """
+    last = [item for item in items if item.get_closest_marker("takes_down_shared_stack")]
+    for item in last:
+        items.remove(item)
+        module = getattr(item, "module", None)
+        end = max((i for i, other in enumerate(items) if getattr(other, "module", None) is module), default=len(items) - 1)
+        items.insert(end + 1, item)

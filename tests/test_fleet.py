@@ -368,7 +368,10 @@ def test_a_host_that_goes_away_is_visible(fleet: Fleet) -> None:
     assert fast_rule != part.strip()
 
     gone, everyone = "host-gone", {*HOSTS, "host-gone"}
-    with run_prometheus(agent_config(fleet.hosts[0].monitored.scrape_targets, fleet.central.url), agent=True,
+    first = fleet.hosts[0]
+    targets = {**first.monitored.scrape_targets, COLLECTOR_JOB: [first.collector.addr(PROM_EXPORTER)],
+               COLLECTOR_SELF_JOB: [first.collector.addr(SELF_METRICS)]}
+    with run_prometheus(agent_config(targets, fleet.central.url), agent=True,
                         env={"LLAMATELEMETRY_HOST": gone, "LLAMATELEMETRY_CLUSTER": "lab-gone"}) as agent:
         fleet.central.wait_for(f'count_over_time(llamatelemetry_target_up{{host="{gone}"}}[1m]) >= 2', timeout=45)
         ages = {s["metric"]["host"]: float(s["value"][1]) for s in fleet.central.query(age_query) if "host" in s["metric"]}

@@ -152,7 +152,7 @@ def test_sse_streams(harness: Harness, path: str, pieces: list[bytes], cut: int,
         for chunk in chunks:
             if guard.admit(chunk):
                 exchange.chunk(chunk)
-            assert len(exchange._line_buffer) <= LINE_CAP + cut, "the telemetry buffered an unbounded line"  # noqa: SLF001
+            assert exchange._events.buffered <= LINE_CAP + cut, "the telemetry buffered an unbounded line"  # noqa: SLF001
         error = httpx.ReadError("cut") if ended == "error" else None
         exchange.stream_ended(200, error, client_left=ended == "left")
 

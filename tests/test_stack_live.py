@@ -284,6 +284,7 @@ def _calls_during(stack: LiveStack, start: float, end: float, *, via_gateway: bo
     return [d for t, d in list(calls) if start <= t <= end]
 
 
+@pytest.mark.takes_down_shared_stack
 def test_watcher_alerts_fire_and_applications_stay_fast_when_the_backend_or_the_collector_goes_away(stack: LiveStack) -> None:
     """Kill Jaeger (a crash): JaegerDown, then OtelCollectorDroppingData once the collector gives up retrying
     (its shipped `retry_on_failure.max_elapsed_time`, 60 s). Then stop the collector: OtelCollectorDown.

@@ -97,7 +97,9 @@ class UpstreamHealth(Collector):
     async def check(self, http: httpx.AsyncClient, upstream: str) -> bool:
         """``GET /health`` on one upstream; any HTTP answer (503 while loading included) means reachable."""
         try:
-            await http.get(upstream.rstrip("/") + "/health", timeout=CHECK_TIMEOUT_SECONDS)
+            # Connection: close — a probe every 10 s must not keep a pooled connection (and a slot of
+            # llama-server's HTTP threads) open between checks.
+            await http.get(upstream.rstrip("/") + "/health", headers={"connection": "close"}, timeout=CHECK_TIMEOUT_SECONDS)
         except httpx.HTTPError as exc:
             self.failed(upstream, exc)
             return False

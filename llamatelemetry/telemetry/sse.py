@@ -83,6 +83,11 @@ class SSEDecoder:
         self.path = path
         self._partial = b""
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held until its end arrives (callers bound it, e.g. the gateway's LineGuard)."""
+        return len(self._partial)
+
     def feed(self, raw: bytes) -> Iterator[SSEEvent]:
         """The events completed by ``raw``, one at a time: an error event raises (as :func:`decode_sse_line`)
         only when reached, after the events before it."""
