@@ -345,12 +345,18 @@ def test_collector_agents_report_host_name_and_their_own_metrics(fleet: Fleet) -
     for host in fleet.hosts:
         sel = f'host="{host.name}", cluster="{CLUSTER}", job="{COLLECTOR_SELF_JOB}"'
         fleet.central.wait_for(f"otelcol_receiver_accepted_spans{{{sel}}}", timeout=30)
-    hosts_seen = set()
-    for jaeger in fleet.jaegers:
-        base = jaeger.url(JAEGER_QUERY)
-        for trace in httpx.get(base + "/api/traces", params={"service": "fleet-app", "limit": 50}, timeout=10).json()["data"] or []:
-            for process in trace["processes"].values():
-                hosts_seen |= {t["value"] for t in process["tags"] if t["key"] == "host.name"}
+    # Traces reach Jaeger after the gateways' tail-sampling decision wait: poll (the test may run first).
+    deadline = time.monotonic() + 60
+    while True:
+        hosts_seen = set()
+        for jaeger in fleet.jaegers:
+            base = jaeger.url(JAEGER_QUERY)
+            for trace in httpx.get(base + "/api/traces", params={"service": "fleet-app", "limit": 50}, timeout=10).json()["data"] or []:
+                for process in trace["processes"].values():
+                    hosts_seen |= {t["value"] for t in process["tags"] if t["key"] == "host.name"}
+        if hosts_seen == set(HOSTS) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert hosts_seen == set(HOSTS), hosts_seen
 
 
