@@ -37,7 +37,6 @@ from ._resources import (
 from .streaming import AsyncStream, Stream
 from .telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
 from .telemetry.instrumentation import Telemetry
-from .telemetry.lookups import TIMEOUT as TELEMETRY_TIMEOUT
 from .telemetry.lookups import AsyncLookups, Lookups, ServerModel
 from .telemetry.recorder import AsyncCounting, CallRecord, Counting, SyncCounting
 
@@ -166,15 +165,15 @@ class _ClientBase:
         return self._settings.base_url + path
 
     @staticmethod
-    def _model_status_from(exc: errors.RouterModelError, call: "Call[Any]", response: httpx.Response | None) -> None:
+    def _model_status_from(exc: errors.RouterModelError, call: "Call[Any]", models: object | None) -> None:
         """Fill a router error's model (named by the call) and its state (from the router's ``/v1/models``)."""
         if exc.model is None:
             named = (call.body or {}).get("model") or (call.params or {}).get("model")
             exc.model = named if isinstance(named, str) else None
-        if exc.model is None or response is None or response.status_code != 200:
+        if exc.model is None or not isinstance(models, dict):
             return
         try:
-            for model in types.ModelList.from_dict(response.json()).data:
+            for model in types.ModelList.from_dict(models).data:
                 if exc.model == model.id or exc.model in (model.aliases or []):
                     exc.model_status = model.status
         except Exception:  # noqa: BLE001 - the error itself matters more than its detail
@@ -288,7 +287,7 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             if record is not None:
                 record.fail(exc)
             if isinstance(exc, errors.RouterModelError):
-                self._model_status_from(exc, call, self._models_response())
+                self._model_status_from(exc, call, self._lookups.models())
             raise
         finally:
             if record is not None:
@@ -296,12 +295,6 @@ class LlamaCppClient(_ClientBase, ClientMethods):
         if record is not None:
             record.end(result)
         return call.unwrap(result) if call.unwrap is not None else result
-
-    def _models_response(self) -> httpx.Response | None:
-        try:
-            return self._http.get(self._url("/v1/models"), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
-        except httpx.HTTPError:
-            return None
 
     def _lookup_default_model(self) -> None:
         self._model.remember(self._lookups.model())
@@ -453,7 +446,7 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             if record is not None:
                 record.fail(exc)
             if isinstance(exc, errors.RouterModelError):
-                self._model_status_from(exc, call, await self._models_response())
+                self._model_status_from(exc, call, await self._lookups.models())
             raise
         finally:
             if record is not None:
@@ -461,12 +454,6 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
         if record is not None:
             await record.aend(result)
         return call.unwrap(result) if call.unwrap is not None else result
-
-    async def _models_response(self) -> httpx.Response | None:
-        try:
-            return await self._http.get(self._url("/v1/models"), headers=self._request_headers, timeout=TELEMETRY_TIMEOUT)
-        except httpx.HTTPError:
-            return None
 
     async def _lookup_default_model(self) -> None:
         self._model.remember(await self._lookups.model())

@@ -56,6 +56,10 @@ def _tokenize_body(text: str, model: str | None) -> dict[str, object]:
 _NO_AUTOLOAD = {"autoload": "false"}
 
 
+def _json_of(response: httpx.Response) -> object | None:
+    return response.json() if response.status_code == 200 else None
+
+
 def _model_of(response: httpx.Response) -> str | None:
     if response.status_code != 200:
         return None
@@ -159,6 +163,11 @@ class Lookups:
         url = self.base_url + MODELS_PATH
         return _send(MODELS_PATH, lambda: self.http.get(url, headers=self.headers, timeout=TIMEOUT), _model_of)
 
+    def models(self) -> object | None:
+        """The server's ``GET /v1/models`` body (a router's lists every model with its status), or None."""
+        url = self.base_url + MODELS_PATH
+        return _send(MODELS_PATH, lambda: self.http.get(url, headers=self.headers, timeout=TIMEOUT), _json_of)
+
     def count_tokens(self, text: str, model: str | None = None) -> int | None:
         """The number of tokens the server's tokenizer (``model``'s, behind a router) makes of ``text``, or None."""
         url, body = self.base_url + TOKENIZE_PATH, _tokenize_body(text, model)
@@ -184,6 +193,11 @@ class AsyncLookups:
         """The server's (first) model id, or None."""
         url = self.base_url + MODELS_PATH
         return await _asend(MODELS_PATH, lambda: self.http.get(url, headers=self.headers, timeout=TIMEOUT), _model_of)
+
+    async def models(self) -> object | None:
+        """The server's ``GET /v1/models`` body, or None (see :meth:`Lookups.models`)."""
+        url = self.base_url + MODELS_PATH
+        return await _asend(MODELS_PATH, lambda: self.http.get(url, headers=self.headers, timeout=TIMEOUT), _json_of)
 
     async def count_tokens(self, text: str, model: str | None = None) -> int | None:
         """The number of tokens the server's tokenizer (``model``'s, behind a router) makes of ``text``, or None."""
