@@ -219,8 +219,14 @@ def test_top_keys_in_a_real_terminal(demo: DemoStack, monkeypatch: pytest.Monkey
     env = {k: demo.env[k] for k in ("LLAMATELEMETRY_TOP_EXPORTER", "LLAMATELEMETRY_TOP_GATEWAY")}
     env.update({"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     with TmuxSession([*CLI, "top", "--interval", "0.5"], width=80, height=24, env=env) as term:
-        screen = term.wait_for(lambda s: "RECENT" in s and "openai-python" in s and "exporter up" in s, timeout=60)
-        footer = screen.rstrip().splitlines()[-1]
+        def last_line(s: str) -> str:
+            return (s.rstrip().splitlines() or [""])[-1]
+
+        # A capture can fall between two of Textual's partial repaints: wait for a whole frame,
+        # footer included, and fail with the last screen if it never comes.
+        screen = term.wait_for(lambda s: "RECENT" in s and "openai-python" in s and "exporter up" in s
+                               and "Quit" in last_line(s), timeout=60)
+        footer = last_line(screen)
         for key in ("q Quit", "p Pause", "z Zoom", "r Refresh"):
             assert key in footer, footer
         recent = screen.split(" RECENT", 1)[1].splitlines()[1:-1]
