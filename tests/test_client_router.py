@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
 
 import pytest
 
@@ -12,17 +11,10 @@ from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, types
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import running_gateway
 from telemetry_helpers import Telemetry
+from waiting import wait_for
 
 HI = [{"role": "user", "content": "Say hello."}]
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(client: LlamaCppClient, model: str) -> types.ModelStatus:

@@ -18,6 +18,7 @@ import pytest
 from fake_nvml import FakeNVML, FakeProcess
 from prom_helpers import one, parse_exposition, pick, run_prometheus, scrape
 from stack_helpers import alert_query_parts, alert_rules
+from waiting import wait_for
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.exporter import procnet
@@ -30,14 +31,6 @@ from llamatelemetry.router import fetch_models
 Router = Callable[..., RouterServer]
 MODELS = ("alpha", "beta", "gamma")
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition", every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def chat(router: RouterServer, model: str) -> None:

@@ -76,8 +76,9 @@ def test_client_disconnect_frees_the_slot(fresh, four_slots):
                 next(chunks)
             assert any(s["is_processing"] for s in _slots(four_slots)), "the stream should occupy a slot"
         left_at = time.monotonic()  # leaving the block closed our connection mid-stream
+    # The proof is the token count below; the time bound only keeps a regression from hanging the suite.
     while any(s["is_processing"] for s in _slots(four_slots)):
-        assert time.monotonic() - left_at < 2.0, "the slot is still generating after the client left"
+        assert time.monotonic() - left_at < 10.0, "the slot is still generating after the client left"
         time.sleep(0.02)
     decoded = max(_decoded(s) for s in _slots(four_slots))
     assert decoded < LONG / 2, f"llama-server generated {decoded} of {LONG} tokens: the upstream request was not closed at once"
@@ -197,8 +198,10 @@ def test_client_leaving_before_a_non_streamed_answer_frees_the_slot(fresh, four_
             assert time.monotonic() < deadline, "the request never reached a slot"
             time.sleep(0.01)
     left_at = time.monotonic()
+    # The proof is the token count below (stopped long before LONG); the time bound only keeps a
+    # regression from hanging the suite, and is loose because a loaded 2-core CI box is slow to notice.
     while any(s["is_processing"] for s in _slots(four_slots)):
-        assert time.monotonic() - left_at < 2.0, "the slot is still generating after the client left"
+        assert time.monotonic() - left_at < 10.0, "the slot is still generating after the client left"
         time.sleep(0.02)
     assert max(_decoded(s) for s in _slots(four_slots)) < LONG / 2
     a = fresh.wait_for_spans(1)[0].attributes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
 
 import anthropic
 import httpx
@@ -20,18 +19,11 @@ import pytest
 from llamatelemetry.provision.model import REASONING_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import ProxyUnderTest, running_gateway
+from waiting import wait_for
 
 HI = [{"role": "user", "content": "Say hello."}]
 MODELS = ("alpha", "beta", "gamma")
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status_of(base_url: str, model: str) -> str:
