@@ -312,6 +312,15 @@ def test_collector_configs_are_copies_of_the_tested_files() -> None:
     assert sorted(p.name for p in (K8S / "config").iterdir()) == sorted(module.SOURCES)
 
 
+def test_sync_configs_help_and_check_write_nothing() -> None:
+    targets = sorted((K8S / "config").iterdir())
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in targets]
+    for flag, code, text in [("--help", 0, "--check"), ("--check", 0, "up to date")]:
+        proc = subprocess.run([sys.executable, str(K8S / "sync_configs.py"), flag], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code and text in proc.stdout, proc.stdout + proc.stderr
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in targets] == before
+
+
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
