@@ -512,6 +512,14 @@ def test_images_pin_the_versions_the_tests_build() -> None:
         assert image.rsplit(":", 1)[1] == versions["OTELCOL_VERSION"], (f, image)
     for f, image in jaegers:
         assert image == f"jaegertracing/jaeger:{versions['JAEGER_VERSION']}", (f, image)
+    # Kubernetes runs the collector tier and Jaeger too, and kustomization.yaml's `images:` (which overrides the
+    # manifests' tags) pins the same releases
+    k8s = "deploy/kubernetes/"
+    assert {f for f, _ in collectors if f.startswith(k8s)} >= {k8s + "otel-agent-daemonset.yaml", k8s + "otel-gateway-deployment.yaml"}
+    assert {f for f, _ in jaegers if f.startswith(k8s)} == {k8s + "jaeger-deployment.yaml"}
+    pins = {i["name"]: i.get("newTag") for i in load_yaml(ROOT / k8s / "kustomization.yaml")["images"]}
+    assert pins["otel/opentelemetry-collector-contrib"] == versions["OTELCOL_VERSION"]
+    assert pins["jaegertracing/jaeger"] == versions["JAEGER_VERSION"]
     # the builder manifest takes its versions from the same file (no version written into it)
     manifest = (ROOT / "stack" / "otelcol-builder.yaml").read_text()
     assert not re.search(r"\bv?0\.1\d\d\.\d+\b|\bv1\.\d+\.\d+\b", manifest.split("replaces:")[0]), "a version is written into the manifest"
