@@ -38,7 +38,7 @@ from .streaming import AsyncStream, Stream
 from .telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher, ThreadFinisher
 from .telemetry.instrumentation import Telemetry
 from .telemetry.lookups import AsyncLookups, Lookups, ServerModel
-from .telemetry.recorder import AsyncCounting, CallRecord, Counting, SyncCounting
+from .telemetry.recorder import AsyncSideRequests, CallRecord, SideRequests, SyncSideRequests
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -128,7 +128,6 @@ class _ClientBase:
         if telemetry:
             self._telemetry = Telemetry(
                 self._settings.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider, capture_content=capture_content,
-                api_key=self._settings.api_key,  # for the n_ctx lookup on that same server only
             )
 
     @property
@@ -138,9 +137,9 @@ class _ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._settings.base_url!r})"
 
-    def _counting(self, model: str | None) -> Counting:
-        """How this client counts tokens with its server (``model``'s tokenizer behind a router), and finishes
-        telemetry off the caller's path."""
+    def _side_requests(self, model: str | None) -> SideRequests:
+        """The telemetry's requests to this client's server for a call of ``model`` (its tokenizer and context
+        size behind a router), and the finisher that makes them off the caller's path."""
         raise NotImplementedError
 
     def _start_record(self, call: "Call[Any]") -> CallRecord | None:
@@ -149,7 +148,7 @@ class _ClientBase:
         model = (call.body or {}).get("model")
         model = model if isinstance(model, str) else None
         record = self._telemetry.start(call.path, call.body, stream=call.stream, operation=call.operation,
-                                       default_model=self._model.model, counting=self._counting(model))
+                                       default_model=self._model.model, side_requests=self._side_requests(model))
         if record is not None:
             _calls.request_token_positions(call)  # only when telemetry records: nobody else needs them
         return record
@@ -310,9 +309,10 @@ class LlamaCppClient(_ClientBase, ClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _counting(self, model: str | None) -> Counting:
+    def _side_requests(self, model: str | None) -> SideRequests:
         count = self._count_tokens if model is None else functools.partial(self._count_tokens, model=model)
-        return SyncCounting(count, defer=self._finisher.submit)
+        return SyncSideRequests(count, defer=self._finisher.submit,
+                                context_size=functools.partial(self._lookups.context_size, model))
 
     def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -469,9 +469,10 @@ class AsyncLlamaCppClient(_ClientBase, AsyncClientMethods):
             return _health_from(None, b"", str(transport_error(exc, self._settings, "/health")))
         return _health_from(response.status_code, response.content)
 
-    def _counting(self, model: str | None) -> Counting:
+    def _side_requests(self, model: str | None) -> SideRequests:
         count = self._count_tokens if model is None else functools.partial(self._count_tokens, model=model)
-        return AsyncCounting(count, defer=self._finisher.submit)
+        return AsyncSideRequests(count, defer=self._finisher.submit,
+                                 context_size=functools.partial(self._lookups.context_size, model))
 
     async def flush_telemetry(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until the telemetry of finished calls is recorded; True if nothing is left pending.
@@ -520,7 +521,7 @@ def instrument(
         client = llamatelemetry.instrument(LlamaCppClient(telemetry=False), tracer_provider=provider)
     """
     client._telemetry = Telemetry(client.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                  capture_content=capture_content, api_key=client._settings.api_key)
+                                  capture_content=capture_content)
     return client
 
 

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from loopback import LoopbackHTTPServer
+from llamatelemetry.telemetry.finisher import flush_threads
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,6 +30,12 @@ class Telemetry:
         return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
 
     def spans(self) -> list[Any]:
+        """The finished spans, once the sync clients' background telemetry (e.g. a first call's n_ctx lookup) ended."""
+        flush_threads(10.0)
+        return self.ended_spans()
+
+    def ended_spans(self) -> list[Any]:
+        """The spans finished so far (background telemetry may still be pending)."""
         return list(self.exporter.get_finished_spans())
 
     def only_span(self) -> Any:
@@ -37,6 +44,7 @@ class Telemetry:
         return spans[0]
 
     def points(self, name: str) -> list[Any]:
+        flush_threads(10.0)
         data = self.reader.get_metrics_data()
         out = []
         for rm in data.resource_metrics if data else []:

@@ -8,6 +8,7 @@ decoding).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from llamatelemetry import LlamaCppClient, errors
+from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors
 from llamatelemetry.provision.model import (
     QWEN35_BAD_TOOL_SCRIPT, QWEN35_TOOL_SCRIPT, TOOL_CALL_ARGUMENTS, TOOL_CALL_TOOL, cached_thinking_models,
     write_draft_model,
@@ -28,6 +29,7 @@ from llamatelemetry.provision.server import LlamaServer
 from llamatelemetry.telemetry import semconv as sc
 from proxy_helpers import running_gateway
 from telemetry_helpers import Telemetry
+from waiting import wait_for
 
 AIDER = {"User-Agent": "aider/0.86.1"}
 
@@ -121,22 +123,49 @@ def test_context_overflow_client(tiny_context: LlamaServer, caplog: pytest.LogCa
     assert len(warning) == 1 and f"{body['n_prompt_tokens']}-token prompt" in warning[0] and "-c" in warning[0]
 
 
-def test_context_utilisation_of_successful_requests(tiny_context: LlamaServer) -> None:
-    """n_ctx comes from a cached /props lookup made off the call's path: later calls record prompt/n_ctx."""
+def _assert_utilisation(tel: Telemetry, span: Any, prompt_tokens: int, n_ctx: int) -> None:
+    assert span.attributes[sc.CONTEXT_N_CTX] == n_ctx and span.attributes[sc.CONTEXT_PROMPT_TOKENS] == prompt_tokens
+    assert span.attributes[sc.CONTEXT_UTILIZATION] == pytest.approx(prompt_tokens / n_ctx)
+    points = _points(tel, sc.METRIC_CONTEXT_UTILIZATION, **{sc.REQUEST_MODEL: "scripted"})
+    assert sum(p.count for p in points) == 1 and points[0].max == pytest.approx(prompt_tokens / n_ctx)
+
+
+def test_context_utilisation_of_the_first_call_sync(tiny_context: LlamaServer) -> None:
+    """The very first call of a model records prompt/n_ctx: its n_ctx is looked up (/props) before its span ends."""
     tel = Telemetry()
     with LlamaCppClient(tiny_context.base_url, **tel.providers) as client:
-        deadline = time.monotonic() + 30
-        while True:
-            result = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-            span = tel.spans()[-1]
-            if sc.CONTEXT_UTILIZATION in span.attributes or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-    assert result.usage is not None
-    assert span.attributes[sc.CONTEXT_N_CTX] == 256
-    assert span.attributes[sc.CONTEXT_UTILIZATION] == pytest.approx(result.usage.prompt_tokens / 256)
-    points = _points(tel, sc.METRIC_CONTEXT_UTILIZATION, **{sc.REQUEST_MODEL: "scripted"})
-    assert sum(p.count for p in points) >= 1 and max(p.max for p in points) == pytest.approx(result.usage.prompt_tokens / 256)
+        result = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert client.flush_telemetry(timeout=10)
+        assert result.usage is not None
+        _assert_utilisation(tel, tel.only_span(), result.usage.prompt_tokens, 256)
+
+
+def test_context_utilisation_of_the_first_call_async(tiny_context: LlamaServer) -> None:
+    tel = Telemetry()
+
+    async def main() -> int:
+        async with AsyncLlamaCppClient(tiny_context.base_url, **tel.providers) as client:
+            result = await client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                                          stream=True)
+            async for _ in result:
+                pass
+            final = await result.get_final_completion()
+            assert await client.flush_telemetry(timeout=10)
+        assert final.usage is not None
+        return final.usage.prompt_tokens
+
+    prompt_tokens = asyncio.run(main())
+    _assert_utilisation(tel, tel.only_span(), prompt_tokens, 256)
+
+
+def test_context_utilisation_of_the_first_call_through_the_gateway(tiny_context: LlamaServer) -> None:
+    with running_gateway(tiny_context.base_url) as gw:
+        answer = httpx.post(gw.url + "/v1/chat/completions", headers=AIDER, timeout=60,
+                            json={"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert answer.status_code == 200
+        span = gw.wait_for_spans(1)[0]
+        wait_for(lambda: bool(_points(gw, sc.METRIC_CONTEXT_UTILIZATION)), timeout=10, what="the utilisation metric")
+    _assert_utilisation(gw, span, answer.json()["usage"]["prompt_tokens"], 256)
 
 
 def test_context_overflow_gateway(tiny_context: LlamaServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -283,15 +312,24 @@ def test_speculative_decoding_with_a_draft_model(llama_server_binary: Path, scri
 
 
 def test_context_utilisation_behind_an_api_key(llama_server_binary: Path, scripted_model: Path) -> None:
-    """The client's /props lookup sends the client's key to that same server; the key is recorded nowhere."""
+    """The /props lookup carries the caller's key to that same server (the client's, the gateway's incoming
+    request's), so even the first call records utilisation; the key is recorded nowhere."""
     tel = Telemetry()
-    with LlamaServer(scripted_model, binary=llama_server_binary, ctx_size=512, extra_args=["--api-key", "s3cret-key"]) as server, \
-            LlamaCppClient(server.base_url, api_key="s3cret-key", **tel.providers) as client:
+    hi = [{"role": "user", "content": "hi"}]
+    with LlamaServer(scripted_model, binary=llama_server_binary, ctx_size=512, extra_args=["--api-key", "s3cret-key"]) as server:
         assert httpx.get(server.base_url + "/props", timeout=10).status_code == 401  # /props is guarded
-        deadline = time.monotonic() + 30
-        while sc.CONTEXT_UTILIZATION not in (tel.spans()[-1].attributes if tel.spans() else {}) and time.monotonic() < deadline:
-            client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-            time.sleep(0.05)
-    span = tel.spans()[-1]
+        with LlamaCppClient(server.base_url, api_key="s3cret-key", **tel.providers) as client:
+            result = client.chat.completions.create(messages=hi, max_tokens=2)
+        assert result.usage is not None
+        span = tel.only_span()
+        assert span.attributes[sc.CONTEXT_N_CTX] == 512
+        assert span.attributes[sc.CONTEXT_UTILIZATION] == pytest.approx(result.usage.prompt_tokens / 512)
+        assert all("s3cret" not in str(v) for s in tel.spans() for v in s.attributes.values())
+        with running_gateway(server.base_url) as gw:
+            answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "scripted", "messages": hi, "max_tokens": 2},
+                                headers={**AIDER, "Authorization": "Bearer s3cret-key"}, timeout=60)
+            assert answer.status_code == 200
+            span = gw.wait_for_spans(1)[0]
     assert span.attributes[sc.CONTEXT_N_CTX] == 512
-    assert all("s3cret" not in str(v) for s in tel.spans() for v in s.attributes.values())
+    assert span.attributes[sc.CONTEXT_UTILIZATION] == pytest.approx(answer.json()["usage"]["prompt_tokens"] / 512)
+    assert all("s3cret" not in str(v) for v in span.attributes.values())

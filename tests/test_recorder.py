@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 from llamatelemetry.provision.model import REASONING_TOKENS, THINKING_COMPLETION_TOKENS
 from llamatelemetry.telemetry import semconv as sc
 from llamatelemetry.telemetry.recorder import (
-    EndedCall, Recorder, SyncCounting, accumulator_for, context_from_headers, model_label, operation_for,
+    EndedCall, Recorder, SyncSideRequests, accumulator_for, context_from_headers, model_label, operation_for,
 )
 
 from telemetry_helpers import Telemetry
@@ -49,7 +49,7 @@ def test_non_streamed_json_gives_a_server_span_in_the_incoming_trace(full_server
     body = {"messages": HI, "max_tokens": 64}
     record = recorder.start(
         "/v1/chat/completions", body, kind=SpanKind.SERVER, parent=context_from_headers({"traceparent": INCOMING_TRACE}),
-        default_model="scripted", counting=SyncCounting(_count_with(full_server)),
+        default_model="scripted", side_requests=SyncSideRequests(_count_with(full_server)),
         span_attributes={sc.USER_AGENT_ORIGINAL: "aider/0.80", **CLIENT}, metric_attributes=CLIENT, on_end=ended.append,
     )
     assert record is not None

@@ -39,7 +39,7 @@ from ..telemetry import semconv as sc
 from ..telemetry.finisher import CLOSE_TIMEOUT, TaskFinisher
 from ..telemetry.lookups import AsyncLookups, ServerModel
 from ..telemetry.recorder import (
-    Accumulator, AsyncCounting, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
+    Accumulator, AsyncSideRequests, CallRecord, EndedCall, Recorder, accumulator_for, context_from_headers, operation_for,
     server_address,
 )
 from ..telemetry.sse import Done, SSEDecoder
@@ -116,8 +116,7 @@ class Observer:
         if found is None:
             host, port = server_address(upstream)
             found = Recorder(server_address=host, server_port=port, tracer_provider=self.tracer_provider,
-                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True,
-                             server_url=upstream)
+                             meter_provider=self.meter_provider, capture_content=self.capture_content, server_metrics=True)
             self._recorders[upstream] = found
         return found
 
@@ -204,7 +203,8 @@ class Exchange:
         if raised_from is not None:
             span_attributes[ATTR_MAX_TOKENS_RAISED_FROM] = raised_from
         default_model = None
-        count_tokens = self.observer.lookups(self.upstream, self.authorization).count_tokens
+        lookups = self.observer.lookups(self.upstream, self.authorization)
+        count_tokens, context_size = lookups.count_tokens, functools.partial(lookups.context_size, None)
         router = self.observer.routers.view(self.upstream)
         if router is not None:
             # A router serves many models: the request's own "model" is the routed one (none: the router refuses it).
@@ -214,14 +214,16 @@ class Exchange:
                 span_attributes[sc.MODEL_COLD_START] = True
                 span_attributes[sc.MODEL_STATE_BEFORE] = self.cold_start.state_before
             if isinstance(model, str):
-                # A router routes /tokenize by "model" too (400 without): count with the model that answered.
+                # A router routes /tokenize and /props by "model" too: ask about the model that answered.
                 count_tokens = functools.partial(count_tokens, model=model)
+                context_size = functools.partial(lookups.context_size, model)
         elif not (self.body or {}).get("model"):
             default_model = self.observer.default_model(self.upstream, self.authorization)
         self.record = self.observer.recorder_for(self.upstream).start(
             self.path, self.body, stream=self.stream, kind=SpanKind.SERVER, parent=context_from_headers(headers),
             default_model=default_model,
-            counting=AsyncCounting(count_tokens), span_attributes=span_attributes,
+            # No defer: the gateway ends every call's telemetry in its finisher already (see spawn).
+            side_requests=AsyncSideRequests(count_tokens, context_size=context_size), span_attributes=span_attributes,
             metric_attributes={sc.CLIENT_NAME: self.client}, on_end=self._ended,
         )
         if self.record is not None:

@@ -4,14 +4,17 @@ One :class:`AgentInstruments` per recorder; the call record asks it for the :cla
 finished call (success or failure), sets :func:`span_attributes` / :func:`add_span_events` on the span,
 then :meth:`AgentInstruments.record` writes the metrics with the call's base metric attributes.
 
-``n_ctx`` for successful calls comes from :class:`ContextSizes`: a cached ``GET /props`` per model
-(``default_generation_settings.n_ctx`` is the slot's context), fetched on a daemon thread so no call
-waits for it; the first call of a model (and every call when ``/props`` is unreachable, e.g. behind
-``--api-key``) records no utilisation. An overflow's own ``n_ctx`` refreshes the cache.
+``n_ctx`` for successful calls comes from :class:`ContextSizes`, a cache per model with no I/O of its
+own: when a generating call's model has no fresh ``n_ctx`` (:meth:`ContextSizes.due`), the call record
+looks it up with the caller's side requests (``GET /props``, :meth:`.lookups.Lookups.context_size`: the
+caller's ``Authorization``, the keep-alive resend) in the background finisher, the cache learns it, and the
+call records its utilisation with it, so the first call of a model records utilisation too and no caller
+waits. Without a finisher slot (full) a call records with what is cached. An overflow's own ``n_ctx``
+refreshes the cache.
 
 Example::
 
-    instruments = AgentInstruments(meter, server_url="http://127.0.0.1:8080")
+    instruments = AgentInstruments(meter)
     signals = instruments.signals_of_success("/v1/chat/completions", "m", outcome_json, wall=1.2,
                                              timings=timings, prompt_tokens=900)
     instruments.record(signals, {"gen_ai.request.model": "m"})
@@ -22,9 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import agent_signals as ag
 from . import semconv as sc
@@ -34,13 +36,14 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
 
-logger = logging.getLogger("llamatelemetry.telemetry")
 warn_logger = logging.getLogger("llamatelemetry")
 
 #: Seconds a looked-up n_ctx stays valid (a server restarted with another -c is picked up after this).
 N_CTX_TTL = 300.0
 #: Seconds before a failed /props lookup is tried again.
 N_CTX_RETRY = 60.0
+#: Models whose n_ctx is kept (the oldest is forgotten beyond this).
+N_CTX_MODELS = 256
 
 
 @dataclass(slots=True)
@@ -63,53 +66,68 @@ class AgentSignals:
 
 
 class ContextSizes:
-    """n_ctx per model label, from overflows and a background ``GET /props`` (see module docs)."""
+    """n_ctx per model label, learned from overflows and ``/props`` lookups made by others (see module docs).
 
-    def __init__(self, server_url: str | None, api_key: str | None = None) -> None:
-        self.server_url = server_url
-        # Sent to that same server only (a --api-key server guards /props); never recorded anywhere.
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    Thread-safe, bounded to :data:`N_CTX_MODELS` models; no I/O.
+
+    Example::
+
+        if sizes.due("m"):
+            sizes.remember("m", lookups.context_size("m"))
+        sizes.get("m")  # 4096, or None
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Monotonic seconds (replaceable, so a test can let the TTL and the retry delay pass).
+        self.clock = clock
         self._known: dict[str | None, tuple[int, float]] = {}
-        self._pending: dict[str | None, float] = {}
+        self._next_lookup: dict[str | None, float] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _put(table: dict[str | None, Any], model: str | None, value: Any) -> None:
+        if model not in table and len(table) >= N_CTX_MODELS:
+            table.pop(next(iter(table)))  # forget the oldest model
+        table[model] = value
+
     def learn(self, model: str | None, n_ctx: int) -> None:
+        """Keep ``model``'s n_ctx (fresh for :data:`N_CTX_TTL`)."""
         with self._lock:
-            self._known[model] = (n_ctx, time.monotonic())
+            self._put(self._known, model, (n_ctx, self.clock()))
 
     def get(self, model: str | None) -> int | None:
-        """The cached n_ctx of ``model`` (None if unknown yet: a lookup is started, never awaited)."""
-        now = time.monotonic()
+        """The cached n_ctx of ``model`` (a stale one too, until a lookup refreshes it), or None."""
+        with self._lock:
+            found = self._known.get(model)
+        return found[0] if found is not None else None
+
+    def due(self, model: str | None) -> bool:
+        """True when ``model`` has no fresh n_ctx and a lookup may be made now (marks it as being made)."""
+        now = self.clock()
         with self._lock:
             found = self._known.get(model)
             if found is not None and now - found[1] < N_CTX_TTL:
-                return found[0]
-            if self.server_url is None or now - self._pending.get(model, -1e9) < N_CTX_RETRY or len(self._pending) > 256:
-                return found[0] if found else None
-            self._pending[model] = now
-        threading.Thread(target=self._fetch, args=(model,), name="llamatelemetry-n-ctx", daemon=True).start()
-        return found[0] if found else None
+                return False
+            if now < self._next_lookup.get(model, 0.0):
+                return False
+            # Set before the lookup ends: concurrent calls of the model do not start lookups of their own.
+            self._put(self._next_lookup, model, now + N_CTX_RETRY)
+            return True
 
-    def _fetch(self, model: str | None) -> None:
-        import httpx
-
-        url = f"{self.server_url}/props"
-        if model:  # router mode needs it; a single-model server ignores it. autoload=false: never load a model.
-            url += "?" + urllib.parse.urlencode({"model": model, "autoload": "false"})
-        try:
-            data = httpx.get(url, headers=self._headers, timeout=5.0).json()
-            n_ctx = (data.get("default_generation_settings") or {}).get("n_ctx")
-            if isinstance(n_ctx, int) and n_ctx > 0:
-                self.learn(model, n_ctx)
-        except Exception:  # noqa: BLE001 - unreachable, 401, not JSON: utilisation stays unknown
-            logger.debug("llamatelemetry: /props lookup for n_ctx failed", exc_info=True)
+    def remember(self, model: str | None, n_ctx: int | None) -> None:
+        """Keep a looked-up n_ctx; after a failure (None) the next lookup waits :data:`N_CTX_RETRY`."""
+        if n_ctx is not None:
+            self.learn(model, n_ctx)
+            return
+        with self._lock:
+            self._put(self._next_lookup, model, self.clock() + N_CTX_RETRY)
 
 
 class AgentInstruments:
     """The metric instruments for queue wait, context, tool calls, drafts and the prompt cache."""
 
-    def __init__(self, meter: "Meter", *, server_url: str | None = None, api_key: str | None = None) -> None:
-        self.context_sizes = ContextSizes(server_url, api_key)
+    def __init__(self, meter: "Meter") -> None:
+        self.context_sizes = ContextSizes()
         self.queue_wait = meter.create_histogram(
             sc.METRIC_QUEUE_WAIT, unit="s", explicit_bucket_boundaries_advisory=list(sc.QUEUE_WAIT_BUCKETS),
             description="Time a request spent outside a llama-server slot: waiting for a free slot plus fixed overhead.",

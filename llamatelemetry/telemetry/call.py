@@ -3,14 +3,18 @@
 A record ends exactly once, whichever comes first: the result, an error, the end of a stream,
 ``close()`` of a stream, or the garbage collection of an abandoned stream. The span is ended
 before any metric is recorded, so a failing instrument cannot lose it, and the duration is taken
-before any extra request (a token count) is made.
+before any extra request (a token count, a context-size lookup) is made.
 
-Whether the caller is sync or async is said once, at the start, by the counting it gives
-(:class:`SyncCounting` or :class:`AsyncCounting`): how to ask the server to tokenize a text, and
-optionally a finisher that runs that request and the span's end off the caller's path (see
-:mod:`.finisher`); once handed off, later end calls are no-ops. Sync ends
-(:meth:`CallRecord.end`, :meth:`~CallRecord.end_stream`) count only with a sync counter; async
-ends (:meth:`~CallRecord.aend`, :meth:`~CallRecord.aend_stream`) with either.
+Whether the caller is sync or async is said once, at the start, by the side requests it gives
+(:class:`SyncSideRequests` or :class:`AsyncSideRequests`, made with :mod:`.lookups`): how to ask the
+server to tokenize a text and for the model's context size (``n_ctx``), and optionally a finisher that
+runs those requests and the span's end off the caller's path (see :mod:`.finisher`); once handed off,
+later end calls are no-ops. A call hands off when its reasoning count needs ``/tokenize``
+(:func:`.reasoning.needs_lookup`) or when it generates, its prompt tokens are known and its model's
+``n_ctx`` is due for a lookup (:meth:`.agent_record.ContextSizes.due`): so the first call of a model
+records its context utilisation too. Sync ends (:meth:`CallRecord.end`, :meth:`~CallRecord.end_stream`)
+make side requests only with sync callables; async ends (:meth:`~CallRecord.aend`,
+:meth:`~CallRecord.aend_stream`) with either.
 Every public method swallows its own exceptions: telemetry must never break the caller.
 The public entry point is :meth:`llamatelemetry.telemetry.recorder.Recorder.start`.
 """
@@ -39,12 +43,14 @@ if TYPE_CHECKING:
 
     from .accumulate import Accumulator
 
-__all__ = ["AsyncCounting", "CallRecord", "Counting", "EndedCall", "SyncCounting"]
+__all__ = ["AsyncSideRequests", "CallRecord", "EndedCall", "SideRequests", "SyncSideRequests"]
 
 logger = logging.getLogger("llamatelemetry.telemetry")
 warn_logger = logging.getLogger("llamatelemetry")
 
 _LENGTH_REASONS = ("length", "max_tokens")
+#: Operations that fill a generation slot's context (their prompt tokens count against n_ctx).
+_GENERATES = ("chat", "text_completion")
 
 #: Runs a sync finishing job off the caller's path; False when it did not take it (too many pending).
 SyncDefer = Callable[[Callable[[], None]], bool]
@@ -53,32 +59,37 @@ AsyncDefer = Callable[[Callable[[], Coroutine[Any, Any, None]]], bool]
 
 
 @dataclass(frozen=True, slots=True)
-class SyncCounting:
-    """A sync caller's token counter (the server's ``/tokenize``) and, optionally, its background finisher.
+class SyncSideRequests:
+    """A sync caller's side requests: a token counter (the server's ``/tokenize``), optionally the call's
+    model's context size (``GET /props``), and optionally its background finisher.
 
     Example::
 
-        recorder.start(path, body, counting=SyncCounting(count_tokens, defer=finisher.submit))
+        recorder.start(path, body, side_requests=SyncSideRequests(
+            lookups.count_tokens, defer=finisher.submit, context_size=lambda: lookups.context_size(model)))
     """
 
     count_tokens: Callable[[str], int | None]
     defer: SyncDefer | None = None
+    context_size: Callable[[], int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class AsyncCounting:
-    """An async caller's token counter and, optionally, its background finisher.
+class AsyncSideRequests:
+    """An async caller's side requests (see :class:`SyncSideRequests`) and, optionally, its background finisher.
 
     Example::
 
-        recorder.start(path, body, counting=AsyncCounting(acount_tokens, defer=finisher.submit))
+        recorder.start(path, body, side_requests=AsyncSideRequests(
+            alookups.count_tokens, defer=finisher.submit, context_size=lambda: alookups.context_size(model)))
     """
 
     count_tokens: Callable[[str], Awaitable[int | None]]
     defer: AsyncDefer | None = None
+    context_size: Callable[[], Awaitable[int | None]] | None = None
 
 
-Counting = Union[SyncCounting, AsyncCounting]
+SideRequests = Union[SyncSideRequests, AsyncSideRequests]
 
 
 class CallRecord:
@@ -96,7 +107,7 @@ class CallRecord:
         stream: bool,
         operation: str,
         default_model: str | None,
-        counting: Counting | None,
+        side_requests: SideRequests | None,
         kind: SpanKind = SpanKind.CLIENT,
         parent: Context | None = None,
         span_attributes: "Mapping[str, AttributeValue] | None" = None,
@@ -111,7 +122,7 @@ class CallRecord:
         self.capture = capture
         self.path = path
         self.stream = stream
-        self.counting = counting
+        self.side_requests = side_requests
         self.on_end = on_end
         self._handed_off = False
         self._ended = False
@@ -208,26 +219,56 @@ class CallRecord:
         if self.agent is None:
             return ar.AgentSignals()
         # Embeddings and rerank use no prompt cache and no generation slot time: they would dilute the hit ratio.
-        generates = self.operation in ("chat", "text_completion")
+        generates = self.operation in _GENERATES
         return self.agent.signals_of_success(self.model, wall=duration, timings=out.timings,
                                              prompt_tokens=out.input_tokens if generates else None,
                                              cached_tokens=out.cached_tokens, tool_calls=out.tool_calls)
+
+    # -- side requests --
+
+    def _sizes_context(self, outcome: Outcome, error: BaseException | None, *, sync: bool) -> bool:
+        """True when this call looks up its model's n_ctx (claims the lookup: concurrent calls make none).
+
+        Only a generating call that succeeded with known prompt tokens, whose model's n_ctx is due, and
+        whose caller gave a context-size request this end can make (a sync end: a sync one).
+        """
+        side = self.side_requests
+        if side is None or side.context_size is None or (sync and not isinstance(side, SyncSideRequests)):
+            return False
+        return (self.agent is not None and error is None and self.operation in _GENERATES
+                and outcome.input_tokens is not None and self.agent.context_sizes.due(self.model))
+
+    def _look_up_context_size(self) -> None:
+        side = self.side_requests
+        if isinstance(side, SyncSideRequests) and side.context_size is not None and self.agent is not None:
+            self.agent.context_sizes.remember(self.model, side.context_size())
+
+    async def _alook_up_context_size(self) -> None:
+        side = self.side_requests
+        if side is None or side.context_size is None or self.agent is None:
+            return
+        if isinstance(side, AsyncSideRequests):
+            n_ctx = await side.context_size()
+        else:
+            n_ctx = side.context_size()
+        self.agent.context_sizes.remember(self.model, n_ctx)
 
     # -- ending with a result (sync) --
 
     def end(self, result: object) -> None:
         """End the span of a non-streamed call (sync): ``result`` is the typed result or its raw JSON dict.
 
-        When the reasoning count needs a ``/tokenize`` lookup and the caller gave a finisher
-        (:attr:`SyncCounting.defer`), the lookup and the span's end run there: the caller does not wait.
+        When the call needs a side request (``/tokenize``, ``/props``) and the caller gave a finisher
+        (:attr:`SyncSideRequests.defer`), the requests and the span's end run there: the caller does not wait.
         """
         if self._ended or self._handed_off:
             return
-        ended = time.monotonic()  # before the token count: the count is not part of the call's duration
+        ended = time.monotonic()  # before any side request: it is not part of the call's duration
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
-            if not self._hand_off(outcome, None, ended):
-                self._count_and_finish(outcome, None, ended)
+            sizing = self._sizes_context(outcome, None, sync=True)
+            if not self._hand_off(outcome, None, ended, sizing):
+                self._look_up_and_finish(outcome, None, ended, sizing)
         except Exception:  # noqa: BLE001
             self._give_up()
 
@@ -239,30 +280,36 @@ class CallRecord:
         try:
             outcome = outcome_of_stream(acc)
             if finalizing:
-                # No network I/O from a finalizer, and an async counter cannot be awaited here.
+                # No network I/O from a finalizer, and an async request cannot be awaited here.
                 self._finish(outcome, rc.count_outcome(outcome, None), error, ended)
-            elif not self._hand_off(outcome, error, ended):
-                self._count_and_finish(outcome, error, ended)
+                return
+            sizing = self._sizes_context(outcome, error, sync=True)
+            if not self._hand_off(outcome, error, ended, sizing):
+                self._look_up_and_finish(outcome, error, ended, sizing)
         except Exception:  # noqa: BLE001
             self._give_up()
 
     def _sync_counter(self) -> Callable[[str], int | None] | None:
         # An async counter cannot be awaited on a sync path: count by what needs no request.
-        return self.counting.count_tokens if isinstance(self.counting, SyncCounting) else None
+        side = self.side_requests
+        return side.count_tokens if isinstance(side, SyncSideRequests) else None
 
-    def _hand_off(self, outcome: Outcome, error: BaseException | None, ended: float) -> bool:
-        """Give the lookup and the finish to the caller's background finisher (sync); False if none took it."""
-        counting = self.counting
-        if not isinstance(counting, SyncCounting) or counting.defer is None or not rc.needs_lookup(outcome):
+    def _hand_off(self, outcome: Outcome, error: BaseException | None, ended: float, sizing: bool) -> bool:
+        """Give the side requests and the finish to the caller's background finisher (sync); False if none took it."""
+        side = self.side_requests
+        if not isinstance(side, SyncSideRequests) or side.defer is None or not (sizing or rc.needs_lookup(outcome)):
             return False
         self._handed_off = True  # from now on the finisher ends the span; later end calls are no-ops
-        if not counting.defer(lambda: self._count_and_finish(outcome, error, ended)):
+        if not side.defer(lambda: self._look_up_and_finish(outcome, error, ended, sizing)):
             self._finish_without_lookup(outcome, error, ended)  # too many pending
         return True
 
-    def _count_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float) -> None:
+    def _look_up_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float, sizing: bool) -> None:
         try:
-            self._finish(outcome, rc.count_outcome(outcome, self._sync_counter()), error, ended)
+            reasoning_tokens = rc.count_outcome(outcome, self._sync_counter())
+            if sizing:
+                self._look_up_context_size()
+            self._finish(outcome, reasoning_tokens, error, ended)
         except Exception:  # noqa: BLE001
             self._give_up()
 
@@ -275,12 +322,13 @@ class CallRecord:
         ended = time.monotonic()
         try:
             outcome = outcome_of_json(self.path, result) if isinstance(result, dict) else outcome_of_result(result)
+            sizing = self._sizes_context(outcome, None, sync=False)
         except Exception:  # noqa: BLE001
             self._give_up()
             return
-        if not self._ahand_off(outcome, None, ended, gaps_later=False):
-            # Cancelled while counting: the call itself succeeded, so the span is not an error.
-            await self._acount_and_finish(outcome, None, ended, gaps_later=False, cancel_is_error=False)
+        if not self._ahand_off(outcome, None, ended, sizing, gaps_later=False):
+            # Cancelled while looking up: the call itself succeeded, so the span is not an error.
+            await self._alook_up_and_finish(outcome, None, ended, sizing, gaps_later=False, cancel_is_error=False)
 
     async def aend_stream(self, acc: "Accumulator", error: BaseException | None) -> None:
         """End the span of a stream (async); safe to call from a cancelled task (ends, then re-raises)."""
@@ -289,42 +337,46 @@ class CallRecord:
         ended = time.monotonic()
         try:
             outcome = outcome_of_stream(acc)
+            sizing = self._sizes_context(outcome, error, sync=False)
         except Exception:  # noqa: BLE001
             self._give_up()
             return
-        if not self._ahand_off(outcome, error, ended, gaps_later=True):
-            await self._acount_and_finish(outcome, error, ended, gaps_later=True, cancel_is_error=True)
+        if not self._ahand_off(outcome, error, ended, sizing, gaps_later=True):
+            await self._alook_up_and_finish(outcome, error, ended, sizing, gaps_later=True, cancel_is_error=True)
 
-    def _ahand_off(self, outcome: Outcome, error: BaseException | None, ended: float, *, gaps_later: bool) -> bool:
-        """Give the lookup and the finish to the caller's task finisher (async); False if none took it."""
-        counting = self.counting
-        if not isinstance(counting, AsyncCounting) or counting.defer is None or not rc.needs_lookup(outcome):
+    def _ahand_off(self, outcome: Outcome, error: BaseException | None, ended: float, sizing: bool, *,
+                   gaps_later: bool) -> bool:
+        """Give the side requests and the finish to the caller's task finisher (async); False if none took it."""
+        side = self.side_requests
+        if not isinstance(side, AsyncSideRequests) or side.defer is None or not (sizing or rc.needs_lookup(outcome)):
             return False
         self._handed_off = True
 
         async def finish_later() -> None:
             # A cancelled background task (the loop shutting down) is not the call's error.
-            await self._acount_and_finish(outcome, error, ended, gaps_later=gaps_later, cancel_is_error=False)
+            await self._alook_up_and_finish(outcome, error, ended, sizing, gaps_later=gaps_later, cancel_is_error=False)
 
-        if not counting.defer(finish_later):
+        if not side.defer(finish_later):
             self._finish_without_lookup(outcome, error, ended)  # too many pending, or no loop
         return True
 
     async def _acount(self, outcome: Outcome) -> int | None:
-        counting = self.counting
-        if isinstance(counting, AsyncCounting):
-            return await rc.acount_outcome(outcome, counting.count_tokens)
-        return rc.count_outcome(outcome, counting.count_tokens if counting is not None else None)
+        side = self.side_requests
+        if isinstance(side, AsyncSideRequests):
+            return await rc.acount_outcome(outcome, side.count_tokens)
+        return rc.count_outcome(outcome, side.count_tokens if side is not None else None)
 
-    async def _acount_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float, *,
-                                 gaps_later: bool, cancel_is_error: bool) -> None:
+    async def _alook_up_and_finish(self, outcome: Outcome, error: BaseException | None, ended: float, sizing: bool,
+                                   *, gaps_later: bool, cancel_is_error: bool) -> None:
         try:
             reasoning_tokens = await self._acount(outcome)
+            if sizing:
+                await self._alook_up_context_size()
             gap_attributes = self._finish(outcome, reasoning_tokens, error, ended, gaps_later=gaps_later)
         except Exception:  # noqa: BLE001
             self._give_up()
             return
-        except BaseException as exc:  # cancelled (anyio/asyncio) while counting: end with what we saw
+        except BaseException as exc:  # cancelled (anyio/asyncio) while looking up: end with what we saw
             self._finish_quietly(outcome, None, error or (exc if cancel_is_error else None), ended)
             raise
         if gap_attributes is not None:

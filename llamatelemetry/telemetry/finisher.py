@@ -1,8 +1,9 @@
 """The one background finisher: ends a call's telemetry off the caller's path, bounded, for every caller.
 
 Some calls need one more request before their span can be completed: the reasoning-token count
-of an answer with visible content asks the server to tokenize that answer (``/tokenize``, bounded
-by a 2 s timeout, :mod:`.lookups`). The caller must not wait for it. Every caller hands that work
+of an answer with visible content asks the server to tokenize that answer (``/tokenize``), and the
+first call of a model (then one every 5 minutes) asks for its context size (``/props``); both are
+bounded by a 2 s timeout (:mod:`.lookups`). The caller must not wait for it. Every caller hands that work
 to a finisher of the kind that fits it:
 
 - :class:`ThreadFinisher` (sync client): one daemon thread per client, started on demand and
@@ -48,11 +49,20 @@ _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
+def flush_threads(timeout: float = CLOSE_TIMEOUT) -> bool:
+    """Wait (at most ``timeout`` seconds in all) for every :class:`ThreadFinisher`'s pending jobs; True if none is left.
+
+    Example::
+
+        flush_threads(5.0)  # every sync client's telemetry recorded, e.g. before reading spans
+    """
+    deadline = time.monotonic() + timeout
+    return all([finisher.flush(max(0.0, deadline - time.monotonic())) for finisher in list(_live)])
+
+
 def _flush_at_exit() -> None:
     """Let pending telemetry finish (bounded) before the SDK's own exit hook exports and shuts down."""
-    deadline = time.monotonic() + CLOSE_TIMEOUT
-    for finisher in list(_live):
-        finisher.flush(max(0.0, deadline - time.monotonic()))
+    flush_threads(CLOSE_TIMEOUT)
 
 
 def _register_exit_hook() -> None:

@@ -31,9 +31,7 @@ class Telemetry(Recorder):
         meter_provider: metrics.MeterProvider | None = None,
         capture_content: bool | None = None,
         content_limit: int = DEFAULT_CONTENT_LIMIT,
-        api_key: str | None = None,
     ) -> None:
         host, port = server_address(base_url)
         super().__init__(server_address=host, server_port=port, tracer_provider=tracer_provider,
-                         meter_provider=meter_provider, capture_content=capture_content, content_limit=content_limit,
-                         server_url=base_url, api_key=api_key)
+                         meter_provider=meter_provider, capture_content=capture_content, content_limit=content_limit)

@@ -1,12 +1,13 @@
 """The telemetry's own requests to llama-server, for the client and the gateway alike.
 
-Two side requests complete a span: the server's model (``GET /v1/models``), to name calls whose
-body names none, and a token count (``POST /tokenize``), for reasoning counts that need one (see
-:mod:`.reasoning`). Both are bounded (:data:`TIMEOUT`), never raise (None when they fail), carry
+Three side requests complete a span: the server's model (``GET /v1/models``), to name calls whose
+body names none; a token count (``POST /tokenize``), for reasoning counts that need one (see
+:mod:`.reasoning`); and a model's slot context size (``GET /props``, ``n_ctx``), for the context
+utilisation (prompt tokens / n_ctx, see :mod:`.agent_record`). All are bounded (:data:`TIMEOUT`), never raise (None when they fail), carry
 the caller's ``Authorization`` when the server wants one, and are sent once more when llama-server
 dropped the pooled keep-alive connection they went out on (:data:`RESENDS`): it sometimes closes one
 just after a streamed response, and a count sent at once on it goes unanswered (9 times in 40).
-Both requests are idempotent, so sending them again is safe.
+All three requests are idempotent, so sending them again is safe.
 
 :class:`ServerModel` remembers the model once found and waits :data:`RETRY_SECONDS` after a
 failed lookup, so a server that is down or loading is not asked on every call.
@@ -15,6 +16,7 @@ Example::
 
     lookups = Lookups(httpx.Client(), "http://127.0.0.1:8080")
     lookups.count_tokens("Hello there!")  # 3, or None
+    lookups.context_size("scripted")      # 4096, or None
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ T = TypeVar("T")
 
 MODELS_PATH = "/v1/models"
 TOKENIZE_PATH = "/tokenize"
+PROPS_PATH = "/props"
 
 
 def _tokenize_body(text: str, model: str | None) -> dict[str, object]:
@@ -54,6 +57,12 @@ def _tokenize_body(text: str, model: str | None) -> dict[str, object]:
 #: Query of a count sent for a named model: a router must not load the model again for a count if a
 #: swap evicted it meanwhile (a single llama-server ignores the parameter).
 _NO_AUTOLOAD = {"autoload": "false"}
+
+
+def _props_query(model: str | None) -> dict[str, str] | None:
+    # A router routes /props by "model"; autoload=false: a lookup never loads a model (a single llama-server
+    # ignores both).
+    return {"model": model, **_NO_AUTOLOAD} if model else None
 
 
 def _json_of(response: httpx.Response) -> object | None:
@@ -73,6 +82,14 @@ def _count_of(response: httpx.Response) -> int | None:
         return None
     tokens = response.json().get("tokens")
     return len(tokens) if isinstance(tokens, list) else None
+
+
+def _n_ctx_of(response: httpx.Response) -> int | None:
+    if response.status_code != 200:
+        return None
+    settings = response.json().get("default_generation_settings")
+    n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+    return n_ctx if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0 else None
 
 
 class ServerModel:
@@ -175,6 +192,12 @@ class Lookups:
         return _send(TOKENIZE_PATH, lambda: self.http.post(url, json=body, params=params, headers=self.headers,
                                                            timeout=TIMEOUT), _count_of)
 
+    def context_size(self, model: str | None = None) -> int | None:
+        """The slot context size (``n_ctx``) of ``model`` (behind a router; never loads it), or None."""
+        url, params = self.base_url + PROPS_PATH, _props_query(model)
+        return _send(PROPS_PATH, lambda: self.http.get(url, params=params, headers=self.headers, timeout=TIMEOUT),
+                     _n_ctx_of)
+
 
 class AsyncLookups:
     """The side requests through an ``httpx.AsyncClient`` (see :class:`Lookups`).
@@ -205,3 +228,9 @@ class AsyncLookups:
         params = _NO_AUTOLOAD if model else None
         return await _asend(TOKENIZE_PATH, lambda: self.http.post(url, json=body, params=params, headers=self.headers,
                                                                   timeout=TIMEOUT), _count_of)
+
+    async def context_size(self, model: str | None = None) -> int | None:
+        """The slot context size (``n_ctx``) of ``model``, or None (see :meth:`Lookups.context_size`)."""
+        url, params = self.base_url + PROPS_PATH, _props_query(model)
+        return await _asend(PROPS_PATH, lambda: self.http.get(url, params=params, headers=self.headers,
+                                                              timeout=TIMEOUT), _n_ctx_of)

@@ -11,7 +11,7 @@ Example (what a gateway does for one request)::
 
     recorder = Recorder(server_address="127.0.0.1", server_port=8080, server_metrics=True)
     record = recorder.start("/v1/chat/completions", body, stream=True, kind=SpanKind.SERVER,
-                            counting=AsyncCounting(count_tokens_with_the_server),
+                            side_requests=AsyncSideRequests(lookups.count_tokens),
                             parent=context_from_headers(request.headers),
                             span_attributes={"user_agent.original": ua, "llamatelemetry.client.name": "aider"},
                             metric_attributes={"llamatelemetry.client.name": "aider"})
@@ -39,13 +39,13 @@ from .accumulate import Accumulator, accumulator_for
 from . import semconv as sc
 from .agent_record import AgentInstruments
 from .attributes import ContentCapture
-from .call import AsyncCounting, CallRecord, Counting, SyncCounting
+from .call import AsyncSideRequests, CallRecord, SideRequests, SyncSideRequests
 from .instruments import Instruments, MetricAttributes
 from .outcome import EndedCall, Outcome, error_type_of, model_label, outcome_of_json
 
 __all__ = [
-    "Accumulator", "AsyncCounting", "CallRecord", "Counting", "EndedCall", "MetricAttributes", "Outcome", "Recorder",
-    "SyncCounting", "accumulator_for", "context_from_headers", "server_address", "error_type_of", "model_label", "operation_for",
+    "Accumulator", "AsyncSideRequests", "CallRecord", "EndedCall", "MetricAttributes", "Outcome", "Recorder",
+    "SideRequests", "SyncSideRequests", "accumulator_for", "context_from_headers", "server_address", "error_type_of", "model_label", "operation_for",
     "outcome_of_json",
 ]
 
@@ -117,8 +117,6 @@ class Recorder:
             ``.time_per_output_token`` (what a gateway in front of llama-server measures).
         latest_semconv: emit the newer GenAI conventions' token metrics (default:
             ``$OTEL_SEMCONV_STABILITY_OPT_IN`` contains ``gen_ai_latest_experimental``).
-        server_url / api_key: where the slot context size (``n_ctx``) is looked up, once per model, off the
-            call's path (``GET /props``; default ``http://server_address:server_port``, no key).
 
     Never raises into the caller once constructed: :meth:`start` returns None if it cannot start.
 
@@ -139,8 +137,6 @@ class Recorder:
         content_limit: int = DEFAULT_CONTENT_LIMIT,
         server_metrics: bool = False,
         latest_semconv: bool | None = None,
-        server_url: str | None = None,
-        api_key: str | None = None,
     ) -> None:
         self.capture_content = capture_content_from_env() if capture_content is None else capture_content
         self.content_limit = content_limit
@@ -156,7 +152,7 @@ class Recorder:
         self.instruments = Instruments(meter, latest_semconv=self.latest_semconv, server_metrics=server_metrics,
                                        base_attributes=self.base_attributes)
         #: Queue wait, context, tool calls, drafts, prompt cache (llamatelemetry.telemetry.agent_record).
-        self.agent = AgentInstruments(meter, server_url=server_url or f"http://{server_address}:{server_port}", api_key=api_key)
+        self.agent = AgentInstruments(meter)
 
     def start(
         self,
@@ -166,7 +162,7 @@ class Recorder:
         stream: bool = False,
         operation: str | None = None,
         default_model: str | None = None,
-        counting: Counting | None = None,
+        side_requests: SideRequests | None = None,
         kind: SpanKind = SpanKind.CLIENT,
         parent: Context | None = None,
         span_attributes: Mapping[str, AttributeValue] | None = None,
@@ -181,8 +177,11 @@ class Recorder:
             body: the parsed JSON request body, or None when it could not be parsed.
             stream: the call streams its answer (``gen_ai.request.stream``).
             default_model: the model to name when the body names none (the server's model).
-            counting: how to count text tokens with the server's tokenizer, sync (:class:`SyncCounting`)
-                or async (:class:`AsyncCounting`); None: counts that need it are left out.
+            side_requests: the requests the telemetry may make to the server (made with
+                :mod:`.lookups`): count text tokens with its tokenizer, look up the model's context size
+                (``n_ctx``), and optionally the finisher to make them in; sync (:class:`SyncSideRequests`) or
+                async (:class:`AsyncSideRequests`). None: counts that need a request are left out, and the
+                context utilisation is recorded only once an overflow told ``n_ctx``.
             kind: CLIENT for the client; SERVER for a gateway's own request.
             parent: the context to start the span in (a gateway: :func:`context_from_headers`).
             span_attributes: extra attributes set at span start (e.g. ``user_agent.original``).
@@ -195,7 +194,7 @@ class Recorder:
                 capture=ContentCapture(self.content_limit) if self.capture_content else None,
                 path=path, body=body if isinstance(body, Mapping) else None, stream=stream,
                 operation=operation or operation_for(path) or "unknown", default_model=default_model,
-                counting=counting, kind=kind, parent=parent, span_attributes=span_attributes,
+                side_requests=side_requests, kind=kind, parent=parent, span_attributes=span_attributes,
                 metric_attributes=metric_attributes, on_end=on_end, agent=self.agent,
             )
         except Exception:  # noqa: BLE001 - telemetry must never break the call
