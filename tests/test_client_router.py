@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from llamatelemetry import AsyncLlamaCppClient, LlamaCppClient, errors, types
 from llamatelemetry.telemetry import semconv as sc
+from llamatelemetry.telemetry.lookups import Lookups
 from proxy_helpers import running_gateway
 from telemetry_helpers import Telemetry
 from waiting import wait_for
@@ -154,3 +156,23 @@ def test_reasoning_count_works_through_a_router(router) -> None:
     assert REASONING_TOKENS in counts(sync_telemetry), counts(sync_telemetry)
     assert REASONING_TOKENS in counts(async_telemetry), counts(async_telemetry)
     assert set(counts(sync_telemetry) + counts(async_telemetry)) <= {REASONING_TOKENS, None}
+
+
+def test_context_size_lookup_through_a_router_never_loads_a_model(router) -> None:
+    """The n_ctx lookup asks the router about the call's model (``GET /props?model=…&autoload=false``): the first
+    call of a model records its utilisation, and a lookup for a model that is not running never loads it."""
+    tel = Telemetry()
+    with LlamaCppClient(router.base_url, **tel.providers) as client:
+        result = client.chat.completions.create(model="alpha", messages=HI, max_tokens=8)
+        assert client.flush_telemetry(timeout=10)
+        span = tel.only_span()
+        n_ctx = httpx.get(router.base_url + "/props", params={"model": "alpha"}, timeout=10).json()[
+            "default_generation_settings"]["n_ctx"]
+        assert result.usage is not None and span.attributes[sc.CONTEXT_N_CTX] == n_ctx
+        assert span.attributes[sc.CONTEXT_UTILIZATION] == pytest.approx(result.usage.prompt_tokens / n_ctx)
+        # models_max=1: alpha running means the others are not (a swap evicted them).
+        idle = next(m for m in ("beta", "gamma") if status(client, m).value == "unloaded")
+        with httpx.Client() as http:
+            assert Lookups(http, router.base_url).context_size(idle) is None
+        time.sleep(1.0)  # a load the lookup started would show as loading/loaded by now
+        assert status(client, idle).value == "unloaded"
