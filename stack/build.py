@@ -135,6 +135,11 @@ def go_env(go: str) -> dict[str, str]:
     return env
 
 
+def _go_version(go: str, env: dict[str, str]) -> str:
+    """The toolchain ``go`` runs with ``env`` (``go env GOVERSION``): part of each build's cache key."""
+    return subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, env=env, check=True).stdout.strip()
+
+
 def _digest(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -186,9 +191,7 @@ def build_collector(go: str, versions: dict[str, str], *, force: bool = False) -
     """Build the collector with the official builder, or return the cached binary."""
     version = versions["OTELCOL_VERSION"]
     env = go_env(go)
-    go_version = env.get("GOVERSION") or subprocess.run(
-        [go, "env", "GOVERSION"], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
+    go_version = _go_version(go, env)
     key = _digest(_meaningful(render_manifest(versions)), go_version)
     target_dir = cache_dir() / f"otelcol-{version}-{key}"
     binary = target_dir / COLLECTOR_BINARY
@@ -231,9 +234,7 @@ def build_jaeger(go: str, versions: dict[str, str], *, force: bool = False) -> P
     module_version = versions["JAEGER_MODULE_VERSION"]
     release = versions["JAEGER_VERSION"]
     env = go_env(go)
-    go_version = subprocess.run(
-        [go, "env", "GOVERSION"], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
+    go_version = _go_version(go, env)
     key = _digest(module_version, release, go_version)
     target_dir = cache_dir() / f"jaeger-{module_version}-{key}"
     binary = target_dir / "jaeger"

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Awaitable, Callable, Iterator
 
 import httpx
@@ -22,6 +21,7 @@ import pytest
 from fake_nvml import FakeNVML, FakeProcess
 from gateway_process import GatewayProcess
 from textual.pilot import Pilot
+from top_helpers import refresh
 
 from llamatelemetry.exporter import ExporterApp, ExporterConfig
 from llamatelemetry.provision.server import LlamaServer, free_port
@@ -74,17 +74,6 @@ def chat(server: LlamaServer, **kw: Any) -> Any:
         return client.chat.completions.create(model="scripted", messages=HI, **kw)  # type: ignore[arg-type]
     finally:
         client.close()
-
-
-async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> None:
-    """Press 'r' and wait until the view has read both sources and redrawn."""
-    before = app.refreshes
-    await pilot.press("r")
-    deadline = time.monotonic() + timeout
-    while app.refreshes == before:
-        assert time.monotonic() < deadline, "the view did not refresh"
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 def row(app: TopApp, panel: str, key: str) -> list[str]:

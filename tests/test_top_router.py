@@ -21,6 +21,7 @@ from llamatelemetry.provision.server import free_port
 from llamatelemetry.top.app import TopApp
 from llamatelemetry.top.sources import Sources
 from proxy_helpers import ProxyUnderTest, running_gateway
+from top_helpers import refresh
 
 HI = [{"role": "user", "content": "hi"}]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -57,16 +58,6 @@ def row(app: TopApp, key: str) -> list[str]:
     drawn = [line.split() for line in app.panels["models"].text.splitlines()]
     assert " ".join(cells).split() in drawn, f"row {key} is not drawn as {cells}"
     return cells
-
-
-async def refresh(pilot: Pilot[None], app: TopApp, timeout: float = 15.0) -> None:
-    before = app.refreshes
-    await pilot.press("r")
-    deadline = time.monotonic() + timeout
-    while app.refreshes == before:
-        assert time.monotonic() < deadline, "the view did not refresh"
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 def test_models_panel_states_loads_failures_and_requests(router, gateway: ProxyUnderTest) -> None:

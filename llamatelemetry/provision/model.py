@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,19 +374,7 @@ THINKING_SCRIPTS: dict[str, ThinkingScript] = {s.family: s for s in (GEMMA4_SCRI
 #: Qwen3.5 for agent CLIs (Claude Code, aider): they send prompts of 10-20k tokens with tool definitions
 #: and several system parts, so this one has a 64k context and a template that merges system messages.
 #: Not in THINKING_SCRIPTS (it is served alone, by tests/test_agent_cli.py).
-AGENT_SCRIPT = ThinkingScript(
-    family="qwen35-agent",
-    vocab=QWEN35_SCRIPT.vocab,
-    template=QWEN35_SCRIPT.template,
-    opener=(),
-    reasoning=QWEN35_SCRIPT.reasoning,
-    closer=QWEN35_SCRIPT.closer,
-    answer=QWEN35_SCRIPT.answer,
-    end=QWEN35_SCRIPT.end,
-    renames=QWEN35_SCRIPT.renames,
-    context_length=65536,
-    merge_system=True,
-)
+AGENT_SCRIPT = replace(QWEN35_SCRIPT, family="qwen35-agent", context_length=65536, merge_system=True)
 
 #: Qwen3.5 tool calls in the template's own syntax (``<tool_call>\n<function=NAME>\n<parameter=P>\nV\n</parameter>\n
 #: </function>\n</tool_call>``). The vocabulary has no single token for a bare newline that is not also the prompt's
@@ -405,31 +393,21 @@ TOOL_CALL_TOOL: dict[str, Any] = {"type": "function", "function": {
 TOOL_CALL_ARGUMENTS = {"city": "Paris"}
 
 #: Qwen3.5 that thinks, then calls ``get_weather(city="Paris")`` in valid Qwen3.5 tool syntax.
-QWEN35_TOOL_SCRIPT = ThinkingScript(
+QWEN35_TOOL_SCRIPT = replace(
+    QWEN35_SCRIPT,
     family="qwen35-tools",
-    vocab=QWEN35_SCRIPT.vocab,
-    template=QWEN35_SCRIPT.template,
-    opener=(),
     reasoning=("Okay", " the", " user", " wants", " weather", ".\n"),
-    closer=("</think>", "\n\n"),
     answer=("<tool_call>", "\n<function=", "get", "_weather", ">\n<parameter=", "city", ">\n", "Paris",
             "\n</parameter>\n</function>\n", "</tool_call>"),
-    end="<|im_end|>",
     renames=(*QWEN35_SCRIPT.renames, *_QWEN_TOOL_RENAMES),
 )
 
 #: The same, but the call breaks off after the parameter's value (no ``</parameter></function>``): a
 #: malformed tool call as small models write them.
-QWEN35_BAD_TOOL_SCRIPT = ThinkingScript(
+QWEN35_BAD_TOOL_SCRIPT = replace(
+    QWEN35_TOOL_SCRIPT,
     family="qwen35-badtools",
-    vocab=QWEN35_SCRIPT.vocab,
-    template=QWEN35_SCRIPT.template,
-    opener=(),
-    reasoning=QWEN35_TOOL_SCRIPT.reasoning,
-    closer=QWEN35_TOOL_SCRIPT.closer,
     answer=("<tool_call>", "\n<function=", "get", "_weather", ">\n<parameter=", "city", ">\n", "Paris", "</tool_call>"),
-    end="<|im_end|>",
-    renames=QWEN35_TOOL_SCRIPT.renames,
 )
 
 # Qwen3.5's template renders messages[0] as the system prompt and raises on any later system message.
